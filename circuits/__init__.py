@@ -1,0 +1,1 @@
+"""Circuit discovery: heads, neurons, void layers, circuit graphs (built in a later issue)."""

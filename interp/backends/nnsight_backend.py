@@ -1,0 +1,74 @@
+"""The ``nnsight`` backend: nnsight's LanguageModel around the HF model.
+
+nnsight 0.8 serves a module's ``.input``/``.output`` only in the order the forward pass reaches
+them, so the plan's steps (already in execution order) are grouped by module and each module is
+read, edited and written back once. nnsight installs its interleaving for the length of the
+``trace`` block only.
+"""
+
+from __future__ import annotations
+
+from itertools import groupby
+
+import torch
+
+from interp.architectures import ArchTable
+from interp.backends.steps import Step, norm_eps, rms_scale
+
+
+class NNsightBackend:
+    """Runs through ``LanguageModel.trace``."""
+
+    name = "nnsight"
+
+    def __init__(self, hf: torch.nn.Module, tokenizer, table: ArchTable, n_heads: int):
+        from nnsight import LanguageModel
+
+        self.lm = LanguageModel(hf, tokenizer=tokenizer)
+        self.hf, self.table, self.n_heads = hf, table, n_heads
+
+    def _envoy(self, path: str):
+        envoy = self.lm
+        for part in path.split("."):
+            envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
+        return envoy
+
+    def _where(self, step: Step) -> tuple[str, str]:
+        point = self.table.point(step.location)
+        return point.module_path(step.location.layer), point.io
+
+    def _apply(self, step: Step, value):
+        """Run one step on a module's input/output ``value``; return the (possibly new) value."""
+        point = self.table.point(step.location)
+        kind = step.location.kind
+        if kind == "norm_scale":
+            eps = norm_eps(self.hf.get_submodule(point.module_path(step.location.layer)))
+            step.fn(rms_scale(value, eps))
+            return value
+        is_tuple = isinstance(value, tuple)
+        i = point.index or 0
+        x = value[i] if is_tuple else value
+        view = x.unflatten(-1, (self.n_heads, -1)) if kind == "head_out" else x
+        new = step.fn(view)
+        if step.read_only:
+            return value
+        new = new.flatten(-2) if kind == "head_out" else new
+        return value[:i] + (new,) + value[i + 1 :] if is_tuple else new
+
+    def run(self, tokens: torch.Tensor, steps: list[Step], grad: bool) -> torch.Tensor:
+        groups = [(where, list(group)) for where, group in groupby(steps, key=self._where)]
+        with torch.set_grad_enabled(grad):
+            with self.lm.trace(tokens):
+                for (path, io), group in groups:
+                    envoy = self._envoy(path)
+                    value = envoy.output if io == "output" else envoy.input
+                    new = value
+                    for step in group:
+                        new = self._apply(step, new)
+                    if new is not value:
+                        if io == "output":
+                            envoy.output = new
+                        else:
+                            envoy.input = new
+                logits = self.lm.lm_head.output.save()
+        return logits

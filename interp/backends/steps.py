@@ -1,0 +1,101 @@
+"""Steps: the backend-neutral plan of one run.
+
+`plan_steps` turns "edit these sites, read those" into an ordered list of `Step`s. Each step
+names the site whose location it hooks and a function ``act -> act`` to run there. Every backend
+only has to call the steps' functions at the right places, in order, so reads and edits mean the
+same thing everywhere:
+
+- a plain site: apply its interventions, then record the value that flows on;
+- a write to ``resid_mid.L``: record ``resid_pre.L``, then at ``attn_out.L`` add
+  ``new_mid - old_mid`` to what attention writes, which replaces the residual stream itself;
+- ``norm_scale`` sites are read only (backends give the step the RMS divisor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from interp.architectures import ArchTable
+from interp.errors import InterpError
+from interp.interventions import Intervention, apply_all
+from interp.sites import Site
+
+
+@dataclass(frozen=True)
+class Step:
+    """Run ``fn`` on the activation at ``location``; ``read_only`` steps must return it unchanged."""
+
+    location: Site
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    read_only: bool = False
+
+
+def plan_steps(
+    table: ArchTable,
+    edits: dict[Site, list[Intervention]],
+    reads: list[Site],
+    acts: dict[str, torch.Tensor],
+    grad: bool,
+) -> list[Step]:
+    """Ordered steps that apply ``edits`` and store every site of ``reads`` into ``acts``."""
+    for site, ivs in edits.items():
+        if ivs and not site.writable:
+            raise InterpError(f"site '{site}' is read only; interventions can edit residual, attention/MLP outputs, heads and neurons")
+    read_set = set(reads)
+
+    def keep(site: Site, value: torch.Tensor) -> None:
+        if site in read_set:
+            acts[str(site)] = value if grad else value.detach()
+
+    mid_pre: dict[int, torch.Tensor] = {}
+    steps: list[Step] = []
+    for site in sorted(set(edits) | read_set, key=table.order_key):
+        ivs = edits.get(site, [])
+        if site.kind == "resid_mid" and ivs:
+            layer = site.layer
+
+            def capture(x: torch.Tensor, layer: int = layer) -> torch.Tensor:
+                mid_pre[layer] = x
+                return x
+
+            def mid_delta(attn: torch.Tensor, site: Site = site, ivs: list = ivs) -> torch.Tensor:
+                mid = mid_pre.pop(site.layer) + attn
+                new = apply_all(ivs, mid)
+                keep(site, new)
+                return attn + (new - mid)
+
+            steps.append(Step(Site("resid_pre", layer), capture, read_only=True))
+            steps.append(Step(Site("attn_out", layer), mid_delta))
+        elif not site.writable:
+
+            def read(x: torch.Tensor, site: Site = site) -> torch.Tensor:
+                keep(site, x)
+                return x
+
+            steps.append(Step(site, read, read_only=True))
+        else:
+
+            def edit(x: torch.Tensor, site: Site = site, ivs: list = ivs) -> torch.Tensor:
+                x = apply_all(ivs, x)
+                keep(site, x)
+                return x
+
+            steps.append(Step(site, edit, read_only=not ivs))
+    # stable sort: steps at the same place keep the order above (a site's own edits first)
+    return sorted(steps, key=lambda s: table.order_key(s.location))
+
+
+def rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """The RMS divisor ``sqrt(mean(x**2) + eps)`` an RMSNorm applies to ``x`` (shape [..., 1])."""
+    return (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt().to(x.dtype)
+
+
+def norm_eps(module: torch.nn.Module) -> float:
+    """The epsilon of an HF RMSNorm module (Llama: ``variance_epsilon``, Gemma: ``eps``)."""
+    for attr in ("variance_epsilon", "eps"):
+        if hasattr(module, attr):
+            return float(getattr(module, attr))
+    raise InterpError(f"cannot read the epsilon of norm module {type(module).__name__}")

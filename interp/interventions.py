@@ -1,0 +1,107 @@
+"""Interventions: edits of one site's activation, as plain data.
+
+Every backend calls `Intervention.apply` on the activation at the intervention's site (in the
+site's layout, see `interp.sites`) and lets the result flow on, so each edit is written once and
+behaves the same on TransformerLens and nnsight.
+
+``index`` selects part of the activation with ordinary torch indexing, e.g. ``(slice(None), 3)``
+for position 3 of every prompt, or ``(rows, positions)`` with two index tensors to edit a
+different position in every batch row (how batched patching sweeps put one patch per row).
+
+>>> import torch
+>>> act = torch.zeros(2, 4, 3)
+>>> Replace("resid_pre.0", torch.ones(3), index=(slice(None), 1)).apply(act)[0, :, 0]
+tensor([0., 1., 0., 0.])
+>>> Add("resid_pre.0", torch.ones(3), coeff=2.0, positions=[3]).apply(act)[1, 3]
+tensor([2., 2., 2.])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from interp.errors import InterpError
+
+Index = Any  # anything torch accepts as an index: int, slice, tensor, or a tuple of those
+
+
+def _edited(act: torch.Tensor, index: Index, value: torch.Tensor) -> torch.Tensor:
+    out = act.clone()  # never edit the backend's tensor in place; keeps autograd intact
+    try:
+        out[index if index is not None else ...] = value.to(device=act.device, dtype=act.dtype)
+    except (RuntimeError, IndexError) as exc:
+        raise InterpError(f"intervention does not fit the activation of shape {tuple(act.shape)}: {exc}") from None
+    return out
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Base class: an edit of the activation at ``site``."""
+
+    site: str
+
+    def apply(self, act: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Replace(Intervention):
+    """Set ``act[index]`` to ``value`` (broadcast); ``index=None`` replaces the whole activation."""
+
+    value: torch.Tensor
+    index: Index = None
+
+    def apply(self, act: torch.Tensor) -> torch.Tensor:
+        return _edited(act, self.index, self.value)
+
+
+@dataclass(frozen=True)
+class Add(Intervention):
+    """Add ``coeff * vector`` at ``positions`` (None: every position) of every prompt."""
+
+    vector: torch.Tensor
+    coeff: float = 1.0
+    positions: Index = None
+
+    def apply(self, act: torch.Tensor) -> torch.Tensor:
+        pos = slice(None) if self.positions is None else self.positions
+        delta = self.coeff * self.vector.to(device=act.device, dtype=act.dtype)
+        out = act.clone()
+        out[:, pos] = out[:, pos] + delta
+        return out
+
+
+@dataclass(frozen=True)
+class Ablate(Intervention):
+    """Zero-, mean- or resample-ablate ``act[index]``.
+
+    ``kind="zero"`` sets zeros. ``kind="mean"`` sets ``values.mean(0)`` (``values``: the site's
+    activations over a reference set, batch first). ``kind="resample"`` sets ``values`` row for row
+    (the caller draws them from other prompts).
+    """
+
+    kind: str = "zero"
+    index: Index = None
+    values: torch.Tensor | None = None
+
+    def apply(self, act: torch.Tensor) -> torch.Tensor:
+        if self.kind == "zero":
+            return _edited(act, self.index, torch.zeros((), dtype=act.dtype))
+        if self.values is None:
+            raise InterpError(f"{self.kind}-ablation of {self.site} needs `values` (the site's activations on reference prompts)")
+        if self.kind == "mean":
+            ref = self.values.mean(0)
+            return _edited(act, self.index, ref if self.index is None else ref[(self.index[1:] if isinstance(self.index, tuple) else ())])
+        if self.kind == "resample":
+            return _edited(act, self.index, self.values if self.index is None else self.values[self.index])
+        raise InterpError(f"unknown ablation '{self.kind}': use zero, mean or resample")
+
+
+def apply_all(interventions: list[Intervention], act: torch.Tensor) -> torch.Tensor:
+    """Apply ``interventions`` in order to ``act``."""
+    for iv in interventions:
+        act = iv.apply(act)
+    return act

@@ -1,0 +1,161 @@
+"""`Model`: one loaded model, whatever the backend, with a single way to run it.
+
+``interp.load(name, backend=...)`` returns a `Model`. It holds the HF model and tokenizer, the
+configuration facts methods need (``n_layers``, ``n_heads``, ``d_model``...), the weights they need
+(``W_U``, ``W_O(layer)``...), and `Model.run`, which takes tokens, interventions and the sites to
+read, and returns logits plus those activations. Every hook a run adds is removed when it ends,
+also when it raises.
+
+>>> model = interp.load("tiny-llama", backend="nnsight")            # doctest: +SKIP
+>>> out = model.run("When Mary and John went", read=["resid_pre.1"])  # doctest: +SKIP
+>>> out.acts["resid_pre.1"].shape                                     # doctest: +SKIP
+torch.Size([1, 5, 64])
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from interp.architectures import table_for
+from interp.backends import BACKENDS
+from interp.backends.steps import plan_steps
+from interp.errors import InterpError
+from interp.interventions import Intervention
+from interp.sites import Site, parse_site
+
+
+@dataclass
+class RunOutput:
+    """Logits [batch, pos, vocab] and the activations read, keyed by site name."""
+
+    logits: torch.Tensor
+    acts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Model:
+    """A loaded model on one backend. Build it with `interp.load`."""
+
+    def __init__(self, name: str, hf: torch.nn.Module, tokenizer, backend: str = "lens"):
+        if backend not in BACKENDS:
+            raise InterpError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
+        self.name, self.hf, self.tokenizer, self.backend_name = name, hf, tokenizer, backend
+        cfg = hf.config
+        self.table = table_for(cfg.model_type)
+        self.n_layers: int = cfg.num_hidden_layers
+        self.n_heads: int = cfg.num_attention_heads
+        self.n_kv_heads: int = cfg.num_key_value_heads
+        self.d_model: int = cfg.hidden_size
+        self.d_mlp: int = cfg.intermediate_size
+        self.d_head: int = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.d_vocab: int = cfg.vocab_size
+        self._backends: dict[str, object] = {}
+
+    def __repr__(self) -> str:
+        return (f"Model('{self.name}', backend='{self.backend_name}', layers={self.n_layers}, "
+                f"heads={self.n_heads}, d_model={self.d_model})")
+
+    # ----------------------------------------------------------------- backends
+    def backend(self, name: str | None = None):
+        """The backend object (built on first use); ``name`` defaults to the model's backend."""
+        name = name or self.backend_name
+        if name not in self._backends:
+            if name == "lens":
+                from interp.backends.lens import LensBackend
+
+                self._backends[name] = LensBackend(self.hf, self.tokenizer, self.table, self.name)
+            elif name == "nnsight":
+                from interp.backends.nnsight_backend import NNsightBackend
+
+                self._backends[name] = NNsightBackend(self.hf, self.tokenizer, self.table, self.n_heads)
+            elif name == "torch":
+                from interp.backends.torch_backend import TorchBackend
+
+                self._backends[name] = TorchBackend(self.hf, self.table, self.n_heads)
+            else:
+                raise InterpError(f"unknown backend '{name}': use one of {', '.join(BACKENDS)}")
+        return self._backends[name]
+
+    # ----------------------------------------------------------------- running
+    def site(self, name: str | Site) -> Site:
+        """Parse and range-check a site name for this model."""
+        return parse_site(name, self.n_layers)
+
+    def to_tokens(self, text: str | Sequence[str]) -> torch.Tensor:
+        """Token ids [batch, pos] with the tokenizer's own defaults (SmolLM2 adds no BOS)."""
+        texts = [text] if isinstance(text, str) else list(text)
+        ids = [self.tokenizer(t)["input_ids"] for t in texts]
+        if len({len(i) for i in ids}) > 1:
+            raise InterpError(f"prompts tokenize to different lengths {sorted({len(i) for i in ids})}; run them separately or make them equal")
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    def run(
+        self,
+        tokens: torch.Tensor | str | Sequence[str],
+        interventions: Sequence[Intervention] = (),
+        read: Sequence[str | Site] = (),
+        grad: bool = False,
+        backend: str | None = None,
+    ) -> RunOutput:
+        """Run the model with ``interventions`` applied, returning logits and the ``read`` sites.
+
+        With ``grad=True`` the graph is kept, so gradients with respect to the returned
+        activations can be taken (``torch.autograd.grad(metric, out.acts[site])``).
+        """
+        if not isinstance(tokens, torch.Tensor):
+            tokens = self.to_tokens(tokens)
+        edits: dict[Site, list[Intervention]] = defaultdict(list)
+        for iv in interventions:
+            edits[self.site(iv.site)].append(iv)
+        reads = [self.site(s) for s in read]
+        acts: dict[str, torch.Tensor] = {}
+        steps = plan_steps(self.table, dict(edits), reads, acts, grad)
+        logits = self.backend(backend).run(tokens.to(self.device), steps, grad)
+        return RunOutput(logits=logits, acts=acts)
+
+    def cache(self, tokens: torch.Tensor | str | Sequence[str], sites: Sequence[str | Site], backend: str | None = None) -> RunOutput:
+        """Shorthand for a plain run that reads ``sites``."""
+        return self.run(tokens, read=sites, backend=backend)
+
+    # ----------------------------------------------------------------- weights
+    def _layer(self, layer: int) -> torch.nn.Module:
+        return self.hf.get_submodule(f"{self.table.layers}.{layer}")
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        """Unembedding [d_model, d_vocab]."""
+        return self.hf.get_submodule(self.table.unembed).weight.T
+
+    def W_out(self, layer: int) -> torch.Tensor:
+        """MLP down projection [d_mlp, d_model] (neuron i writes row i)."""
+        return self._layer(layer).mlp.down_proj.weight.T
+
+    def W_O(self, layer: int) -> torch.Tensor:
+        """Attention output weights [n_heads, d_head, d_model]."""
+        return self._layer(layer).self_attn.o_proj.weight.T.reshape(self.n_heads, self.d_head, self.d_model)
+
+    def W_Q(self, layer: int) -> torch.Tensor:
+        """Query weights [n_heads, d_model, d_head]."""
+        w = self._layer(layer).self_attn.q_proj.weight  # [n_heads * d_head, d_model]
+        return w.reshape(self.n_heads, self.d_head, self.d_model).transpose(1, 2)
+
+
+def load(name: str | None = None, backend: str = "lens", device: str = "cpu", dtype: torch.dtype = torch.float32) -> Model:
+    """Load a model by name (see `interp.models.list_models`) onto ``backend``.
+
+    >>> model = interp.load("smollm2-135m", backend="nnsight")   # doctest: +SKIP
+    """
+    from interp.models import DEFAULT_MODEL, load_hf
+
+    if backend not in BACKENDS:
+        raise InterpError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
+    name = name or DEFAULT_MODEL
+    hf, tokenizer = load_hf(name, device=device, dtype=dtype)
+    return Model(name, hf, tokenizer, backend=backend)

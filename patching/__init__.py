@@ -1,0 +1,1 @@
+"""Patching methods: activation patching (and, in later issues, attribution, RelP, subspace)."""

@@ -1,0 +1,1 @@
+"""Steering vectors and control vectors (built in a later issue)."""
