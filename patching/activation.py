@@ -1,0 +1,259 @@
+"""Activation patching: copy one component's activation from a source run into a base run.
+
+Denoising puts clean activations into the corrupt run (which components restore the behaviour?);
+noising puts corrupt activations into the clean run (which components break it?). A *component*
+names what one patch covers:
+
+=============  =====================  ==========================================
+component      grid axes              one patch replaces
+=============  =====================  ==========================================
+resid_pre      [layer, pos]           the residual entering layer L at position p
+resid_mid      [layer, pos]           the residual between attention and MLP
+resid_post     [layer, pos]           the residual leaving layer L
+attn_out       [layer, pos]           what attention adds at (L, p)
+mlp_out        [layer, pos]           what the MLP adds at (L, p)
+head_out       [layer, head]          head h's output z at every position
+head_out_pos   [layer, head, pos]     head h's output z at position p
+mlp_act        [layer, neuron]        neuron n at every position (chosen layers)
+=============  =====================  ==========================================
+
+Two engines compute the same numbers (the tests hold them to each other and to TransformerLens):
+
+- ``hooks``: one patched forward per patch through the model's backend, the reference.
+- ``batched`` (default): many patches per forward, one batch row each; each forward starts at the
+  patched layer from the base run's cached residual instead of at the embeddings, computes only the
+  positions from the earliest patched one on (earlier positions cannot change, so their keys and
+  values come from the base run's cache), and unembeds the last position only.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from interp.backends.steps import plan_steps
+from interp.backends.torch_backend import installed_steps
+from interp.errors import InterpError
+from interp.interventions import Replace
+from interp.metrics import MetricContext
+from interp.model import Model
+from interp.sites import Site
+
+COMPONENTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "resid_pre": ("resid_pre", ("layer", "pos")),
+    "resid_mid": ("resid_mid", ("layer", "pos")),
+    "resid_post": ("resid_post", ("layer", "pos")),
+    "attn_out": ("attn_out", ("layer", "pos")),
+    "mlp_out": ("mlp_out", ("layer", "pos")),
+    "head_out": ("head_out", ("layer", "head")),
+    "head_out_pos": ("head_out", ("layer", "head", "pos")),
+    "mlp_act": ("mlp_act", ("layer", "neuron")),
+}
+ENGINES = ("batched", "hooks")
+
+
+def check_component(name: str) -> str:
+    if name not in COMPONENTS:
+        raise InterpError(f"unknown component '{name}': use one of {', '.join(COMPONENTS)}")
+    return name
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One patch: a cell of a component's grid. ``pos``/``unit`` are None when not on the grid."""
+
+    cell: tuple[int, ...]  # index into the grid, e.g. (layer, pos) or (layer, head, pos)
+    layer: int
+    pos: int | None  # patched position, None for every position
+    unit: int | None  # head or neuron, None for the whole vector
+
+
+def grid_shape(model: Model, component: str, n_pos: int, layers: list[int] | None = None) -> tuple[int, ...]:
+    """The grid of ``component``: [layer, pos], [layer, head], [layer, head, pos] or [layer, neuron]."""
+    n_layers = len(layers) if layers is not None else model.n_layers
+    axes = COMPONENTS[check_component(component)][1]
+    size = {"layer": n_layers, "pos": n_pos, "head": model.n_heads, "neuron": model.d_mlp}
+    return tuple(size[a] for a in axes)
+
+
+def patches(model: Model, component: str, n_pos: int, layers: list[int] | None = None) -> list[Patch]:
+    """Every patch of ``component``, in grid order (``layers`` picks rows, e.g. for mlp_act)."""
+    layer_list = list(range(model.n_layers)) if layers is None else layers
+    axes = COMPONENTS[check_component(component)][1]
+    out = []
+    for li, layer in enumerate(layer_list):
+        if axes == ("layer", "pos"):
+            out += [Patch((li, p), layer, p, None) for p in range(n_pos)]
+        elif axes == ("layer", "head"):
+            out += [Patch((li, h), layer, None, h) for h in range(model.n_heads)]
+        elif axes == ("layer", "head", "pos"):
+            out += [Patch((li, h, p), layer, p, h) for h in range(model.n_heads) for p in range(n_pos)]
+        else:
+            out += [Patch((li, n), layer, None, n) for n in range(model.d_mlp)]
+    return out
+
+
+def _index(patch: Patch, rows, shift: int = 0):
+    """Torch index of ``patch`` in a site activation whose batch rows are ``rows``."""
+    pos = None if patch.pos is None else patch.pos - shift
+    if patch.unit is None:
+        return (rows, pos)
+    return (rows, slice(None), patch.unit) if pos is None else (rows, pos, patch.unit)
+
+
+def run_hooks_engine(model: Model, component: str, base: torch.Tensor, source_acts: dict[str, torch.Tensor],
+                     todo: list[Patch], metric, ctx: MetricContext) -> Iterator[tuple[list[Patch], torch.Tensor]]:
+    """Reference engine: one forward per patch through the model's backend.
+
+    Yields ``([patch], values [n_prompts])`` per patch.
+    """
+    kind = COMPONENTS[component][0]
+    for patch in todo:
+        site = f"{kind}.{patch.layer}"
+        index = _index(patch, slice(None))
+        value = source_acts[site][index]
+        logits = model.run(base, [Replace(site, value, index=index)]).logits[:, -1]
+        yield [patch], metric(logits, ctx)
+
+
+class BatchedEngine:
+    """Runs many patches per forward, starting at the patched layer, from the base run's caches."""
+
+    def __init__(self, model: Model, base: torch.Tensor, max_rows: int = 64):
+        self.model, self.base, self.max_rows = model, base, max_rows
+        hf = model.hf
+        n_layers = model.n_layers
+        sites = [f"resid_pre.{layer}" for layer in range(n_layers)] + [f"resid_post.{n_layers - 1}"]
+        with torch.no_grad():
+            out = model.run(base, read=sites, backend="torch")
+            self.resid = [out.acts[f"resid_pre.{layer}"] for layer in range(n_layers)] + [out.acts[sites[-1]]]
+            types = getattr(hf.config, "layer_types", None) or ["full_attention"] * n_layers
+            # Prefix reuse needs full attention everywhere (a sliding window's cache keeps a
+            # truncated past); models with sliding layers recompute from position 0.
+            self.reuse_prefix = all(t == "full_attention" for t in types)
+            self.kv = None
+            if self.reuse_prefix:
+                cache = hf(input_ids=base, use_cache=True).past_key_values
+                self.kv = [(cache.layers[i].keys, cache.layers[i].values) for i in range(n_layers)]
+
+    def _prefix_cache(self, start: int, a: int, reps: int):
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i in range(self.model.n_layers):
+            k, v = self.kv[i]
+            k, v = k[:, :, :a], v[:, :, :a]
+            cache.update(k.repeat(reps, 1, 1, 1), v.repeat(reps, 1, 1, 1), i)
+        return cache
+
+    def forward_from(self, start: int, a: int, reps: int, steps) -> torch.Tensor:
+        """Last-position logits of layers ``start..`` on the base residual (positions ``a..``), ``reps`` copies."""
+        hf, inner = self.model.hf, self.model.hf.model
+        resid = self.resid[start][:, a:].repeat(reps, 1, 1)
+        kwargs = {}
+        if a > 0:
+            kwargs["past_key_values"] = self._prefix_cache(start, a, reps)
+            kwargs["use_cache"] = True
+        else:
+            kwargs["use_cache"] = False
+        with installed_steps(hf, self.model.table, steps, self.model.n_heads), _layers_from(inner, start):
+            return hf(inputs_embeds=resid, logits_to_keep=1, **kwargs).logits[:, -1]
+
+    def run(self, component: str, source_acts: dict[str, torch.Tensor], todo: list[Patch], metric,
+            ctx: MetricContext) -> Iterator[tuple[list[Patch], torch.Tensor]]:
+        """Yields ``(patches, values [len(patches) * n_prompts])`` chunk by chunk, patch-major rows."""
+        kind = COMPONENTS[component][0]
+        n = self.base.shape[0]
+        per_chunk = max(1, self.max_rows // n)
+        groups: dict[int, list[Patch]] = {}
+        for patch in todo:
+            groups.setdefault(patch.layer, []).append(patch)
+        for layer, group in groups.items():
+            group = sorted(group, key=lambda p: -1 if p.pos is None else p.pos)
+            for c in range(0, len(group), per_chunk):
+                chunk = group[c : c + per_chunk]
+                yield chunk, self._run_chunk(kind, layer, chunk, source_acts, metric, ctx)
+
+    def _run_chunk(self, kind, layer, chunk, source_acts, metric, ctx):
+        n, reps = self.base.shape[0], len(chunk)
+        positioned = chunk[0].pos is not None
+        a = min(p.pos for p in chunk) if positioned and self.reuse_prefix else 0
+        dst, src = _chunk_index(chunk, n, a)
+        site = f"{kind}.{layer}"
+        replace = Replace(site, source_acts[site][src], index=dst)
+        steps = plan_steps(self.model.table, {Site(kind, layer): [replace]}, [], {}, False)
+        with torch.no_grad():
+            logits = self.forward_from(layer, a, reps, steps)
+        return metric(logits, ctx.rows(n * reps))
+
+
+@contextmanager
+def _layers_from(inner: torch.nn.Module, start: int) -> Iterator[None]:
+    """Temporarily make the HF decoder run only layers ``start..`` (and their per-layer config)."""
+    layers, config = inner.layers, inner.config
+    layer_types = getattr(config, "layer_types", None)
+    try:
+        inner.layers = torch.nn.ModuleList(list(layers)[start:])
+        if layer_types is not None:
+            config.layer_types = layer_types[start:]
+        yield
+    finally:
+        inner.layers = layers
+        if layer_types is not None:
+            config.layer_types = layer_types
+
+
+def _chunk_index(chunk: list[Patch], n: int, shift: int):
+    """(edit index into the batched run, read index into the source cache) for a chunk of patches.
+
+    Row ``j * n + i`` of the batch carries patch ``j`` on prompt ``i``; positions in the batched run
+    start at ``shift``.
+    """
+    rows = torch.arange(n * len(chunk))
+    prompts = torch.arange(n).repeat(len(chunk))
+    per_row = lambda xs: torch.tensor(xs).repeat_interleave(n)  # noqa: E731
+    pos = None if chunk[0].pos is None else per_row([p.pos for p in chunk])
+    unit = None if chunk[0].unit is None else per_row([p.unit for p in chunk])
+
+    def index(first, offset):
+        out = (first, slice(None) if pos is None else pos - offset)
+        return out if unit is None else out + (unit,)
+
+    return index(rows, shift), index(prompts, 0)
+
+
+def sweep(model: Model, component: str, base: torch.Tensor, source_acts: dict[str, torch.Tensor],
+          metric: Callable, ctx: MetricContext, layers: list[int] | None = None, engine: str = "batched",
+          done: torch.Tensor | None = None, values: torch.Tensor | None = None,
+          on_chunk: Callable[[int], None] | None = None, max_rows: int = 64,
+          batched: BatchedEngine | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch every cell of ``component``'s grid; returns per-prompt values ``[n_prompts, *grid]`` and a done mask.
+
+    ``source_acts`` holds the source run's activations for the component's sites. ``done``/``values``
+    resume an interrupted sweep: finished cells are skipped and kept. ``on_chunk(k)`` is called after
+    every chunk of ``k`` patches (progress bars, checkpoints).
+    """
+    if engine not in ENGINES:
+        raise InterpError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
+    n, n_pos = base.shape
+    shape = grid_shape(model, component, n_pos, layers)
+    if values is None:
+        values = torch.full((n, *shape), float("nan"))
+    if done is None:
+        done = torch.zeros(shape, dtype=torch.bool)
+    todo = [p for p in patches(model, component, n_pos, layers) if not done[p.cell]]
+    if engine == "hooks":
+        runs = run_hooks_engine(model, component, base, source_acts, todo, metric, ctx)
+    else:
+        runs = (batched or BatchedEngine(model, base, max_rows)).run(component, source_acts, todo, metric, ctx)
+    with torch.no_grad():
+        for chunk, vals in runs:
+            for j, patch in enumerate(chunk):
+                values[(slice(None), *patch.cell)] = vals[j * n : (j + 1) * n].float()
+                done[patch.cell] = True
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+    return values, done

