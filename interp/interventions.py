@@ -70,7 +70,10 @@ class Add(Intervention):
         pos = slice(None) if self.positions is None else self.positions
         delta = self.coeff * self.vector.to(device=act.device, dtype=act.dtype)
         out = act.clone()
-        out[:, pos] = out[:, pos] + delta
+        try:
+            out[:, pos] = out[:, pos] + delta
+        except (RuntimeError, IndexError) as exc:
+            raise InterpError(f"Add on {self.site} does not fit the activation of shape {tuple(act.shape)}: {exc}") from None
         return out
 
 

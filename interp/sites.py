@@ -86,11 +86,11 @@ def parse_site(name: str | Site, n_layers: int | None = None) -> Site:
         if kind == "norm_scale":
             if parts[1:] == ["final"]:
                 return Site("norm_scale", None, "final")
-            if len(parts) != 3 or not parts[1].isdigit() or parts[2] not in NORMS:
+            if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit()) or parts[2] not in NORMS:
                 raise InterpError(f"bad site '{name}': use norm_scale.<layer>.ln1, norm_scale.<layer>.ln2 or norm_scale.final")
             site = Site("norm_scale", int(parts[1]), parts[2])
         else:
-            if len(parts) != 2 or not parts[1].isdigit():
+            if len(parts) != 2 or not (parts[1].isascii() and parts[1].isdigit()):
                 raise InterpError(f"bad site '{name}': use <kind>.<layer>, e.g. {kind}.0")
             site = Site(kind, int(parts[1]))
     if n_layers is not None and site.layer is not None and not 0 <= site.layer < n_layers:

@@ -122,7 +122,7 @@ def run_hooks_engine(model: Model, component: str, base: torch.Tensor, source_ac
 class BatchedEngine:
     """Runs many patches per forward, starting at the patched layer, from the base run's caches."""
 
-    def __init__(self, model: Model, base: torch.Tensor, max_rows: int = 64):
+    def __init__(self, model: Model, base: torch.Tensor, max_rows: int = 16):
         self.model, self.base, self.max_rows = model, base, max_rows
         hf = model.hf
         n_layers = model.n_layers
@@ -166,16 +166,35 @@ class BatchedEngine:
             ctx: MetricContext) -> Iterator[tuple[list[Patch], torch.Tensor]]:
         """Yields ``(patches, values [len(patches) * n_prompts])`` chunk by chunk, patch-major rows."""
         kind = COMPONENTS[component][0]
-        n = self.base.shape[0]
-        per_chunk = max(1, self.max_rows // n)
         groups: dict[int, list[Patch]] = {}
         for patch in todo:
             groups.setdefault(patch.layer, []).append(patch)
         for layer, group in groups.items():
-            group = sorted(group, key=lambda p: -1 if p.pos is None else p.pos)
-            for c in range(0, len(group), per_chunk):
-                chunk = group[c : c + per_chunk]
+            for chunk in self._chunks(group):
                 yield chunk, self._run_chunk(kind, layer, chunk, source_acts, metric, ctx)
+
+    def _chunks(self, group: list[Patch]) -> Iterator[list[Patch]]:
+        """Split one layer's patches into forwards of at most ``max_rows * n_pos`` token rows.
+
+        With prefix reuse a forward computes only positions from its earliest patch on, so patches
+        are packed latest position first: late patches share short suffixes.
+        """
+        n, n_pos = self.base.shape
+        budget = self.max_rows * n_pos
+        positioned = self.reuse_prefix and all(p.pos is not None for p in group)
+        if not positioned:
+            per_chunk = max(1, self.max_rows // n)
+            for c in range(0, len(group), per_chunk):
+                yield group[c : c + per_chunk]
+            return
+        chunk: list[Patch] = []
+        for patch in sorted(group, key=lambda p: -p.pos):
+            if chunk and (len(chunk) + 1) * n * (n_pos - patch.pos) > budget:
+                yield chunk
+                chunk = []
+            chunk.append(patch)
+        if chunk:
+            yield chunk
 
     def _run_chunk(self, kind, layer, chunk, source_acts, metric, ctx):
         n, reps = self.base.shape[0], len(chunk)
@@ -228,7 +247,7 @@ def _chunk_index(chunk: list[Patch], n: int, shift: int):
 def sweep(model: Model, component: str, base: torch.Tensor, source_acts: dict[str, torch.Tensor],
           metric: Callable, ctx: MetricContext, layers: list[int] | None = None, engine: str = "batched",
           done: torch.Tensor | None = None, values: torch.Tensor | None = None,
-          on_chunk: Callable[[int], None] | None = None, max_rows: int = 64,
+          on_chunk: Callable[[int], None] | None = None, max_rows: int = 16,
           batched: BatchedEngine | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Patch every cell of ``component``'s grid; returns per-prompt values ``[n_prompts, *grid]`` and a done mask.
 

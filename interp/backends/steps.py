@@ -46,9 +46,18 @@ def plan_steps(
             raise InterpError(f"site '{site}' is read only; interventions can edit residual, attention/MLP outputs, heads and neurons")
     read_set = set(reads)
 
-    def keep(site: Site, value: torch.Tensor) -> None:
+    def keep(site: Site, value: torch.Tensor) -> torch.Tensor:
+        """Record ``value`` if ``site`` is read; returns the tensor that should flow on.
+
+        Weights are frozen, so with ``grad=True`` the first read activation that is not yet on a
+        graph becomes a leaf that flows on: every later activation then depends on it, and
+        gradients with respect to any read site cover all paths.
+        """
+        if grad and not value.requires_grad:
+            value = value.detach().requires_grad_(True)
         if site in read_set:
             acts[str(site)] = value if grad else value.detach()
+        return value
 
     mid_pre: dict[int, torch.Tensor] = {}
     steps: list[Step] = []
@@ -63,8 +72,7 @@ def plan_steps(
 
             def mid_delta(attn: torch.Tensor, site: Site = site, ivs: list = ivs) -> torch.Tensor:
                 mid = mid_pre.pop(site.layer) + attn
-                new = apply_all(ivs, mid)
-                keep(site, new)
+                new = keep(site, apply_all(ivs, mid))
                 return attn + (new - mid)
 
             steps.append(Step(Site("resid_pre", layer), capture, read_only=True))
@@ -72,18 +80,17 @@ def plan_steps(
         elif not site.writable:
 
             def read(x: torch.Tensor, site: Site = site) -> torch.Tensor:
-                keep(site, x)
+                if site in read_set:
+                    acts[str(site)] = x if grad else x.detach()
                 return x
 
             steps.append(Step(site, read, read_only=True))
         else:
 
             def edit(x: torch.Tensor, site: Site = site, ivs: list = ivs) -> torch.Tensor:
-                x = apply_all(ivs, x)
-                keep(site, x)
-                return x
+                return keep(site, apply_all(ivs, x))
 
-            steps.append(Step(site, edit, read_only=not ivs))
+            steps.append(Step(site, edit, read_only=not ivs and not grad))
     # stable sort: steps at the same place keep the order above (a site's own edits first)
     return sorted(steps, key=lambda s: table.order_key(s.location))
 

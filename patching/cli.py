@@ -1,0 +1,121 @@
+"""``interp patch``: run activation patching from the shell and write a run folder."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from interp.errors import InterpError
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def patch(
+    model: str = typer.Option("smollm2-135m", help="Model name (see `interp models`), HF id or local path."),
+    backend: str = typer.Option("lens", help="lens (TransformerLens bridge), nnsight or torch."),
+    task: str = typer.Option("ioi", help="ioi, or a JSONL file with clean/corrupt/answer/wrong per line."),
+    n_prompts: int = typer.Option(8, help="Number of prompts (IOI: generated; JSONL: the first N)."),
+    method: str = typer.Option("activation", help="Patching method(s); this release: activation."),
+    components: str = typer.Option("resid_pre,attn_out,mlp_out,head_out",
+                                   help="Comma list of resid_pre, resid_mid, resid_post, attn_out, mlp_out, head_out, head_out_pos, mlp_act."),
+    direction: str = typer.Option("denoise", help="denoise (clean into corrupt) or noise (corrupt into clean)."),
+    metric: str = typer.Option("logit_diff", help="logit_diff, norm_logit_diff, answer_prob or kl."),
+    mlp_layers: str = typer.Option("", help="Layers for mlp_act, e.g. 15,29."),
+    engine: str = typer.Option("batched", help="batched (fast) or hooks (one forward per patch through the backend)."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, mps."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    out: Path = typer.Option(None, help="Run folder (default runs/patch-<time>)."),
+    resume: bool = typer.Option(False, help="Complete the interrupted run in --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
+    seed: int = typer.Option(0, help="Seed for prompt generation and bootstraps."),
+) -> None:
+    """Activation patching: which components carry the clean behaviour?"""
+    import torch
+
+    from interp.metrics import get_metric
+    from patching.activation import check_component
+    from patching.run import DIRECTIONS
+
+    methods = _split(method)
+    if methods != ["activation"]:
+        raise InterpError(f"unknown method '{method}': this release has activation")
+    comps = [check_component(c) for c in _split(components)]
+    if not comps:
+        raise InterpError("no components given: pass e.g. --components resid_pre,attn_out")
+    get_metric(metric)
+    if direction not in DIRECTIONS:
+        raise InterpError(f"unknown direction '{direction}': use denoise or noise")
+    if dtype not in DTYPES:
+        raise InterpError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
+    if n_prompts < 1:
+        raise InterpError("--n-prompts must be at least 1")
+    try:
+        layers = [int(x) for x in _split(mlp_layers)]
+    except ValueError:
+        raise InterpError(f"--mlp-layers must be comma-separated integers, got '{mlp_layers}'") from None
+    if task != "ioi" and not task.endswith(".jsonl"):
+        raise InterpError(f"unknown task '{task}': use ioi or a .jsonl file")
+    if task.endswith(".jsonl") and not Path(task).is_file():
+        raise InterpError(f"prompt file {task} does not exist")
+    if resume and out is None:
+        raise InterpError("--resume needs --out DIR: the folder of the interrupted run")
+    out = out or Path("runs") / f"patch-{datetime.now():%Y%m%d-%H%M%S}"
+
+    import interp
+    from interp.prompts import load_prompt_set
+    from patching.run import activation_patching
+
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    with console.status(f"loading {model} ({backend})"):
+        m = interp.load(model, backend=backend, device=device, dtype=getattr(torch, dtype))
+        prompts = load_prompt_set(task, m.tokenizer, n=n_prompts, seed=seed)
+        if backend != "torch":
+            m.backend()  # boot the backend now, so its time counts as load time
+    load_s = time.perf_counter() - t0
+
+    # SIGTERM behaves like Ctrl-C: finished patches are checkpointed before exiting
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    columns = (TextColumn("{task.description:<13}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(comp: str, done: int, total: int) -> None:
+            if comp not in tasks:
+                tasks[comp] = bar.add_task(comp, total=total)
+            bar.update(tasks[comp], completed=done)
+
+        try:
+            result = activation_patching(
+                m, prompts, comps, direction=direction, metric=metric, mlp_layers=layers, engine=engine,
+                out=out, resume=resume, progress=progress, seed=seed,
+                command="interp " + shlex.join(sys.argv[1:]),
+            )
+        except KeyboardInterrupt:
+            bar.stop()
+            console.print(f"interrupted: finished patches are saved in {out}; complete them with "
+                          f"`interp patch ... --out {out} --resume`")
+            raise typer.Exit(130)
+    result.manifest["timings"]["load_s"] = round(load_s, 3)
+    result.manifest["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    result.save(out)
+    if as_json:
+        print(json.dumps(result.manifest, indent=2))
+    else:
+        base = result.manifest["baselines"]
+        console.print(f"clean {metric} {base['clean']['mean']:.3f}, corrupt {base['corrupt']['mean']:.3f}; "
+                      f"{result.manifest['timings']['run_s']:.1f}s")
+        console.print(f"report: {Path(out) / 'report.html'}")

@@ -1,0 +1,199 @@
+"""An activation-patching run: baselines, sweeps, checkpoints and the run folder.
+
+`activation_patching` is what ``interp patch`` calls and what notebooks call. It runs the clean and
+corrupt baselines, sweeps every requested component and returns a `RunResult` holding
+``activation/<component>`` (mean over prompts) and ``activation/<component>/per_prompt`` tensors.
+With ``out`` set, finished patches are checkpointed to ``out/partial.safetensors`` as they complete,
+so an interrupted run loses nothing and ``resume=True`` completes it with identical numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from interp.errors import InterpError
+from interp.metrics import MetricContext, get_metric
+from interp.model import Model
+from interp.plots import position_labels
+from interp.prompts import PromptSet
+from interp.results import (RunResult, SCHEMA_VERSION, describe_tensor, package_versions, read_tensors,
+                            write_json_atomic, write_tensors_atomic)
+from interp.stats import bootstrap_ci
+from patching.activation import COMPONENTS, ENGINES, BatchedEngine, check_component, grid_shape, sweep
+
+DIRECTIONS = ("denoise", "noise")
+PARTIAL = "partial.safetensors"
+PROGRESS = "progress.json"
+CHECKPOINT_EVERY_S = 5.0
+
+
+def _axis_labels(model: Model, axes: tuple[str, ...], layers: list[int], str_tokens: list[str]) -> dict[str, list[str]]:
+    labels = {"layer": [str(layer) for layer in layers], "pos": position_labels(str_tokens),
+              "head": [f"H{h}" for h in range(model.n_heads)], "neuron": [str(i) for i in range(model.d_mlp)]}
+    return {a: labels[a] for a in axes}
+
+
+def activation_patching(
+    model: Model,
+    prompts: PromptSet,
+    components: list[str] = ("resid_pre", "attn_out", "mlp_out", "head_out"),
+    direction: str = "denoise",
+    metric: str = "logit_diff",
+    mlp_layers: list[int] | None = None,
+    engine: str = "batched",
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+    seed: int = 0,
+    command: str = "python",
+) -> RunResult:
+    """Patch every component of ``components`` and return the run (saved to ``out`` if given).
+
+    ``direction="denoise"`` patches clean activations into the corrupt run; ``"noise"`` the reverse.
+    ``progress(component, done, total)`` is called as patches finish.
+    """
+    components = [check_component(c) for c in components]
+    if direction not in DIRECTIONS:
+        raise InterpError(f"unknown direction '{direction}': use denoise or noise")
+    if engine not in ENGINES:
+        raise InterpError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
+    metric_fn = get_metric(metric)
+    if "mlp_act" in components:
+        if not mlp_layers:
+            raise InterpError("component mlp_act patches every neuron of chosen layers: pass --mlp-layers, e.g. --mlp-layers 15,29")
+        for layer in mlp_layers:
+            model.site(f"mlp_act.{layer}")
+    t_start = time.perf_counter()
+    tokens = prompts.tokenize(model.tokenizer)
+    base, source = (tokens.corrupt, tokens.clean) if direction == "denoise" else (tokens.clean, tokens.corrupt)
+    n, n_pos = base.shape
+    kinds = sorted({COMPONENTS[c][0] for c in components})
+    layers_of = {c: (list(mlp_layers) if c == "mlp_act" else list(range(model.n_layers))) for c in components}
+    source_sites = sorted({f"{COMPONENTS[c][0]}.{layer}" for c in components for layer in layers_of[c]})
+
+    params = {"components": components, "direction": direction, "metric": metric, "engine": engine,
+              "mlp_layers": list(mlp_layers or []), "n_prompts": n, "seed": seed}
+    run_id = {"model": model.name, "prompt_set": prompts.name, "fingerprint": prompts.fingerprint(),
+              "dtype": str(next(model.hf.parameters()).dtype).replace("torch.", ""), **params}
+    values, done = _resume_state(out, run_id, resume)
+
+    with torch.no_grad():
+        clean_run = model.run(tokens.clean, read=source_sites if direction == "denoise" else [])
+        corrupt_run = model.run(tokens.corrupt, read=source_sites if direction == "noise" else [])
+    source_acts = (clean_run if direction == "denoise" else corrupt_run).acts
+    ctx = MetricContext(tokens.answer, tokens.wrong, clean_run.logits[:, -1], corrupt_run.logits[:, -1])
+    baselines = {name: metric_fn(run.logits[:, -1], ctx) for name, run in
+                 (("clean", clean_run), ("corrupt", corrupt_run))}
+
+    batched = BatchedEngine(model, base) if engine == "batched" else None
+    last_save = time.perf_counter()
+    timings: dict[str, float] = {}
+    try:
+        for comp in components:
+            shape = grid_shape(model, comp, n_pos, layers_of[comp])
+            total = int(torch.tensor(shape).prod())
+            if comp not in done:
+                values[comp] = torch.full((n, *shape), float("nan"))
+                done[comp] = torch.zeros(shape, dtype=torch.bool)
+            finished = int(done[comp].sum())
+            if progress:
+                progress(comp, finished, total)
+
+            def on_chunk(k: int, comp: str = comp, total: int = total) -> None:
+                nonlocal last_save, finished
+                finished += k
+                if progress:
+                    progress(comp, finished, total)
+                if out is not None and time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
+                    _checkpoint(out, run_id, values, done)
+                    last_save = time.perf_counter()
+
+            t0 = time.perf_counter()
+            sweep(model, comp, base, source_acts, metric_fn, ctx, layers=layers_of[comp], engine=engine,
+                  done=done[comp], values=values[comp], on_chunk=on_chunk, batched=batched)
+            timings[f"{comp}_s"] = round(time.perf_counter() - t0, 3)
+    except BaseException:
+        if out is not None:
+            _checkpoint(out, run_id, values, done)
+        raise
+    run_s = time.perf_counter() - t_start
+
+    scores, tensors = {}, {}
+    for comp in components:
+        axes = COMPONENTS[comp][1]
+        labels = _axis_labels(model, axes, layers_of[comp], tokens.str_tokens)
+        mean = values[comp].mean(0)
+        scores[f"activation/{comp}"] = mean
+        scores[f"activation/{comp}/per_prompt"] = values[comp]
+        tensors[f"activation/{comp}"] = describe_tensor(f"activation/{comp}", mean, list(axes), labels)
+        tensors[f"activation/{comp}/per_prompt"] = describe_tensor(f"activation/{comp}/per_prompt", values[comp], ["prompt", *axes], labels)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "status": "complete",
+        "command": command,
+        "model": model.name,
+        "backend": model.backend_name,
+        "dtype": run_id["dtype"],
+        "prompt_set": {"name": prompts.name, "fingerprint": prompts.fingerprint(), "n_prompts": n,
+                       "n_tokens": n_pos, "tokens": tokens.str_tokens, "example_clean": prompts.clean[0],
+                       "example_corrupt": prompts.corrupt[0]},
+        "metric": metric,
+        "methods": ["activation"],
+        "components": components,
+        "parameters": params,
+        "baselines": {name: _summary(v) for name, v in baselines.items()},
+        "tensors": tensors,
+        "timings": {"run_s": round(run_s, 3), **timings},
+        "versions": package_versions(),
+        "seed": seed,
+    }
+    result = RunResult(manifest=manifest, scores=scores)
+    if out is not None:
+        result.save(out)
+        for name in (PARTIAL, PROGRESS):
+            (Path(out) / name).unlink(missing_ok=True)
+    return result
+
+
+def _summary(per_prompt: torch.Tensor) -> dict:
+    mean, lo, hi = bootstrap_ci(per_prompt.float())
+    return {"mean": round(mean, 6), "ci95": [round(lo, 6), round(hi, 6)], "per_prompt": [round(float(v), 6) for v in per_prompt]}
+
+
+def _checkpoint(out: str | Path, run_id: dict, values: dict, done: dict) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {f"values/{c}": v for c, v in values.items()} | {f"done/{c}": d for c, d in done.items()}
+    write_tensors_atomic(out / PARTIAL, tensors)
+    write_json_atomic(out / PROGRESS, {"run": run_id, "done": {c: int(d.sum()) for c, d in done.items()},
+                                       "total": {c: d.numel() for c, d in done.items()}})
+
+
+def _resume_state(out: str | Path | None, run_id: dict, resume: bool) -> tuple[dict, dict]:
+    """Values and done masks from an interrupted run in ``out`` (empty when starting afresh)."""
+    if out is None:
+        if resume:
+            raise InterpError("--resume needs --out DIR: the folder of the interrupted run")
+        return {}, {}
+    out = Path(out)
+    progress_file, partial_file = out / PROGRESS, out / PARTIAL
+    if not resume:
+        if partial_file.exists():
+            raise InterpError(f"{out} holds an interrupted run: add --resume to complete it, or choose another --out")
+        return {}, {}
+    if not partial_file.exists() or not progress_file.exists():
+        raise InterpError(f"nothing to resume in {out}: no interrupted run there (run without --resume)")
+    import json
+
+    saved = json.loads(progress_file.read_text())["run"]
+    if saved != run_id:
+        changed = sorted(k for k in set(saved) | set(run_id) if saved.get(k) != run_id.get(k))
+        raise InterpError(f"cannot resume {out}: it was started with different {', '.join(changed)}; use the same options or another --out")
+    tensors = read_tensors(partial_file)
+    values = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("values/")}
+    done = {k.split("/", 1)[1]: v.bool() for k, v in tensors.items() if k.startswith("done/")}
+    return values, done
