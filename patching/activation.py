@@ -122,14 +122,17 @@ def run_hooks_engine(model: Model, component: str, base: torch.Tensor, source_ac
 class BatchedEngine:
     """Runs many patches per forward, starting at the patched layer, from the base run's caches."""
 
-    def __init__(self, model: Model, base: torch.Tensor, max_rows: int = 16):
+    def __init__(self, model: Model, base: torch.Tensor, max_rows: int = 8):
         self.model, self.base, self.max_rows = model, base, max_rows
         hf = model.hf
         n_layers = model.n_layers
         sites = [f"resid_pre.{layer}" for layer in range(n_layers)] + [f"resid_post.{n_layers - 1}"]
+        self._base_acts: dict[str, torch.Tensor] = {}
+        self.skipped = 0  # patches found to change nothing (source == base activation), not run
         with torch.no_grad():
             out = model.run(base, read=sites, backend="torch")
             self.resid = [out.acts[f"resid_pre.{layer}"] for layer in range(n_layers)] + [out.acts[sites[-1]]]
+            self.base_logits = out.logits[:, -1]
             types = getattr(hf.config, "layer_types", None) or ["full_attention"] * n_layers
             # Prefix reuse needs full attention everywhere (a sliding window's cache keeps a
             # truncated past); models with sliding layers recompute from position 0.
@@ -166,12 +169,33 @@ class BatchedEngine:
             ctx: MetricContext) -> Iterator[tuple[list[Patch], torch.Tensor]]:
         """Yields ``(patches, values [len(patches) * n_prompts])`` chunk by chunk, patch-major rows."""
         kind = COMPONENTS[component][0]
+        n = self.base.shape[0]
+        noop = [p for p in todo if self._is_noop(kind, p, source_acts)]
+        if noop:  # exactly the base run: no forward needed
+            self.skipped += len(noop)
+            yield noop, metric(self.base_logits, ctx).repeat(len(noop))
         groups: dict[int, list[Patch]] = {}
+        skip = set(noop)
         for patch in todo:
-            groups.setdefault(patch.layer, []).append(patch)
+            if patch not in skip:
+                groups.setdefault(patch.layer, []).append(patch)
         for layer, group in groups.items():
             for chunk in self._chunks(group):
                 yield chunk, self._run_chunk(kind, layer, chunk, source_acts, metric, ctx)
+
+    def _is_noop(self, kind: str, patch: Patch, source_acts: dict[str, torch.Tensor]) -> bool:
+        """True when the source activation equals the base one bit for bit at every prompt.
+
+        Positions before the first token where the two prompts differ are identical in both runs
+        (attention is causal), so patching them changes nothing.
+        """
+        site = f"{kind}.{patch.layer}"
+        if site not in self._base_acts:
+            kinds = [f"{kind}.{layer}" for layer in range(self.model.n_layers)]
+            with torch.no_grad():
+                self._base_acts.update(self.model.run(self.base, read=kinds, backend="torch").acts)
+        index = _index(patch, slice(None))
+        return torch.equal(source_acts[site][index], self._base_acts[site][index])
 
     def _chunks(self, group: list[Patch]) -> Iterator[list[Patch]]:
         """Split one layer's patches into forwards of at most ``max_rows * n_pos`` token rows.
@@ -247,7 +271,7 @@ def _chunk_index(chunk: list[Patch], n: int, shift: int):
 def sweep(model: Model, component: str, base: torch.Tensor, source_acts: dict[str, torch.Tensor],
           metric: Callable, ctx: MetricContext, layers: list[int] | None = None, engine: str = "batched",
           done: torch.Tensor | None = None, values: torch.Tensor | None = None,
-          on_chunk: Callable[[int], None] | None = None, max_rows: int = 16,
+          on_chunk: Callable[[int], None] | None = None, max_rows: int = 8,
           batched: BatchedEngine | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Patch every cell of ``component``'s grid; returns per-prompt values ``[n_prompts, *grid]`` and a done mask.
 

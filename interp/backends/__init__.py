@@ -2,7 +2,7 @@
 
 - ``lens``: TransformerLens's TransformerBridge, booted from the loaded HF model (its own copy,
   because the bridge rewires the module tree it wraps).
-- ``nnsight``: nnsight's LanguageModel around the HF model.
+- ``nnsight``: nnsight's TransformersModel around the HF model.
 - ``torch``: plain PyTorch forward hooks on the HF modules; no framework overhead, and the base of
   the batched patching engine.
 

@@ -1,4 +1,4 @@
-"""The ``nnsight`` backend: nnsight's LanguageModel around the HF model.
+"""The ``nnsight`` backend: nnsight's TransformersModel around the HF model.
 
 nnsight 0.8 serves a module's ``.input``/``.output`` only in the order the forward pass reaches
 them, so the plan's steps (already in execution order) are grouped by module and each module is
@@ -22,9 +22,9 @@ class NNsightBackend:
     name = "nnsight"
 
     def __init__(self, hf: torch.nn.Module, tokenizer, table: ArchTable, n_heads: int):
-        from nnsight import LanguageModel
+        from nnsight.modeling.transformers import TransformersModel
 
-        self.lm = LanguageModel(hf, tokenizer=tokenizer)
+        self.lm = TransformersModel(hf, task="text-generation", tokenizer=tokenizer)
         self.hf, self.table, self.n_heads = hf, table, n_heads
 
     def _envoy(self, path: str):
