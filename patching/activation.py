@@ -96,9 +96,9 @@ def patches(model: Model, component: str, n_pos: int, layers: list[int] | None =
     return out
 
 
-def _index(patch: Patch, rows, shift: int = 0):
+def _index(patch: Patch, rows):
     """Torch index of ``patch`` in a site activation whose batch rows are ``rows``."""
-    pos = None if patch.pos is None else patch.pos - shift
+    pos = patch.pos
     if patch.unit is None:
         return (rows, pos)
     return (rows, slice(None), patch.unit) if pos is None else (rows, pos, patch.unit)
@@ -169,25 +169,26 @@ class BatchedEngine:
             ctx: MetricContext) -> Iterator[tuple[list[Patch], torch.Tensor]]:
         """Yields ``(patches, values [len(patches) * n_prompts])`` chunk by chunk, patch-major rows."""
         kind = COMPONENTS[component][0]
-        n = self.base.shape[0]
-        noop = [p for p in todo if self._is_noop(kind, p, source_acts)]
+        starts = {p: self._first_change(kind, p, source_acts) for p in todo}
+        noop = [p for p in todo if starts[p] is None]
         if noop:  # exactly the base run: no forward needed
             self.skipped += len(noop)
             yield noop, metric(self.base_logits, ctx).repeat(len(noop))
         groups: dict[int, list[Patch]] = {}
-        skip = set(noop)
         for patch in todo:
-            if patch not in skip:
+            if starts[patch] is not None:
                 groups.setdefault(patch.layer, []).append(patch)
         for layer, group in groups.items():
-            for chunk in self._chunks(group):
-                yield chunk, self._run_chunk(kind, layer, chunk, source_acts, metric, ctx)
+            for chunk in self._chunks(group, starts):
+                a = min(starts[p] for p in chunk) if self.reuse_prefix else 0
+                yield chunk, self._run_chunk(kind, layer, chunk, a, source_acts, metric, ctx)
 
-    def _is_noop(self, kind: str, patch: Patch, source_acts: dict[str, torch.Tensor]) -> bool:
-        """True when the source activation equals the base one bit for bit at every prompt.
+    def _first_change(self, kind: str, patch: Patch, source_acts: dict[str, torch.Tensor]) -> int | None:
+        """First position the patch changes (source differs from base there), None if it changes nothing.
 
-        Positions before the first token where the two prompts differ are identical in both runs
-        (attention is causal), so patching them changes nothing.
+        Positions before the first token where clean and corrupt prompts differ are bit-identical in
+        both runs (attention is causal): patching them changes nothing, and a patch's effect can
+        only start at its first changed position.
         """
         site = f"{kind}.{patch.layer}"
         if site not in self._base_acts:
@@ -195,38 +196,39 @@ class BatchedEngine:
             with torch.no_grad():
                 self._base_acts.update(self.model.run(self.base, read=kinds, backend="torch").acts)
         index = _index(patch, slice(None))
-        return torch.equal(source_acts[site][index], self._base_acts[site][index])
+        differs = source_acts[site][index] != self._base_acts[site][index]
+        if patch.pos is not None:
+            return patch.pos if bool(differs.any()) else None
+        changed = differs.flatten(2).any(-1).any(0) if differs.ndim > 2 else differs.any(0)  # [pos]
+        first = torch.nonzero(changed)
+        return int(first[0]) if len(first) else None
 
-    def _chunks(self, group: list[Patch]) -> Iterator[list[Patch]]:
+    def _chunks(self, group: list[Patch], starts: dict[Patch, int]) -> Iterator[list[Patch]]:
         """Split one layer's patches into forwards of at most ``max_rows * n_pos`` token rows.
 
-        With prefix reuse a forward computes only positions from its earliest patch on, so patches
-        are packed latest position first: late patches share short suffixes.
+        A forward computes only positions from its earliest start on, so patches are packed latest
+        start first: late patches share short suffixes.
         """
         n, n_pos = self.base.shape
         budget = self.max_rows * n_pos
-        positioned = self.reuse_prefix and all(p.pos is not None for p in group)
-        if not positioned:
-            per_chunk = max(1, self.max_rows // n)
-            for c in range(0, len(group), per_chunk):
-                yield group[c : c + per_chunk]
-            return
         chunk: list[Patch] = []
-        for patch in sorted(group, key=lambda p: -p.pos):
-            if chunk and (len(chunk) + 1) * n * (n_pos - patch.pos) > budget:
+        for patch in sorted(group, key=lambda p: -starts[p]):
+            length = n_pos - (starts[patch] if self.reuse_prefix else 0)
+            if chunk and (len(chunk) + 1) * n * length > budget:
                 yield chunk
                 chunk = []
             chunk.append(patch)
         if chunk:
             yield chunk
 
-    def _run_chunk(self, kind, layer, chunk, source_acts, metric, ctx):
+    def _run_chunk(self, kind, layer, chunk, a, source_acts, metric, ctx):
         n, reps = self.base.shape[0], len(chunk)
-        positioned = chunk[0].pos is not None
-        a = min(p.pos for p in chunk) if positioned and self.reuse_prefix else 0
         dst, src = _chunk_index(chunk, n, a)
         site = f"{kind}.{layer}"
-        replace = Replace(site, source_acts[site][src], index=dst)
+        value = source_acts[site][src]
+        if chunk[0].pos is None:  # whole-sequence patches: only positions a.. are in the run
+            value = value[:, a:]
+        replace = Replace(site, value, index=dst)
         steps = plan_steps(self.model.table, {Site(kind, layer): [replace]}, [], {}, False)
         with torch.no_grad():
             logits = self.forward_from(layer, a, reps, steps)

@@ -288,7 +288,10 @@ def test_patching_the_final_residual_at_the_last_position_gives_the_source_metri
     base, source = setup.base_and_source("denoise")
     values, _ = sweep(model, "resid_post", base, source, kl, setup.ctx, layers=[last], engine=engine)
     assert values[:, 0, -1].abs().max() < 1e-5
-    assert (values[:, 0, :-1] > 1e-6).all(), "patching an earlier position of the final residual changes nothing"
+    # patching an earlier position of the final residual changes nothing: the corrupt run's KL
+    corrupt_kl = setup.metric_of(setup.corrupt, kl)
+    assert (corrupt_kl > 1e-6).all()
+    assert_close(values[:, 0, :-1], corrupt_kl[:, None].expand(-1, setup.n_pos - 1), f"{fixture} earlier positions", 1e-5)
 
 
 @pytest.mark.parametrize("direction", ["denoise", "noise"])

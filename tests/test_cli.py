@@ -1,0 +1,221 @@
+"""The ``interp`` command line, run as a real subprocess (the installed entry-point script).
+
+Covers ``interp models``, a full ``interp patch`` run, one clear line (and no traceback) for every
+kind of bad input, and SIGTERM: an interrupted run keeps its finished patches and ``--resume``
+completes it with the same numbers as an uninterrupted run. Runs use ``--model tiny-llama``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from interp.metrics import METRICS
+from interp.results import load_run
+from patching.activation import COMPONENTS
+
+INTERP = Path(sys.executable).parent / "interp"
+# a wide terminal so rich never wraps table rows or messages; no colour codes; one BLAS/OpenMP
+# thread per process, since several CLI processes run at once (oversubscribed OpenMP threads spin)
+ENV = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+ROW = {"clean": "When Mary and John went to the park, John gave a ball to",
+       "corrupt": "When Mary and John went to the park, Mary gave a ball to",
+       "answer": " Mary", "wrong": " John"}
+
+
+def interp_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(INTERP), *map(str, args)], capture_output=True, text=True, env=ENV,
+                          cwd=cwd, timeout=timeout)
+
+
+def start_cli(*args: str, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen([str(INTERP), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV, cwd=cwd)
+
+
+def write_jsonl(path: Path, lines: list) -> Path:
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+def test_entry_point_script_exists():
+    assert INTERP.is_file() and os.access(INTERP, os.X_OK), f"{INTERP} is not an executable"
+
+
+# ---------------------------------------------------------------------------------- interp models
+
+
+def test_models_lists_smollm2_as_available():
+    proc = interp_cli("models")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if "smollm2-135m" in line]
+    assert len(rows) == 1, proc.stdout
+    assert "yes" in rows[0].split(), rows[0]
+    for name in ("tiny-llama", "tiny-gemma3"):
+        assert name in proc.stdout
+
+
+def test_models_json_parses():
+    proc = interp_cli("models", "--json")
+    assert proc.returncode == 0, proc.stderr
+    infos = json.loads(proc.stdout)
+    by_name = {info["name"]: info for info in infos}
+    assert by_name["smollm2-135m"]["available"] is True
+    assert by_name["tiny-llama"]["available"] is True
+    for info in infos:
+        assert {"name", "description", "available", "size", "install_hint"} <= set(info)
+
+
+# ----------------------------------------------------------------------------------- interp patch
+
+
+def test_patch_json_writes_a_run_folder(tmp_path):
+    out = tmp_path / "D"
+    proc = interp_cli("patch", "--model", "tiny-llama", "--n-prompts", "2", "--components", "resid_pre,head_out",
+                      "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    manifest = json.loads(proc.stdout)  # stdout is the manifest and nothing else
+    timings = manifest["timings"]
+    for key in ("load_s", "run_s", "total_s"):
+        assert isinstance(timings[key], (int, float)) and timings[key] >= 0, key
+    assert timings["total_s"] >= timings["run_s"] and timings["total_s"] >= timings["load_s"]
+    assert manifest["status"] == "complete" and manifest["model"] == "tiny-llama"
+    assert manifest["components"] == ["resid_pre", "head_out"]
+    assert manifest["command"].startswith("interp patch")
+    for name in ("manifest.json", "scores.safetensors", "report.html"):
+        assert (out / name).is_file(), name
+    assert not (out / "partial.safetensors").exists()
+    run = load_run(out)
+    assert run.manifest == manifest
+    assert list(run.scores["activation/resid_pre"].shape) == manifest["tensors"]["activation/resid_pre"]["sizes"]
+    assert run.scores["activation/head_out/per_prompt"].shape[0] == 2
+    assert torch.isfinite(run.scores["activation/resid_pre"]).all()
+
+
+# ------------------------------------------------------------------------------------ bad inputs
+
+
+def _bad_input_cases(tmp: Path, tokenizer) -> dict[str, tuple[list[str], list[str]]]:
+    """name -> (arguments, substrings the one-line message must contain)."""
+    ok = dict(ROW)
+    bad_json = write_jsonl(tmp / "bad_json.jsonl", [ok, '{"clean": "When Mary", "corrupt": '])
+    no_wrong = write_jsonl(tmp / "no_wrong.jsonl", [ok, {k: v for k, v in ok.items() if k != "wrong"}])
+    longer = dict(ok, corrupt="When Mary and John went to the big old park, Mary gave a ball to")
+    n_clean, n_corrupt = (len(tokenizer(longer[k])["input_ids"]) for k in ("clean", "corrupt"))
+    assert n_clean != n_corrupt
+    lengths = write_jsonl(tmp / "lengths.jsonl", [ok, longer])
+    long_answer = write_jsonl(tmp / "long_answer.jsonl", [dict(ok, answer=" Zorblaxian"), ok])
+    assert len(tokenizer(" Zorblaxian", add_special_tokens=False)["input_ids"]) > 1
+    (tmp / "empty_out").mkdir()
+    patch = ["patch", "--model", "tiny-llama", "--n-prompts", "2"]
+    return {
+        "invalid_json_line": ([*patch, "--task", bad_json], ["bad_json.jsonl", "line 2", "not valid JSON"]),
+        "missing_field": ([*patch, "--task", no_wrong], ["no_wrong.jsonl", "line 2", "'wrong'"]),
+        "token_lengths_differ": ([*patch, "--task", lengths],
+                                 ["row 2", f"clean prompt is {n_clean} tokens", f"corrupt is {n_corrupt}"]),
+        "answer_not_one_token": ([*patch, "--task", long_answer], ["row 1", "answer ' Zorblaxian'", "not exactly one"]),
+        "unknown_component": ([*patch, "--components", "resid_pre,resid_pree"], ["resid_pree", *COMPONENTS]),
+        "unknown_metric": ([*patch, "--metric", "accuracy"], ["accuracy", *METRICS]),
+        "model_not_available": (["patch", "--model", "some-org/not-here", "--n-prompts", "2"],
+                                ["some-org/not-here", "not available"]),
+        "resume_without_interrupted_run": ([*patch, "--resume", "--out", tmp / "empty_out"],
+                                           ["nothing to resume", "empty_out"]),
+        "resume_without_out": ([*patch, "--resume"], ["--resume needs --out"]),
+        "prompt_file_missing": ([*patch, "--task", tmp / "nope.jsonl"], ["nope.jsonl", "does not exist"]),
+        "bad_mlp_layers": ([*patch, "--components", "mlp_act", "--mlp-layers", "1,x"], ["--mlp-layers", "1,x"]),
+        "mlp_act_without_layers": ([*patch, "--components", "mlp_act"], ["--mlp-layers"]),
+    }
+
+
+BAD_INPUTS = ["invalid_json_line", "missing_field", "token_lengths_differ", "answer_not_one_token",
+              "unknown_component", "unknown_metric", "model_not_available", "resume_without_interrupted_run",
+              "resume_without_out", "prompt_file_missing", "bad_mlp_layers", "mlp_act_without_layers"]
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(tmp_path_factory, tiny_llama):
+    """Every bad-input command, run a few at a time (each is a separate process)."""
+    tmp = tmp_path_factory.mktemp("bad_inputs")
+    cases = _bad_input_cases(tmp, tiny_llama.tokenizer)
+    assert sorted(cases) == sorted(BAD_INPUTS)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {name: pool.submit(interp_cli, *args, cwd=tmp) for name, (args, _) in cases.items()}
+        return {name: (cases[name][1], future.result()) for name, future in futures.items()}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_exits_nonzero_with_one_line(bad_input_results, case):
+    expected, proc = bad_input_results[case]
+    message = proc.stderr.strip()
+    assert proc.returncode == 2, f"exit {proc.returncode}: {proc.stderr}"
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert message.count("\n") == 0, f"stderr is not one line:\n{proc.stderr}"
+    assert message.startswith("error: "), message
+    for part in expected:
+        assert part in message, f"{part!r} not in {message!r}"
+    assert proc.stdout.strip() == ""
+
+
+# ---------------------------------------------------------------------------------------- SIGTERM
+
+SLOW_RUN = ["patch", "--model", "tiny-llama", "--components", "mlp_act", "--mlp-layers", "0,1",
+            "--n-prompts", "2", "--engine", "hooks"]
+
+
+def _scores(folder: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(folder / "scores.safetensors")
+
+
+def test_sigterm_checkpoints_and_resume_completes_with_identical_results(tmp_path):
+    interrupted, reference = tmp_path / "D", tmp_path / "ref"
+    ref_proc = start_cli(*SLOW_RUN, "--out", reference)  # uninterrupted, alongside
+    proc = start_cli(*SLOW_RUN, "--out", interrupted)
+    try:
+        # the run checkpoints finished patches every few seconds; wait for the first checkpoint
+        deadline = time.monotonic() + 240
+        while not (interrupted / "partial.safetensors").exists():
+            assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before its first checkpoint: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "no checkpoint after 240 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    interrupted_rc = proc.returncode
+    assert "Traceback" not in stderr, stderr
+    assert "--resume" in stderr, stderr
+    assert (interrupted / "partial.safetensors").is_file()
+    assert not (interrupted / "manifest.json").exists()
+    progress = json.loads((interrupted / "progress.json").read_text())
+    assert 0 < progress["done"]["mlp_act"] < progress["total"]["mlp_act"] == 2 * 128, progress
+
+    # without --resume the folder is refused; with it the run completes
+    refused = interp_cli(*SLOW_RUN, "--out", interrupted)
+    assert refused.returncode == 2 and "--resume" in refused.stderr and "Traceback" not in refused.stderr
+    resumed = interp_cli(*SLOW_RUN, "--out", interrupted, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not (interrupted / "partial.safetensors").exists() and not (interrupted / "progress.json").exists()
+    assert load_run(interrupted).manifest["status"] == "complete"
+
+    _, ref_err = ref_proc.communicate(timeout=300)
+    assert ref_proc.returncode == 0, ref_err
+    got, want = _scores(interrupted), _scores(reference)
+    assert sorted(got) == sorted(want) == ["activation/mlp_act", "activation/mlp_act/per_prompt"]
+    for name in want:
+        assert torch.isfinite(want[name]).all()
+        assert torch.equal(got[name], want[name]), f"{name}: max abs diff {(got[name] - want[name]).abs().max()}"
+
+    # the interrupted process must report failure (130, like Ctrl-C), not success
+    assert interrupted_rc != 0, f"SIGTERM-interrupted `interp patch` exited {interrupted_rc}; expected non-zero (130)"
