@@ -70,7 +70,8 @@ def main() -> None:
         print(f"{kind:<10} {n_layers * n_pos:>7} {t_tl:>8.2f} {t_ours:>9.2f} {t_tl / t_ours:>6.1f}x {diff:>11.2e}")
     print(f"{'total':<10} {len(kinds) * n_layers * n_pos:>7} {total_tl:>8.2f} {total_ours:>9.2f} "
           f"{total_tl / total_ours:>6.1f}x   (interp total includes {setup:.2f}s of base-run caching)")
-    print(f"TransformerLens: {total_tl / (len(kinds) * n_layers * n_pos):.3f} s per patch")
+    print(f"TransformerLens: {total_tl / (len(kinds) * n_layers * n_pos):.3f} s per patch; interp skipped "
+          f"{engine.skipped} patches that change nothing (source == base activation, bit for bit)")
 
 
 if __name__ == "__main__":

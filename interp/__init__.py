@@ -33,9 +33,12 @@ def __getattr__(name):  # lazy: keep `import interp` light
     if name == "list_models":
         from interp.models import list_models
         return list_models
-    if name in ("PromptSet", "load_prompt_set"):
-        from interp import prompts
-        return getattr(prompts, name)
+    if name == "PromptSet":
+        from interp.prompts import PromptSet
+        return PromptSet
+    if name == "load_prompt_set":
+        from interp.tasks import load_prompt_set
+        return load_prompt_set
     if name == "generate_ioi":
         from interp.ioi import generate_ioi
         return generate_ioi

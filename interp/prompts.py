@@ -15,15 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
 import torch
 
 from interp.errors import PromptSetError
 
 FIELDS: tuple[str, ...] = ("clean", "corrupt", "answer", "wrong")
-TASKS: tuple[str, ...] = ("ioi",)
-
-
 @dataclass
 class TokenizedPrompts:
     """A prompt set as token ids for one tokenizer."""
@@ -92,8 +88,10 @@ class PromptSet:
             )
         return PromptSet(self.clean[:n], self.corrupt[:n], self.answer[:n], self.wrong[:n], name=self.name)
 
-    def to_dataset(self) -> datasets.Dataset:
+    def to_dataset(self) -> "datasets.Dataset":  # noqa: F821
         """A `datasets.Dataset` with columns clean, corrupt, answer, wrong."""
+        import datasets  # heavy; only needed here
+
         return datasets.Dataset.from_dict({field: list(getattr(self, field)) for field in FIELDS})
 
     @classmethod
@@ -202,18 +200,3 @@ def load_jsonl(path: str | Path) -> PromptSet:
     if not rows:
         raise PromptSetError(f"prompt file {path} is empty; add one JSON object per line")
     return PromptSet(*([row[field] for row in rows] for field in FIELDS), name=path.stem)
-
-
-def load_prompt_set(task: str, tokenizer: Any, n: int | None = None, seed: int = 0) -> PromptSet:
-    """A prompt set by task name ("ioi": generated, n defaults to 8) or from a .jsonl path (first n rows)."""
-    from interp.ioi import generate_ioi  # ioi imports this module
-
-    if n is not None and n < 1:
-        raise PromptSetError(f"n must be at least 1, got {n}")
-    task = str(task)
-    if task == "ioi":
-        return generate_ioi(tokenizer, n or 8, seed)
-    if task.lower().endswith(".jsonl"):
-        prompts = load_jsonl(task)
-        return prompts.head(n) if n else prompts
-    raise PromptSetError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}, or a path to a .jsonl file")

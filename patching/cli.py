@@ -75,7 +75,7 @@ def patch(
     out = out or Path("runs") / f"patch-{datetime.now():%Y%m%d-%H%M%S}"
 
     import interp
-    from interp.prompts import load_prompt_set
+    from interp.tasks import load_prompt_set
     from patching.run import activation_patching
 
     console = Console(stderr=True)

@@ -134,22 +134,21 @@ def _bad_input_cases(tmp: Path, tokenizer) -> dict[str, tuple[list[str], list[st
         "resume_without_out": ([*patch, "--resume"], ["--resume needs --out"]),
         "prompt_file_missing": ([*patch, "--task", tmp / "nope.jsonl"], ["nope.jsonl", "does not exist"]),
         "bad_mlp_layers": ([*patch, "--components", "mlp_act", "--mlp-layers", "1,x"], ["--mlp-layers", "1,x"]),
-        "mlp_act_without_layers": ([*patch, "--components", "mlp_act"], ["--mlp-layers"]),
     }
 
 
 BAD_INPUTS = ["invalid_json_line", "missing_field", "token_lengths_differ", "answer_not_one_token",
               "unknown_component", "unknown_metric", "model_not_available", "resume_without_interrupted_run",
-              "resume_without_out", "prompt_file_missing", "bad_mlp_layers", "mlp_act_without_layers"]
+              "resume_without_out", "prompt_file_missing", "bad_mlp_layers"]
 
 
 @pytest.fixture(scope="module")
 def bad_input_results(tmp_path_factory, tiny_llama):
-    """Every bad-input command, run a few at a time (each is a separate process)."""
+    """Every bad-input command, run one per CPU at a time (each is a separate process)."""
     tmp = tmp_path_factory.mktemp("bad_inputs")
     cases = _bad_input_cases(tmp, tiny_llama.tokenizer)
     assert sorted(cases) == sorted(BAD_INPUTS)
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
         futures = {name: pool.submit(interp_cli, *args, cwd=tmp) for name, (args, _) in cases.items()}
         return {name: (cases[name][1], future.result()) for name, future in futures.items()}
 

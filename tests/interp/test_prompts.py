@@ -8,7 +8,8 @@ import torch
 import transformers
 
 from interp.errors import PromptSetError
-from interp.prompts import PromptSet, TokenizedPrompts, load_jsonl, load_prompt_set
+from interp.prompts import PromptSet, TokenizedPrompts, load_jsonl
+from interp.tasks import load_prompt_set
 
 
 @pytest.fixture(scope="module")

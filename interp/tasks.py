@@ -1,0 +1,28 @@
+"""Prompt sets by name: built-in generators (``ioi``) or a JSONL file.
+
+This is where a task name from the CLI or a notebook becomes a `PromptSet`; new built-in
+generators register here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from interp.errors import PromptSetError
+from interp.ioi import generate_ioi
+from interp.prompts import PromptSet, load_jsonl
+
+TASKS: tuple[str, ...] = ("ioi",)
+
+
+def load_prompt_set(task: str, tokenizer: Any, n: int | None = None, seed: int = 0) -> PromptSet:
+    """A prompt set by task name ("ioi": generated, n defaults to 8) or from a .jsonl path (first n rows)."""
+    if n is not None and n < 1:
+        raise PromptSetError(f"n must be at least 1, got {n}")
+    task = str(task)
+    if task == "ioi":
+        return generate_ioi(tokenizer, n or 8, seed)
+    if task.lower().endswith(".jsonl"):
+        prompts = load_jsonl(task)
+        return prompts.head(n) if n else prompts
+    raise PromptSetError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}, or a path to a .jsonl file")
