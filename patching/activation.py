@@ -134,9 +134,10 @@ class BatchedEngine:
             self.resid = [out.acts[f"resid_pre.{layer}"] for layer in range(n_layers)] + [out.acts[sites[-1]]]
             self.base_logits = out.logits[:, -1]
             types = getattr(hf.config, "layer_types", None) or ["full_attention"] * n_layers
-            # Prefix reuse needs full attention everywhere (a sliding window's cache keeps a
-            # truncated past); models with sliding layers recompute from position 0.
-            self.reuse_prefix = all(t == "full_attention" for t in types)
+            window = getattr(hf.config, "sliding_window", None)
+            # Prefix reuse needs every layer to see the whole past. Sliding-window layers do when
+            # the prompt fits in the window; otherwise patched runs recompute from position 0.
+            self.reuse_prefix = all(t == "full_attention" for t in types) or (window is not None and base.shape[1] <= window)
             self.kv = None
             if self.reuse_prefix:
                 cache = hf(input_ids=base, use_cache=True).past_key_values
