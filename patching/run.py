@@ -146,6 +146,9 @@ def activation_patching(
         "components": components,
         "parameters": params,
         "baselines": {name: _summary(v) for name, v in baselines.items()},
+        "top_cells": {comp: _top_cells(values[comp], COMPONENTS[comp][1], layers_of[comp], tokens.str_tokens,
+                                       baselines["corrupt" if direction == "denoise" else "clean"])
+                      for comp in components},
         "tensors": tensors,
         "timings": {"run_s": round(run_s, 3), **timings},
         "versions": package_versions(),
@@ -162,6 +165,23 @@ def activation_patching(
 def _summary(per_prompt: torch.Tensor) -> dict:
     mean, lo, hi = bootstrap_ci(per_prompt.float())
     return {"mean": round(mean, 6), "ci95": [round(lo, 6), round(hi, 6)], "per_prompt": [round(float(v), 6) for v in per_prompt]}
+
+
+def _top_cells(per_prompt: torch.Tensor, axes: tuple[str, ...], layers: list[int], str_tokens: list[str],
+               base: torch.Tensor, k: int = 5) -> list[dict]:
+    """The ``k`` cells whose patch moves the metric most from the base run, with 95% bootstrap CIs."""
+    effect = (per_prompt - base.reshape(-1, *([1] * (per_prompt.ndim - 1)))).mean(0)
+    top = effect.flatten().abs().topk(min(k, effect.numel())).indices
+    cells = []
+    for flat in top.tolist():
+        cell = torch.unravel_index(torch.tensor(flat), effect.shape)
+        where = {a: int(i) for a, i in zip(axes, cell)}
+        where["layer"] = layers[where["layer"]]
+        if "pos" in where:
+            where["token"] = str_tokens[where["pos"]]
+        mean, lo, hi = bootstrap_ci(per_prompt[(slice(None), *cell)].float())
+        cells.append({**where, "metric": round(mean, 4), "ci95": [round(lo, 4), round(hi, 4)]})
+    return cells
 
 
 def _checkpoint(out: str | Path, run_id: dict, values: dict, done: dict) -> None:
