@@ -238,6 +238,7 @@ class RunResult:
             x_title=axes[1],
             y_title=axes[0],
             colorbar_title=metric,
+            zmid=info.get("zmid", 0.0),
         )
 
     def report(self) -> str:
@@ -246,12 +247,14 @@ class RunResult:
 
         sections = [("Run", _summary_text(self.manifest), [])]
         for name, values in self.scores.items():
-            if values.ndim == 2 and not name.endswith("/per_prompt"):
+            if values.ndim >= 2 and not name.endswith("/per_prompt"):
                 info = self.tensor_info(name)
                 text = f"{name}: [{', '.join(info['axes'])}] = {info['sizes']}"
+                if info.get("note"):
+                    text += f". {info['note']}"
                 sections.append((name, text, [self.plot(name)]))
-        command = self.manifest.get("command", "run")
-        return plots.report_html(f"interp {command}", sections)
+        command = str(self.manifest.get("command", "run"))
+        return plots.report_html(command if command.startswith("interp") else f"interp {command}", sections)
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write manifest.json, scores.safetensors and report.html into `folder` (created if needed)."""

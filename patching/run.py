@@ -130,6 +130,12 @@ def activation_patching(
         scores[f"activation/{comp}"] = mean
         scores[f"activation/{comp}/per_prompt"] = values[comp]
         tensors[f"activation/{comp}"] = describe_tensor(f"activation/{comp}", mean, list(axes), labels)
+        base_name = "corrupt" if direction == "denoise" else "clean"
+        base_mean, other = float(baselines[base_name].mean()), float(baselines["clean" if direction == "denoise" else "corrupt"].mean())
+        tensors[f"activation/{comp}"]["zmid"] = base_mean
+        tensors[f"activation/{comp}"]["note"] = (
+            f"Each cell: mean {metric} after patching that cell ({direction}). White = no change from the "
+            f"{base_name} run ({base_mean:.3f}); the {'clean' if direction == 'denoise' else 'corrupt'} run gives {other:.3f}.")
         tensors[f"activation/{comp}/per_prompt"] = describe_tensor(f"activation/{comp}/per_prompt", values[comp], ["prompt", *axes], labels)
     manifest = {
         "schema_version": SCHEMA_VERSION,

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -176,19 +179,57 @@ def _scores(folder: Path) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(folder / "scores.safetensors")
 
 
+class TtyStderrRun:
+    """``interp`` with stderr on a pseudo-terminal, so rich draws its live progress bar there
+    (on a pipe it draws nothing until the end); a thread keeps reading it."""
+
+    def __init__(self, *args: str):
+        master, slave = pty.openpty()
+        self.proc = subprocess.Popen([str(INTERP), *map(str, args)], stdout=subprocess.PIPE, stderr=slave,
+                                     env={**ENV, "TERM": "xterm"}, start_new_session=True)
+        os.close(slave)
+        self._master, self._chunks = master, []
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        while True:
+            try:
+                data = os.read(self._master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            self._chunks.append(data)
+        os.close(self._master)
+
+    def stderr(self) -> str:
+        return b"".join(self._chunks).decode("utf-8", "replace")
+
+    def patches_done(self) -> int:
+        """The largest "done/total" count the progress bar has shown so far (0 if none)."""
+        return max((int(m) for m in re.findall(r"(\d+)/\d+", self.stderr())), default=0)
+
+    def wait(self, timeout: float) -> tuple[int, str]:
+        rc = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return rc, self.stderr()
+
+
 def test_sigterm_checkpoints_and_resume_completes_with_identical_results(tmp_path):
     interrupted, reference = tmp_path / "D", tmp_path / "ref"
     ref_proc = start_cli(*SLOW_RUN, "--out", reference)  # uninterrupted, alongside
-    proc = start_cli(*SLOW_RUN, "--out", interrupted)
+    run = TtyStderrRun(*SLOW_RUN, "--out", interrupted)
+    proc = run.proc
     try:
-        # the run checkpoints finished patches every few seconds; wait for the first checkpoint
+        # SIGTERM once the sweep is under way: a checkpoint exists, or the bar shows finished patches
         deadline = time.monotonic() + 240
-        while not (interrupted / "partial.safetensors").exists():
-            assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before its first checkpoint: {proc.stderr.read()}"
-            assert time.monotonic() < deadline, "no checkpoint after 240 s"
-            time.sleep(0.05)
+        while not ((interrupted / "partial.safetensors").exists() or run.patches_done() > 0):
+            assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before any patch: {run.stderr()}"
+            assert time.monotonic() < deadline, "no progress after 240 s"
+            time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=120)
+        _, stderr = run.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
