@@ -150,7 +150,9 @@ class BatchedEngine:
         for i in range(self.model.n_layers):
             k, v = self.kv[i]
             k, v = k[:, :, :a], v[:, :, :a]
-            cache.update(k.repeat(reps, 1, 1, 1), v.repeat(reps, 1, 1, 1), i)
+            if i >= start:  # layers before `start` do not run; HF only reads the past length from them
+                k, v = k.repeat(reps, 1, 1, 1), v.repeat(reps, 1, 1, 1)
+            cache.update(k, v, i)
         return cache
 
     def forward_from(self, start: int, a: int, reps: int, steps) -> torch.Tensor:
