@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--n-prompts", type=int, default=4)
     parser.add_argument("--components", default="resid_pre,attn_out,mlp_out")
+    parser.add_argument("--compute-noops", action="store_true",
+                        help="also run the patches that provably change nothing (no skipping), for a like-for-like count")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
 
@@ -50,10 +52,11 @@ def main() -> None:
         return logit_diff(logits[:, -1], ctx).mean()
 
     kinds = args.components.split(",")
+    parser_skip = not args.compute_noops
     ours_cache = model.run(clean, read=[f"{k}.{layer}" for k in kinds for layer in range(n_layers)], backend="torch").acts
 
     t0 = time.perf_counter()
-    engine = BatchedEngine(model, corrupt)
+    engine = BatchedEngine(model, corrupt, skip_noops=parser_skip)
     setup = time.perf_counter() - t0
     total_ours, total_tl = setup, 0.0
     print(f"{'component':<10} {'patches':>7} {'TL s':>8} {'interp s':>9} {'ratio':>7} {'max |diff|':>11}")

@@ -122,8 +122,8 @@ def run_hooks_engine(model: Model, component: str, base: torch.Tensor, source_ac
 class BatchedEngine:
     """Runs many patches per forward, starting at the patched layer, from the base run's caches."""
 
-    def __init__(self, model: Model, base: torch.Tensor, max_rows: int = 8):
-        self.model, self.base, self.max_rows = model, base, max_rows
+    def __init__(self, model: Model, base: torch.Tensor, max_rows: int = 16, skip_noops: bool = True):
+        self.model, self.base, self.max_rows, self.skip_noops = model, base, max_rows, skip_noops
         hf = model.hf
         n_layers = model.n_layers
         sites = [f"resid_pre.{layer}" for layer in range(n_layers)] + [f"resid_post.{n_layers - 1}"]
@@ -173,6 +173,8 @@ class BatchedEngine:
         """Yields ``(patches, values [len(patches) * n_prompts])`` chunk by chunk, patch-major rows."""
         kind = COMPONENTS[component][0]
         starts = {p: self._first_change(kind, p, source_acts) for p in todo}
+        if not self.skip_noops:  # compute every patch (from its first changed position, or 0)
+            starts = {p: (p.pos if p.pos is not None else 0) if s is None else s for p, s in starts.items()}
         noop = [p for p in todo if starts[p] is None]
         if noop:  # exactly the base run: no forward needed
             self.skipped += len(noop)
@@ -276,7 +278,7 @@ def _chunk_index(chunk: list[Patch], n: int, shift: int):
 def sweep(model: Model, component: str, base: torch.Tensor, source_acts: dict[str, torch.Tensor],
           metric: Callable, ctx: MetricContext, layers: list[int] | None = None, engine: str = "batched",
           done: torch.Tensor | None = None, values: torch.Tensor | None = None,
-          on_chunk: Callable[[int], None] | None = None, max_rows: int = 8,
+          on_chunk: Callable[[int], None] | None = None, max_rows: int = 16,
           batched: BatchedEngine | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Patch every cell of ``component``'s grid; returns per-prompt values ``[n_prompts, *grid]`` and a done mask.
 
