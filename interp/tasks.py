@@ -15,13 +15,16 @@ from interp.prompts import PromptSet, load_jsonl
 TASKS: tuple[str, ...] = ("ioi",)
 
 
-def load_prompt_set(task: str, tokenizer: Any, n: int | None = None, seed: int = 0) -> PromptSet:
-    """A prompt set by task name ("ioi": generated, n defaults to 8) or from a .jsonl path (first n rows)."""
+def load_prompt_set(task: str, tokenizer: Any, n: int | None = None, seed: int = 0, corruption: str = "swap") -> PromptSet:
+    """A prompt set by task name ("ioi": generated, n defaults to 8) or from a .jsonl path (first n rows).
+
+    ``corruption`` applies to generated sets (IOI: "swap" the S2 name, or "three_names").
+    """
     if n is not None and n < 1:
         raise PromptSetError(f"n must be at least 1, got {n}")
     task = str(task)
     if task == "ioi":
-        return generate_ioi(tokenizer, n or 8, seed)
+        return generate_ioi(tokenizer, n or 8, seed, corruption=corruption)
     if task.lower().endswith(".jsonl"):
         prompts = load_jsonl(task)
         return prompts.head(n) if n else prompts

@@ -28,6 +28,7 @@ def patch(
     backend: str = typer.Option("lens", help="lens (TransformerLens bridge), nnsight or torch."),
     task: str = typer.Option("ioi", help="ioi, or a JSONL file with clean/corrupt/answer/wrong per line."),
     n_prompts: int = typer.Option(8, help="Number of prompts (IOI: generated; JSONL: the first N)."),
+    corruption: str = typer.Option("swap", help="IOI corruption: swap (S2 becomes the IO name) or three_names."),
     method: str = typer.Option("activation", help="Patching method(s); this release: activation."),
     components: str = typer.Option("resid_pre,attn_out,mlp_out,head_out",
                                    help="Comma list of resid_pre, resid_mid, resid_post, attn_out, mlp_out, head_out, head_out_pos, mlp_act."),
@@ -82,7 +83,7 @@ def patch(
     t0 = time.perf_counter()
     with console.status(f"loading {model} ({backend})"):
         m = interp.load(model, backend=backend, device=device, dtype=getattr(torch, dtype))
-        prompts = load_prompt_set(task, m.tokenizer, n=n_prompts, seed=seed)
+        prompts = load_prompt_set(task, m.tokenizer, n=n_prompts, seed=seed, corruption=corruption)
         if backend != "torch":
             m.backend()  # boot the backend now, so its time counts as load time
     load_s = time.perf_counter() - t0
