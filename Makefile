@@ -28,7 +28,6 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/interp patch --model smollm2-135m --task ioi --n-prompts 8 \
 		--components resid_pre,attn_out,mlp_out,head_out --out $(DEMO_OUT)
-	@echo "report: $(abspath $(DEMO_OUT))/report.html"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -119,4 +119,4 @@ def patch(
         base = result.manifest["baselines"]
         console.print(f"clean {metric} {base['clean']['mean']:.3f}, corrupt {base['corrupt']['mean']:.3f}; "
                       f"{result.manifest['timings']['run_s']:.1f}s")
-        console.print(f"report: {Path(out) / 'report.html'}")
+        console.print(f"report: {(Path(out) / 'report.html').resolve()}")
