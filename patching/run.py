@@ -69,9 +69,8 @@ def activation_patching(
             model.site(f"mlp_act.{layer}")
     t_start = time.perf_counter()
     tokens = prompts.tokenize(model.tokenizer)
-    base, source = (tokens.corrupt, tokens.clean) if direction == "denoise" else (tokens.clean, tokens.corrupt)
+    base = tokens.corrupt if direction == "denoise" else tokens.clean
     n, n_pos = base.shape
-    kinds = sorted({COMPONENTS[c][0] for c in components})
     layers_of = {c: (list(mlp_layers) if c == "mlp_act" else list(range(model.n_layers))) for c in components}
     source_sites = sorted({f"{COMPONENTS[c][0]}.{layer}" for c in components for layer in layers_of[c]})
 
