@@ -29,7 +29,7 @@ def patch(
     task: str = typer.Option("ioi", help="ioi, or a JSONL file with clean/corrupt/answer/wrong per line."),
     n_prompts: int = typer.Option(8, help="Number of prompts (IOI: generated; JSONL: the first N)."),
     corruption: str = typer.Option("swap", help="IOI corruption: swap (S2 becomes the IO name) or three_names."),
-    method: str = typer.Option("activation", help="Patching method(s); this release: activation."),
+    method: str = typer.Option("activation", help="Comma list: activation (exact), atp (attribution patching)."),
     components: str = typer.Option("resid_pre,attn_out,mlp_out,head_out",
                                    help="Comma list of resid_pre, resid_mid, resid_post, attn_out, mlp_out, head_out, head_out_pos, mlp_act."),
     direction: str = typer.Option("denoise", help="denoise (clean into corrupt) or noise (corrupt into clean)."),
@@ -50,9 +50,12 @@ def patch(
     from patching.activation import check_component
     from patching.run import DIRECTIONS
 
+    from patching.run import METHODS
+
     methods = _split(method)
-    if methods != ["activation"]:
-        raise InterpError(f"unknown method '{method}': this release has activation")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InterpError(f"unknown method '{','.join(unknown) or method}': use one or more of {', '.join(METHODS)}")
     comps = [check_component(c) for c in _split(components)]
     if not comps:
         raise InterpError("no components given: pass e.g. --components resid_pre,attn_out")
@@ -101,7 +104,7 @@ def patch(
 
         try:
             result = activation_patching(
-                m, prompts, comps, direction=direction, metric=metric, mlp_layers=layers, engine=engine,
+                m, prompts, comps, methods=methods, direction=direction, metric=metric, mlp_layers=layers, engine=engine,
                 out=out, resume=resume, progress=progress, seed=seed,
                 command="interp " + shlex.join(sys.argv[1:]),
             )

@@ -24,8 +24,11 @@ from interp.results import (RunResult, SCHEMA_VERSION, describe_tensor, package_
                             write_json_atomic, write_tensors_atomic)
 from interp.stats import bootstrap_ci
 from patching.activation import COMPONENTS, ENGINES, BatchedEngine, check_component, grid_shape, sweep
+from patching.attribution import atp
+from patching.faithfulness import faithfulness
 
 DIRECTIONS = ("denoise", "noise")
+METHODS = ("activation", "atp")
 PARTIAL = "partial.safetensors"
 PROGRESS = "progress.json"
 CHECKPOINT_EVERY_S = 5.0
@@ -41,6 +44,7 @@ def activation_patching(
     model: Model,
     prompts: PromptSet,
     components: list[str] = ("resid_pre", "attn_out", "mlp_out", "head_out"),
+    methods: list[str] = ("activation",),
     direction: str = "denoise",
     metric: str = "logit_diff",
     mlp_layers: list[int] | None = None,
@@ -54,9 +58,15 @@ def activation_patching(
     """Patch every component of ``components`` and return the run (saved to ``out`` if given).
 
     ``direction="denoise"`` patches clean activations into the corrupt run; ``"noise"`` the reverse.
+    ``methods``: "activation" (exact patching) and/or "atp" (attribution patching); with both, the
+    manifest's ``faithfulness`` compares each estimator with activation patching per component.
     ``progress(component, done, total)`` is called as patches finish.
     """
     components = [check_component(c) for c in components]
+    methods = list(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InterpError(f"unknown method '{','.join(unknown) or '(none)'}': use one or more of {', '.join(METHODS)}")
     if direction not in DIRECTIONS:
         raise InterpError(f"unknown direction '{direction}': use denoise or noise")
     if engine not in ENGINES:
@@ -74,7 +84,7 @@ def activation_patching(
     layers_of = {c: (list(mlp_layers) if c == "mlp_act" else list(range(model.n_layers))) for c in components}
     source_sites = sorted({f"{COMPONENTS[c][0]}.{layer}" for c in components for layer in layers_of[c]})
 
-    params = {"components": components, "direction": direction, "metric": metric, "engine": engine,
+    params = {"components": components, "methods": methods, "direction": direction, "metric": metric, "engine": engine,
               "mlp_layers": list(mlp_layers or []), "n_prompts": n, "seed": seed}
     run_id = {"model": model.name, "prompt_set": prompts.name, "fingerprint": prompts.fingerprint(),
               "dtype": str(next(model.hf.parameters()).dtype).replace("torch.", ""), **params}
@@ -88,11 +98,18 @@ def activation_patching(
     baselines = {name: metric_fn(run.logits[:, -1], ctx) for name, run in
                  (("clean", clean_run), ("corrupt", corrupt_run))}
 
-    batched = BatchedEngine(model, base) if engine == "batched" else None
-    last_save = time.perf_counter()
     timings: dict[str, float] = {}
-    try:
+    estimates: dict[str, dict[str, torch.Tensor]] = {}
+    if "atp" in methods:
+        estimates["atp"] = {}
         for comp in components:
+            t0 = time.perf_counter()
+            estimates["atp"][comp] = atp(model, comp, base, source_acts, metric_fn, ctx, layers=layers_of[comp])
+            timings[f"atp/{comp}_s"] = round(time.perf_counter() - t0, 3)
+    batched = BatchedEngine(model, base) if engine == "batched" and "activation" in methods else None
+    last_save = time.perf_counter()
+    try:
+        for comp in (components if "activation" in methods else []):
             shape = grid_shape(model, comp, n_pos, layers_of[comp])
             total = int(torch.tensor(shape).prod())
             if comp not in done:
@@ -121,21 +138,24 @@ def activation_patching(
         raise
     run_s = time.perf_counter() - t_start
 
+    results = ({"activation": values} if "activation" in methods else {}) | estimates
+    base_name = "corrupt" if direction == "denoise" else "clean"
+    base_mean, other = float(baselines[base_name].mean()), float(baselines["clean" if direction == "denoise" else "corrupt"].mean())
     scores, tensors = {}, {}
-    for comp in components:
-        axes = COMPONENTS[comp][1]
-        labels = _axis_labels(model, axes, layers_of[comp], tokens.str_tokens)
-        mean = values[comp].mean(0)
-        scores[f"activation/{comp}"] = mean
-        scores[f"activation/{comp}/per_prompt"] = values[comp]
-        tensors[f"activation/{comp}"] = describe_tensor(f"activation/{comp}", mean, list(axes), labels)
-        base_name = "corrupt" if direction == "denoise" else "clean"
-        base_mean, other = float(baselines[base_name].mean()), float(baselines["clean" if direction == "denoise" else "corrupt"].mean())
-        tensors[f"activation/{comp}"]["zmid"] = base_mean
-        tensors[f"activation/{comp}"]["note"] = (
-            f"Each cell: mean {metric} after patching that cell ({direction}). White = no change from the "
-            f"{base_name} run ({base_mean:.3f}); the {'clean' if direction == 'denoise' else 'corrupt'} run gives {other:.3f}.")
-        tensors[f"activation/{comp}/per_prompt"] = describe_tensor(f"activation/{comp}/per_prompt", values[comp], ["prompt", *axes], labels)
+    for method, per_comp in results.items():
+        for comp in components:
+            axes = COMPONENTS[comp][1]
+            labels = _axis_labels(model, axes, layers_of[comp], tokens.str_tokens)
+            name, mean = f"{method}/{comp}", per_comp[comp].mean(0)
+            scores[name], scores[f"{name}/per_prompt"] = mean, per_comp[comp]
+            tensors[name] = describe_tensor(name, mean, list(axes), labels)
+            tensors[name]["zmid"] = base_mean
+            what = "after patching that cell" if method == "activation" else f"estimated by {method} for patching that cell"
+            tensors[name]["note"] = (
+                f"Each cell: mean {metric} {what} ({direction}). White = no change from the "
+                f"{base_name} run ({base_mean:.3f}); the {'clean' if direction == 'denoise' else 'corrupt'} run gives {other:.3f}.")
+            tensors[f"{name}/per_prompt"] = describe_tensor(f"{name}/per_prompt", per_comp[comp], ["prompt", *axes], labels)
+    first = next(iter(results.values()))
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "status": "complete",
@@ -147,13 +167,16 @@ def activation_patching(
                        "n_tokens": n_pos, "tokens": tokens.str_tokens, "example_clean": prompts.clean[0],
                        "example_corrupt": prompts.corrupt[0]},
         "metric": metric,
-        "methods": ["activation"],
+        "methods": methods,
         "components": components,
         "parameters": params,
         "baselines": {name: _summary(v) for name, v in baselines.items()},
-        "top_cells": {comp: _top_cells(values[comp], COMPONENTS[comp][1], layers_of[comp], tokens.str_tokens,
-                                       baselines["corrupt" if direction == "denoise" else "clean"])
+        "top_cells": {comp: _top_cells(first[comp], COMPONENTS[comp][1], layers_of[comp], tokens.str_tokens,
+                                       baselines[base_name])
                       for comp in components},
+        "faithfulness": {method: {comp: faithfulness(values[comp].mean(0), est[comp].mean(0), base_mean)
+                                  for comp in components}
+                         for method, est in estimates.items() if "activation" in methods},
         "tensors": tensors,
         "timings": {"run_s": round(run_s, 3), **timings},
         "versions": package_versions(),
