@@ -6,6 +6,7 @@ generators register here.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from interp.errors import PromptSetError
@@ -13,6 +14,17 @@ from interp.ioi import generate_ioi
 from interp.prompts import PromptSet, load_jsonl
 
 TASKS: tuple[str, ...] = ("ioi",)
+
+
+def check_task(task: str) -> None:
+    """Fail fast (before loading a model) on a task that is neither built in nor an existing .jsonl file."""
+    task = str(task)
+    if task in TASKS:
+        return
+    if not task.lower().endswith(".jsonl"):
+        raise PromptSetError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}, or a path to a .jsonl file")
+    if not Path(task).is_file():
+        raise PromptSetError(f"prompt file {task} does not exist")
 
 
 def load_prompt_set(task: str, tokenizer: Any, n: int | None = None, seed: int = 0, corruption: str = "swap") -> PromptSet:
@@ -25,7 +37,6 @@ def load_prompt_set(task: str, tokenizer: Any, n: int | None = None, seed: int =
     task = str(task)
     if task == "ioi":
         return generate_ioi(tokenizer, n or 8, seed, corruption=corruption)
-    if task.lower().endswith(".jsonl"):
-        prompts = load_jsonl(task)
-        return prompts.head(n) if n else prompts
-    raise PromptSetError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}, or a path to a .jsonl file")
+    check_task(task)
+    prompts = load_jsonl(task)
+    return prompts.head(n) if n else prompts

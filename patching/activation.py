@@ -129,19 +129,20 @@ class BatchedEngine:
         sites = [f"resid_pre.{layer}" for layer in range(n_layers)] + [f"resid_post.{n_layers - 1}"]
         self._base_acts: dict[str, torch.Tensor] = {}
         self.skipped = 0  # patches found to change nothing (source == base activation), not run
-        with torch.no_grad():
-            out = model.run(base, read=sites, backend="torch")
-            self.resid = [out.acts[f"resid_pre.{layer}"] for layer in range(n_layers)] + [out.acts[sites[-1]]]
-            self.base_logits = out.logits[:, -1]
-            types = getattr(hf.config, "layer_types", None) or ["full_attention"] * n_layers
-            window = getattr(hf.config, "sliding_window", None)
-            # Prefix reuse needs every layer to see the whole past. Sliding-window layers do when
-            # the prompt fits in the window; otherwise patched runs recompute from position 0.
-            self.reuse_prefix = all(t == "full_attention" for t in types) or (window is not None and base.shape[1] <= window)
-            self.kv = None
-            if self.reuse_prefix:
-                cache = hf(input_ids=base, use_cache=True).past_key_values
-                self.kv = [(cache.layers[i].keys, cache.layers[i].values) for i in range(n_layers)]
+        types = getattr(hf.config, "layer_types", None) or ["full_attention"] * n_layers
+        window = getattr(hf.config, "sliding_window", None)
+        # Prefix reuse needs every layer to see the whole past. Sliding-window layers do when
+        # the prompt fits in the window; otherwise patched runs recompute from position 0.
+        self.reuse_prefix = all(t == "full_attention" for t in types) or (window is not None and base.shape[1] <= window)
+        acts: dict[str, torch.Tensor] = {}
+        steps = plan_steps(model.table, {}, [model.site(s) for s in sites], acts, False)
+        with torch.no_grad(), installed_steps(hf, model.table, steps, model.n_heads):
+            out = hf(input_ids=base, use_cache=self.reuse_prefix)  # one base forward: residuals and keys/values
+        self.resid = [acts[f"resid_pre.{layer}"] for layer in range(n_layers)] + [acts[sites[-1]]]
+        self.base_logits = out.logits[:, -1]
+        self.kv = None
+        if self.reuse_prefix:
+            self.kv = [(out.past_key_values.layers[i].keys, out.past_key_values.layers[i].values) for i in range(n_layers)]
 
     def _prefix_cache(self, start: int, a: int, reps: int):
         from transformers import DynamicCache

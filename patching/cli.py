@@ -46,22 +46,10 @@ def patch(
     """Activation patching: which components carry the clean behaviour?"""
     import torch
 
-    from interp.metrics import get_metric
-    from patching.activation import check_component
-    from patching.run import DIRECTIONS
+    from interp.tasks import check_task
+    from patching.run import check_options
 
-    from patching.run import METHODS
-
-    methods = _split(method)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise InterpError(f"unknown method '{','.join(unknown) or method}': use one or more of {', '.join(METHODS)}")
-    comps = [check_component(c) for c in _split(components)]
-    if not comps:
-        raise InterpError("no components given: pass e.g. --components resid_pre,attn_out")
-    get_metric(metric)
-    if direction not in DIRECTIONS:
-        raise InterpError(f"unknown direction '{direction}': use denoise or noise")
+    comps, methods = check_options(_split(components), _split(method), direction, metric, engine)
     if dtype not in DTYPES:
         raise InterpError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
     if n_prompts < 1:
@@ -70,10 +58,7 @@ def patch(
         layers = [int(x) for x in _split(mlp_layers)]
     except ValueError:
         raise InterpError(f"--mlp-layers must be comma-separated integers, got '{mlp_layers}'") from None
-    if task != "ioi" and not task.endswith(".jsonl"):
-        raise InterpError(f"unknown task '{task}': use ioi or a .jsonl file")
-    if task.endswith(".jsonl") and not Path(task).is_file():
-        raise InterpError(f"prompt file {task} does not exist")
+    check_task(task)
     if resume and out is None:
         raise InterpError("--resume needs --out DIR: the folder of the interrupted run")
     out = out or Path("runs") / f"patch-{datetime.now():%Y%m%d-%H%M%S}"

@@ -40,6 +40,24 @@ def _axis_labels(model: Model, axes: tuple[str, ...], layers: list[int], str_tok
     return {a: labels[a] for a in axes}
 
 
+def check_options(components: list[str], methods: list[str], direction: str, metric: str,
+                  engine: str) -> tuple[list[str], list[str]]:
+    """Validate a run's options before any model work; returns the component and method lists."""
+    components = [check_component(c) for c in components]
+    if not components:
+        raise InterpError("no components given: pass e.g. --components resid_pre,attn_out")
+    methods = list(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InterpError(f"unknown method '{','.join(unknown) or '(none)'}': use one or more of {', '.join(METHODS)}")
+    if direction not in DIRECTIONS:
+        raise InterpError(f"unknown direction '{direction}': use denoise or noise")
+    if engine not in ENGINES:
+        raise InterpError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
+    get_metric(metric)
+    return components, methods
+
+
 def activation_patching(
     model: Model,
     prompts: PromptSet,
@@ -62,15 +80,7 @@ def activation_patching(
     manifest's ``faithfulness`` compares each estimator with activation patching per component.
     ``progress(component, done, total)`` is called as patches finish.
     """
-    components = [check_component(c) for c in components]
-    methods = list(methods)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise InterpError(f"unknown method '{','.join(unknown) or '(none)'}': use one or more of {', '.join(METHODS)}")
-    if direction not in DIRECTIONS:
-        raise InterpError(f"unknown direction '{direction}': use denoise or noise")
-    if engine not in ENGINES:
-        raise InterpError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
+    components, methods = check_options(components, methods, direction, metric, engine)
     metric_fn = get_metric(metric)
     if "mlp_act" in components:
         if not mlp_layers:
