@@ -25,6 +25,7 @@ from interp.backends import BACKENDS
 from interp.backends.steps import plan_steps
 from interp.errors import InterpError
 from interp.interventions import Intervention
+from interp.rules import Rule, attention_rules, parse_rules, rule_steps
 from interp.sites import Site, parse_site
 
 
@@ -66,7 +67,7 @@ class Model:
             if name == "lens":
                 from interp.backends.lens import LensBackend
 
-                self._backends[name] = LensBackend(self.hf, self.tokenizer, self.table, self.name)
+                self._backends[name] = LensBackend(self.hf, self.tokenizer, self.table, self.name, self.n_heads)
             elif name == "nnsight":
                 from interp.backends.nnsight_backend import NNsightBackend
 
@@ -103,11 +104,14 @@ class Model:
         read: Sequence[str | Site] = (),
         grad: bool = False,
         backend: str | None = None,
+        rules: str | Sequence[str | Rule] = (),
     ) -> RunOutput:
         """Run the model with ``interventions`` applied, returning logits and the ``read`` sites.
 
         With ``grad=True`` the graph is kept, so gradients with respect to the returned
-        activations can be taken (``torch.autograd.grad(metric, out.acts[site])``).
+        activations can be taken (``torch.autograd.grad(metric, out.acts[site])``). ``rules``
+        ("ln,identity,half", see `interp.rules`) change those gradients into LRP propagation
+        coefficients; the forward values stay bit-identical.
         """
         if not isinstance(tokens, torch.Tensor):
             tokens = self.to_tokens(tokens)
@@ -117,7 +121,11 @@ class Model:
         reads = [self.site(s) for s in read]
         acts: dict[str, torch.Tensor] = {}
         steps = plan_steps(self.table, dict(edits), reads, acts, grad)
-        logits = self.backend(backend).run(tokens.to(self.device), steps, grad)
+        active = parse_rules(rules) if rules else ()
+        if active:
+            steps = sorted(steps + rule_steps(active, self.table, self.hf, self.n_layers), key=lambda s: s.order)
+        with attention_rules(active, self.n_layers):
+            logits = self.backend(backend).run(tokens.to(self.device), steps, grad)
         return RunOutput(logits=logits, acts=acts)
 
     def cache(self, tokens: torch.Tensor | str | Sequence[str], sites: Sequence[str | Site], backend: str | None = None) -> RunOutput:

@@ -13,7 +13,7 @@ same thing everywhere:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -31,6 +31,20 @@ class Step:
     location: Site
     fn: Callable[[torch.Tensor], torch.Tensor]
     read_only: bool = False
+    order: tuple[int, ...] = ()  # when the forward pass reaches it (`ArchTable.order_key`)
+
+
+@dataclass(frozen=True)
+class RuleStep:
+    """A backward-only edit of a module's output: ``fn(module_input, module_output) -> output``.
+
+    ``module`` is a concrete HF module path (e.g. "model.layers.3.mlp.act_fn"). The returned
+    tensor must equal the output in value; only the gradient flowing back through it changes.
+    """
+
+    module: str
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    order: tuple[int, ...]
 
 
 def plan_steps(
@@ -92,7 +106,7 @@ def plan_steps(
 
             steps.append(Step(site, edit, read_only=not ivs and not grad))
     # stable sort: steps at the same place keep the order above (a site's own edits first)
-    return sorted(steps, key=lambda s: table.order_key(s.location))
+    return sorted((replace(s, order=table.order_key(s.location)) for s in steps), key=lambda s: s.order)
 
 
 def rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:

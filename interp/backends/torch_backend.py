@@ -1,8 +1,9 @@
 """The ``torch`` backend: plain PyTorch forward hooks on the HF modules.
 
-`installed_steps` is a context manager that hooks a `Step` plan onto an HF model and removes
-every hook on exit, also when the forward pass raises. The patching engine uses it directly to run
-only the later layers of a model.
+`installed_steps` is a context manager that hooks a plan (`Step`s and `RuleStep`s) onto an HF
+model and removes every hook on exit, also when the forward pass raises. The patching engine uses
+it directly to run only the later layers of a model, and the lens backend to run backward rules on
+the HF modules inside TransformerLens's bridge.
 """
 
 from __future__ import annotations
@@ -13,7 +14,24 @@ from typing import Iterator
 import torch
 
 from interp.architectures import ArchTable
-from interp.backends.steps import Step, norm_eps, rms_scale
+from interp.backends.steps import RuleStep, Step, norm_eps, rms_scale
+from interp.errors import InterpError
+
+_WRAPPED = "_original_component"  # where TransformerBridge keeps the HF module it wraps
+
+
+def find_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
+    """The HF module at ``path`` under ``root``, looking through wrappers that keep it as ``_original_component``."""
+    module = root
+    for part in path.split("."):
+        while part not in module._modules and _WRAPPED in module._modules:
+            module = module._modules[_WRAPPED]
+        if part not in module._modules:
+            raise InterpError(f"model has no module '{path}' (stopped at '{part}'); is the architecture table right?")
+        module = module._modules[part]
+    while _WRAPPED in module._modules:
+        module = module._modules[_WRAPPED]
+    return module
 
 
 def _pre_hook(step: Step, n_heads: int, eps: float | None):
@@ -45,12 +63,24 @@ def _post_hook(step: Step, index: int | None):
     return hook
 
 
+def _rule_hook(step: RuleStep):
+    def hook(module, args, out):
+        if not args:
+            raise InterpError(f"rule at '{step.module}' needs the module's input, which was passed by keyword")
+        return step.fn(args[0], out)
+
+    return hook
+
+
 @contextmanager
-def installed_steps(hf: torch.nn.Module, table: ArchTable, steps: list[Step], n_heads: int) -> Iterator[None]:
-    """Hook ``steps`` onto ``hf`` for the duration of the block; always removes them."""
+def installed_steps(hf: torch.nn.Module, table: ArchTable, steps: list[Step | RuleStep], n_heads: int) -> Iterator[None]:
+    """Hook ``steps`` onto ``hf`` (in order) for the duration of the block; always removes them."""
     handles = []
     try:
         for step in steps:
+            if isinstance(step, RuleStep):
+                handles.append(find_module(hf, step.module).register_forward_hook(_rule_hook(step)))
+                continue
             point = table.point(step.location)
             module = hf.get_submodule(point.module_path(step.location.layer))
             if point.io == "input":

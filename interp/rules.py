@@ -1,0 +1,176 @@
+"""Backward rules: LRP propagation rules as gradient edits that leave every forward value unchanged.
+
+RelP (relevance patching) replaces the gradient of attribution patching with LRP propagation
+coefficients. Each rule keeps a module's output bit-identical and changes only what flows back
+through it, with one identity:
+
+    through(out, x, c) = out.detach() + (x - x.detach()) * c
+
+equals ``out`` in value (the second term is exactly zero) and sends ``c * grad`` back to ``x``.
+
+========  =============  ==========================================  ================================
+rule      layer type     backward                                    from
+========  =============  ==========================================  ================================
+ln        norm           RMS divisor held constant: g / rms(x)       LN-rule (Ali et al. 2022)
+identity  activation     d act(x) / dx := act(x) / x                 Identity-rule (Jafari et al. 2024)
+half      gated_product  each factor of act(gate) * up gets half     Half-rule (Arras et al. 2019)
+ah        attention      the attention pattern is a constant         AH-rule (Ali et al. 2022)
+========  =============  ==========================================  ================================
+
+What a rule does and where it applies are separate (zennit's rule / composite split): a `Rule`
+says how to edit one module of its layer type; the architecture table (`ArchTable.rule_points`)
+says which modules have that type; `rule_steps` pairs them into steps that every backend runs at
+the right place. The AH-rule edits no module output: while the forward pass runs, every softmax
+(in these architectures only the attention's) returns a detached pattern.
+
+>>> model.run(tokens, read=["mlp_out.3"], grad=True, rules=RELP_RULES)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, ClassVar, Iterator, Sequence
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from interp.architectures import ArchTable
+from interp.backends.steps import RuleStep, norm_eps
+from interp.errors import InterpError
+
+Edit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def through(out: torch.Tensor, x: torch.Tensor, coef: torch.Tensor | float) -> torch.Tensor:
+    """``out`` in value, with the gradient reaching ``x`` set to ``coef`` times the incoming one."""
+    return out.detach() + (x - x.detach()) * coef
+
+
+def stabilize(z: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``z`` pushed ``eps`` away from zero (zero goes to +eps), so dividing by it is safe."""
+    return z + ((z == 0).to(z.dtype) + z.sign()) * eps
+
+
+class Rule:
+    """A backward-only edit for every module of one layer type."""
+
+    name: ClassVar[str]
+    layer_type: ClassVar[str]
+
+    def edit(self, module: torch.nn.Module, table: ArchTable) -> Edit:
+        """The function ``(module input, module output) -> output`` to run at ``module``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class LNRule(Rule):
+    """RMSNorm as the linear map it is once its divisor is frozen: d out / dx = gain / rms(x)."""
+
+    name, layer_type = "ln", "norm"
+
+    def edit(self, module: torch.nn.Module, table: ArchTable) -> Edit:
+        gain = module.weight.detach().float() + table.norm_offset
+        eps = norm_eps(module)
+
+        def ln_rule(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            inv_rms = torch.rsqrt(x.detach().float().pow(2).mean(-1, keepdim=True) + eps)
+            return through(out, x, (inv_rms * gain).to(x.dtype))
+
+        return ln_rule
+
+
+class IdentityRule(Rule):
+    """An elementwise activation passes the gradient as if it were the linear map x -> (act(x)/x) x."""
+
+    name, layer_type = "identity", "activation"
+
+    def edit(self, module: torch.nn.Module, table: ArchTable) -> Edit:
+        def identity_rule(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            return through(out, x, out.detach() / stabilize(x.detach()))
+
+        return identity_rule
+
+
+class HalfRule(Rule):
+    """Each factor of the gated product act(gate(x)) * up(x) receives half the gradient."""
+
+    name, layer_type = "half", "gated_product"
+
+    def edit(self, module: torch.nn.Module, table: ArchTable) -> Edit:
+        def half_rule(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            return through(out, out, 0.5)
+
+        return half_rule
+
+
+class AHRule(Rule):
+    """The attention pattern is a constant: no gradient reaches queries and keys."""
+
+    name, layer_type = "ah", "attention"
+
+
+RULES: dict[str, type[Rule]] = {r.name: r for r in (LNRule, IdentityRule, HalfRule, AHRule)}
+RELP_RULES: tuple[str, ...] = ("ln", "identity", "half")  # the RelP reference code's default
+
+
+def parse_rules(rules: str | Sequence[str | Rule]) -> tuple[Rule, ...]:
+    """Rules from names ("ln,identity,half" or a list) or `Rule` objects; a clear error otherwise."""
+    items = [r.strip() for r in rules.split(",") if r.strip()] if isinstance(rules, str) else list(rules)
+    parsed: list[Rule] = []
+    for item in items:
+        if isinstance(item, Rule):
+            parsed.append(item)
+        elif item in RULES:
+            parsed.append(RULES[item]())
+        else:
+            raise InterpError(f"unknown rule '{item}': use one or more of {', '.join(RULES)} (RelP default: {','.join(RELP_RULES)})")
+    names = [r.name for r in parsed]
+    if len(set(names)) != len(names):
+        raise InterpError(f"rule given twice in {','.join(names)}")
+    return tuple(parsed)
+
+
+def rule_steps(rules: Sequence[Rule], table: ArchTable, hf: torch.nn.Module, n_layers: int) -> list[RuleStep]:
+    """One `RuleStep` per module of every layer type a rule covers, in any order (they carry their own)."""
+    steps = []
+    for rule in rules:
+        for point in table.rule_points:
+            if point.layer_type != rule.layer_type:
+                continue
+            for layer in (range(n_layers) if point.per_layer else [None]):
+                path = point.module.format(L=layer)
+                steps.append(RuleStep(path, rule.edit(hf.get_submodule(path), table), table.rule_key(point, layer)))
+    return steps
+
+
+class _DetachedSoftmax(TorchFunctionMode):
+    """Makes every softmax return a detached result, and counts them."""
+
+    _softmax = (torch.nn.functional.softmax, torch.softmax, torch.Tensor.softmax)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in self._softmax:
+            self.calls += 1
+            return out.detach()
+        return out
+
+
+@contextmanager
+def attention_rules(rules: Sequence[Rule], n_layers: int) -> Iterator[None]:
+    """Apply the AH-rule (if among ``rules``) to the forward pass run inside the block."""
+    if not any(isinstance(r, AHRule) for r in rules):
+        yield
+        return
+    mode = _DetachedSoftmax()
+    with mode:
+        yield
+    if mode.calls < n_layers:
+        raise InterpError(f"the AH-rule found {mode.calls} attention softmaxes for {n_layers} layers; "
+                          "it needs eager attention (load the model with attn_implementation='eager')")
