@@ -19,6 +19,7 @@ import platform
 import uuid
 from dataclasses import dataclass
 from importlib import metadata
+from itertools import product
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -241,8 +242,25 @@ class RunResult:
             zmid=info.get("zmid", 0.0),
         )
 
+    def compare(self, x: str, y: str) -> go.Figure:
+        """Tensor ``y`` against tensor ``x`` of the same shape, cell by cell, both measured from their ``zmid``."""
+        from interp import plots
+
+        for name in (x, y):
+            if name not in self.scores:
+                raise KeyError(f"no tensor {name!r} in this run; it has {sorted(self.scores)}")
+        if self.scores[x].shape != self.scores[y].shape:
+            raise ValueError(f"cannot compare {x} {list(self.scores[x].shape)} with {y} {list(self.scores[y].shape)}")
+        info = self.tensor_info(x)
+        grids = [self.axis_labels(x, axis) for axis in info["axes"]]
+        labels = [", ".join(f"{axis} {label}" for axis, label in zip(info["axes"], cell)) for cell in product(*grids)]
+        dx, dy = (self.scores[n].float() - self.tensor_info(n).get("zmid", 0.0) for n in (x, y))
+        metric = _metric_name(self.manifest) or "value"
+        return plots.scatter(dx, dy, f"{x} (change in {metric})", f"{y} (change in {metric})", f"{y} vs {x}", labels)
+
     def report(self) -> str:
-        """The report.html text: a summary of the manifest, then one heatmap per 2-D tensor."""
+        """The report.html text: a summary of the manifest, one heatmap per 2-D tensor, then the
+        manifest's ``comparisons`` (``{"x", "y", "stats"}`` entries) as scatter plots."""
         from interp import plots
 
         sections = [("Run", _summary_text(self.manifest), [])]
@@ -253,6 +271,11 @@ class RunResult:
                 if info.get("note"):
                     text += f". {info['note']}"
                 sections.append((name, text, [self.plot(name)]))
+        comparisons = [c for c in self.manifest.get("comparisons", []) if c.get("x") in self.scores and c.get("y") in self.scores]
+        if comparisons:
+            lines = [f"{c['y']} vs {c['x']}: " + ", ".join(f"{k} {v}" for k, v in (c.get("stats") or {}).items())
+                     for c in comparisons]
+            sections.append(("Comparisons", "\n".join(lines) + "\n", [self.compare(c["x"], c["y"]) for c in comparisons]))
         command = str(self.manifest.get("command", "run"))
         return plots.report_html(command if command.startswith("interp") else f"interp {command}", sections)
 

@@ -1,51 +1,102 @@
-"""Attribution patching (AtP): every component's patching effect from one forward and one backward.
+"""Attribution patching (AtP) and relevance patching (RelP): every patch's effect from one backward.
 
 Activation patching runs one forward per patch. AtP estimates all of them at once with the
-first-order Taylor term at the base run:
+first-order Taylor term at the base run (Nanda 2023; Syed et al. 2023):
 
     metric(patched) ~= metric(base) + (source_act - base_act) . d metric / d act |_base
 
-for every cell of a component's grid (the dot product runs over the dimensions a patch replaces:
-d_model for residual-type components, d_head for heads, positions for whole-sequence patches).
-Values come back in the same layout as `patching.activation.sweep`'s, as estimated metrics after
-patching, so the two compare cell for cell.
+RelP (Rezaei Jafari et al. 2025) is the same sum with the gradient replaced by LRP propagation
+coefficients: the backward pass runs with the rules of `interp.rules` (default ln, identity, half),
+which leave the forward values bit-identical.
+
+The dot product runs over what one patch replaces: d_model for residual-type components, d_head
+for heads, positions for whole-sequence patches. One forward and one backward on the base run
+serve every component and layer at once. Values come back in `patching.activation.sweep`'s
+layout, as estimated metrics after patching, so they compare with it cell for cell.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from interp.metrics import MetricContext
 from interp.model import Model
+from interp.rules import RELP_RULES, Rule
 from patching.activation import COMPONENTS, check_component
+
+# Reading resid_mid gives the input of the norm that follows it, so a gradient taken there would
+# miss the residual path; attn_out carries the same gradient (resid_mid = resid_pre + attn_out).
+_GRAD_KIND = {"resid_mid": "attn_out"}
+
+
+def cell_contributions(component: str, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``delta * grad`` summed over what one patch of ``component`` covers: [n, *cells of a layer]."""
+    contrib = delta * grad
+    axes = COMPONENTS[component][1]
+    if axes == ("layer", "pos"):
+        return contrib.sum(-1)  # [n, pos]
+    if axes == ("layer", "head"):
+        return contrib.sum((1, 3))  # [n, head]
+    if axes == ("layer", "head", "pos"):
+        return contrib.sum(-1).transpose(1, 2)  # [n, head, pos]
+    return contrib.sum(1)  # mlp_act: [n, neuron]
+
+
+def layers_for(model: Model, components: Sequence[str], layers: dict[str, list[int]] | list[int] | None) -> dict[str, list[int]]:
+    """Layers per component: a dict, one list for all, or every layer."""
+    if isinstance(layers, dict):
+        return {c: list(layers[c]) for c in components}
+    return {c: list(range(model.n_layers)) if layers is None else list(layers) for c in components}
+
+
+def attribution_patching(
+    model: Model,
+    components: Sequence[str],
+    base: torch.Tensor,
+    source_acts: dict[str, torch.Tensor],
+    metric: Callable,
+    ctx: MetricContext,
+    layers: dict[str, list[int]] | list[int] | None = None,
+    rules: str | Sequence[str | Rule] = (),
+    backend: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Estimates ``[n_prompts, *grid]`` of the metric after patching each cell, per component.
+
+    ``base`` is the run patched into (corrupt tokens when denoising), ``source_acts`` the other
+    run's activations at the components' sites. No ``rules``: AtP; ``rules=RELP_RULES``: RelP.
+    """
+    components = [check_component(c) for c in components]
+    layers_of = layers_for(model, components, layers)
+    value_site = {(c, layer): f"{COMPONENTS[c][0]}.{layer}" for c in components for layer in layers_of[c]}
+    grad_site = {key: f"{_GRAD_KIND.get(site.split('.')[0], site.split('.')[0])}.{key[1]}" for key, site in value_site.items()}
+    grad_sites = sorted(set(grad_site.values()))
+    out = model.run(base, read=sorted(set(value_site.values()) | set(grad_sites)), grad=True, backend=backend, rules=rules)
+    per_prompt = metric(out.logits[:, -1], ctx)
+    grads = dict(zip(grad_sites, torch.autograd.grad(per_prompt.sum(), [out.acts[s] for s in grad_sites])))
+    base_metric = per_prompt.detach()
+    estimates = {}
+    for comp in components:
+        rows = []
+        for layer in layers_of[comp]:
+            site = value_site[(comp, layer)]
+            delta = source_acts[site] - out.acts[site].detach()
+            rows.append(cell_contributions(comp, delta, grads[grad_site[(comp, layer)]]))
+        estimate = torch.stack(rows, dim=1).detach()
+        estimates[comp] = estimate + base_metric.reshape(-1, *([1] * (estimate.ndim - 1)))
+    return estimates
 
 
 def atp(model: Model, component: str, base: torch.Tensor, source_acts: dict[str, torch.Tensor],
         metric: Callable, ctx: MetricContext, layers: list[int] | None = None,
         backend: str | None = None) -> torch.Tensor:
-    """AtP estimates ``[n_prompts, *grid]`` of the metric after patching each cell of ``component``.
+    """AtP estimates ``[n_prompts, *grid]`` for one component (see `attribution_patching`)."""
+    return attribution_patching(model, [component], base, source_acts, metric, ctx, layers, backend=backend)[component]
 
-    ``base`` is the run patched into (corrupt tokens when denoising), ``source_acts`` the other
-    run's activations at the component's sites.
-    """
-    kind, axes = COMPONENTS[check_component(component)]
-    layers = list(range(model.n_layers)) if layers is None else layers
-    sites = [f"{kind}.{layer}" for layer in layers]
-    out = model.run(base, read=sites, grad=True, backend=backend)
-    per_prompt = metric(out.logits[:, -1], ctx)
-    grads = torch.autograd.grad(per_prompt.sum(), [out.acts[s] for s in sites])  # prompts are independent
-    rows = []
-    for site, grad in zip(sites, grads):
-        contrib = (source_acts[site] - out.acts[site].detach()) * grad
-        if axes == ("layer", "pos"):
-            rows.append(contrib.sum(-1))  # [n, pos]
-        elif axes == ("layer", "head"):
-            rows.append(contrib.sum((1, 3)))  # [n, head]
-        elif axes == ("layer", "head", "pos"):
-            rows.append(contrib.sum(-1).transpose(1, 2))  # [n, head, pos]
-        else:
-            rows.append(contrib.sum(1))  # mlp_act: [n, neuron]
-    estimate = torch.stack(rows, dim=1).detach()
-    return estimate + per_prompt.detach().reshape(-1, *([1] * (estimate.ndim - 1)))
+
+def relp(model: Model, component: str, base: torch.Tensor, source_acts: dict[str, torch.Tensor],
+         metric: Callable, ctx: MetricContext, layers: list[int] | None = None,
+         rules: str | Sequence[str | Rule] = RELP_RULES, backend: str | None = None) -> torch.Tensor:
+    """RelP estimates ``[n_prompts, *grid]`` for one component (see `attribution_patching`)."""
+    return attribution_patching(model, [component], base, source_acts, metric, ctx, layers, rules, backend)[component]

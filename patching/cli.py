@@ -29,7 +29,8 @@ def patch(
     task: str = typer.Option("ioi", help="ioi, or a JSONL file with clean/corrupt/answer/wrong per line."),
     n_prompts: int = typer.Option(8, help="Number of prompts (IOI: generated; JSONL: the first N)."),
     corruption: str = typer.Option("swap", help="IOI corruption: swap (S2 becomes the IO name) or three_names."),
-    method: str = typer.Option("activation", help="Comma list: activation (exact), atp (attribution patching)."),
+    method: str = typer.Option("activation", help="Comma list: activation (exact), atp (attribution patching), "
+                               "relp (relevance patching), ig (integrated gradients)."),
     components: str = typer.Option("resid_pre,attn_out,mlp_out,head_out",
                                    help="Comma list of resid_pre, resid_mid, resid_post, attn_out, mlp_out, head_out, head_out_pos, mlp_act."),
     direction: str = typer.Option("denoise", help="denoise (clean into corrupt) or noise (corrupt into clean)."),
@@ -42,14 +43,16 @@ def patch(
     resume: bool = typer.Option(False, help="Complete the interrupted run in --out."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
     seed: int = typer.Option(0, help="Seed for prompt generation and bootstraps."),
+    rules: str = typer.Option("ln,identity,half", help="LRP rules for relp: ln, identity, half, ah (attention pattern constant)."),
+    ig_steps: int = typer.Option(10, help="Integrated-gradients steps along the corrupt-to-clean path."),
 ) -> None:
-    """Activation patching: which components carry the clean behaviour?"""
+    """Activation patching (and its estimators AtP, RelP, IG): which components carry the clean behaviour?"""
     import torch
 
     from interp.tasks import check_task
     from patching.run import check_options
 
-    comps, methods = check_options(_split(components), _split(method), direction, metric, engine)
+    comps, methods = check_options(_split(components), _split(method), direction, metric, engine, rules, ig_steps)
     if dtype not in DTYPES:
         raise InterpError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
     if n_prompts < 1:
@@ -91,7 +94,7 @@ def patch(
             result = activation_patching(
                 m, prompts, comps, methods=methods, direction=direction, metric=metric, mlp_layers=layers, engine=engine,
                 out=out, resume=resume, progress=progress, seed=seed,
-                command="interp " + shlex.join(sys.argv[1:]),
+                command="interp " + shlex.join(sys.argv[1:]), rules=rules, ig_steps=ig_steps,
             )
         except KeyboardInterrupt:
             bar.stop()

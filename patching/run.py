@@ -24,11 +24,14 @@ from interp.results import (RunResult, SCHEMA_VERSION, describe_tensor, package_
                             write_json_atomic, write_tensors_atomic)
 from interp.stats import bootstrap_ci
 from patching.activation import COMPONENTS, ENGINES, BatchedEngine, check_component, grid_shape, sweep
-from patching.attribution import atp
+from interp.rules import RELP_RULES, parse_rules
+from patching.attribution import attribution_patching
 from patching.faithfulness import faithfulness
+from patching.integrated_gradients import integrated_gradients
 
 DIRECTIONS = ("denoise", "noise")
-METHODS = ("activation", "atp")
+METHODS = ("activation", "atp", "relp", "ig")
+ESTIMATORS = ("atp", "relp", "ig")  # methods that estimate activation patching
 PARTIAL = "partial.safetensors"
 PROGRESS = "progress.json"
 CHECKPOINT_EVERY_S = 5.0
@@ -41,7 +44,7 @@ def _axis_labels(model: Model, axes: tuple[str, ...], layers: list[int], str_tok
 
 
 def check_options(components: list[str], methods: list[str], direction: str, metric: str,
-                  engine: str) -> tuple[list[str], list[str]]:
+                  engine: str, rules: str = ",".join(RELP_RULES), ig_steps: int = 10) -> tuple[list[str], list[str]]:
     """Validate a run's options before any model work; returns the component and method lists."""
     components = [check_component(c) for c in components]
     if not components:
@@ -55,6 +58,10 @@ def check_options(components: list[str], methods: list[str], direction: str, met
     if engine not in ENGINES:
         raise InterpError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
     get_metric(metric)
+    if not parse_rules(rules) and "relp" in methods:
+        raise InterpError("relp needs at least one rule: pass e.g. --rules ln,identity,half")
+    if ig_steps < 1:
+        raise InterpError(f"--ig-steps must be at least 1, got {ig_steps}")
     return components, methods
 
 
@@ -72,15 +79,19 @@ def activation_patching(
     progress: Callable[[str, int, int], None] | None = None,
     seed: int = 0,
     command: str = "python",
+    rules: str = ",".join(RELP_RULES),
+    ig_steps: int = 10,
 ) -> RunResult:
     """Patch every component of ``components`` and return the run (saved to ``out`` if given).
 
     ``direction="denoise"`` patches clean activations into the corrupt run; ``"noise"`` the reverse.
-    ``methods``: "activation" (exact patching) and/or "atp" (attribution patching); with both, the
-    manifest's ``faithfulness`` compares each estimator with activation patching per component.
-    ``progress(component, done, total)`` is called as patches finish.
+    ``methods``: "activation" (exact patching) and any of the estimators "atp" (attribution
+    patching), "relp" (relevance patching with LRP ``rules``) and "ig" (integrated gradients with
+    ``ig_steps`` steps). With activation and an estimator, the manifest's ``faithfulness`` compares
+    each estimator with activation patching per component. ``progress(task, done, total)`` is
+    called as patches (or IG layers) finish.
     """
-    components, methods = check_options(components, methods, direction, metric, engine)
+    components, methods = check_options(components, methods, direction, metric, engine, rules, ig_steps)
     metric_fn = get_metric(metric)
     if "mlp_act" in components:
         if not mlp_layers:
@@ -96,26 +107,44 @@ def activation_patching(
 
     params = {"components": components, "methods": methods, "direction": direction, "metric": metric, "engine": engine,
               "mlp_layers": list(mlp_layers or []), "n_prompts": n, "seed": seed}
+    if "relp" in methods:
+        params["rules"] = [r.name for r in parse_rules(rules)]
+    if "ig" in methods:
+        params["ig_steps"] = ig_steps
     run_id = {"model": model.name, "prompt_set": prompts.name, "fingerprint": prompts.fingerprint(),
               "dtype": str(next(model.hf.parameters()).dtype).replace("torch.", ""), **params}
     values, done = _resume_state(out, run_id, resume)
 
+    needs_base = "ig" in methods
     with torch.no_grad():
-        clean_run = model.run(tokens.clean, read=source_sites if direction == "denoise" else [])
-        corrupt_run = model.run(tokens.corrupt, read=source_sites if direction == "noise" else [])
+        clean_run = model.run(tokens.clean, read=source_sites if direction == "denoise" or needs_base else [])
+        corrupt_run = model.run(tokens.corrupt, read=source_sites if direction == "noise" or needs_base else [])
     source_acts = (clean_run if direction == "denoise" else corrupt_run).acts
+    base_acts = (corrupt_run if direction == "denoise" else clean_run).acts
     ctx = MetricContext(tokens.answer, tokens.wrong, clean_run.logits[:, -1], corrupt_run.logits[:, -1])
     baselines = {name: metric_fn(run.logits[:, -1], ctx) for name, run in
                  (("clean", clean_run), ("corrupt", corrupt_run))}
 
     timings: dict[str, float] = {}
     estimates: dict[str, dict[str, torch.Tensor]] = {}
-    if "atp" in methods:
-        estimates["atp"] = {}
-        for comp in components:
-            t0 = time.perf_counter()
-            estimates["atp"][comp] = atp(model, comp, base, source_acts, metric_fn, ctx, layers=layers_of[comp])
-            timings[f"atp/{comp}_s"] = round(time.perf_counter() - t0, 3)
+    for method in (m for m in ESTIMATORS if m in methods):
+        t0 = time.perf_counter()
+        if method == "ig":
+            total = len({(COMPONENTS[c][0], layer) for c in components for layer in layers_of[c]})
+            count = 0
+
+            def on_layer(kind: str, layer: int, total: int = total) -> None:
+                nonlocal count
+                count += 1
+                if progress:
+                    progress("ig", count, total)
+
+            estimates[method] = integrated_gradients(model, components, base, source_acts, base_acts, metric_fn, ctx,
+                                                     layers_of, steps=ig_steps, on_layer=on_layer)
+        else:
+            estimates[method] = attribution_patching(model, components, base, source_acts, metric_fn, ctx, layers_of,
+                                                     rules=rules if method == "relp" else ())
+        timings[f"{method}_s"] = round(time.perf_counter() - t0, 3)
     batched = BatchedEngine(model, base) if engine == "batched" and "activation" in methods else None
     last_save = time.perf_counter()
     try:
@@ -166,6 +195,8 @@ def activation_patching(
                 f"{base_name} run ({base_mean:.3f}); the {'clean' if direction == 'denoise' else 'corrupt'} run gives {other:.3f}.")
             tensors[f"{name}/per_prompt"] = describe_tensor(f"{name}/per_prompt", per_comp[comp], ["prompt", *axes], labels)
     first = next(iter(results.values()))
+    faithful = {method: {comp: faithfulness(values[comp].mean(0), est[comp].mean(0), base_mean) for comp in components}
+                for method, est in estimates.items() if "activation" in methods}
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "status": "complete",
@@ -184,9 +215,9 @@ def activation_patching(
         "top_cells": {comp: _top_cells(first[comp], COMPONENTS[comp][1], layers_of[comp], tokens.str_tokens,
                                        baselines[base_name])
                       for comp in components},
-        "faithfulness": {method: {comp: faithfulness(values[comp].mean(0), est[comp].mean(0), base_mean)
-                                  for comp in components}
-                         for method, est in estimates.items() if "activation" in methods},
+        "faithfulness": faithful,
+        "comparisons": [{"x": f"activation/{comp}", "y": f"{method}/{comp}", "stats": stats}
+                        for method, per_comp in faithful.items() for comp, stats in per_comp.items()],
         "tensors": tensors,
         "timings": {"run_s": round(run_s, 3), **timings},
         "versions": package_versions(),
