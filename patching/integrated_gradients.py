@@ -10,8 +10,11 @@ as AtP (Sundararajan et al. 2017; as used per layer by Marks et al. 2024):
 with midpoints ``alpha_k = (k + 1/2) / steps``. By completeness the cells of one layer sum to the
 effect of patching that whole layer, and as ``steps`` grows IG is exact where one cell's patch
 does not interact with the others. It is the expensive reference: one forward and one backward of
-``steps x n_prompts`` rows per site and layer. Values come back as estimated metrics after
-patching, in `patching.activation.sweep`'s layout.
+``steps x n_prompts`` rows per site and layer. The ``batched`` engine (default) runs each of them
+like activation patching's: from the patched layer on, on the base run's cached residual, and only
+from the first position where source and base differ (earlier cells have nothing to patch and
+score exactly zero); ``hooks`` runs whole forwards through the model's backend. Values come back
+as estimated metrics after patching, in `patching.activation.sweep`'s layout.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from typing import Callable, Sequence
 
 import torch
 
+from interp.backends.steps import plan_steps
 from interp.errors import InterpError
 from interp.interventions import Replace
 from interp.metrics import MetricContext
 from interp.model import Model
-from patching.activation import COMPONENTS, check_component
+from interp.sites import Site
+from patching.activation import COMPONENTS, ENGINES, BatchedEngine, check_component
 from patching.attribution import cell_contributions, layers_for
 
 
@@ -38,6 +43,7 @@ def integrated_gradients(
     ctx: MetricContext,
     layers: dict[str, list[int]] | list[int] | None = None,
     steps: int = 10,
+    engine: str = "batched",
     backend: str | None = None,
     on_layer: Callable[[str, int], None] | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -49,6 +55,8 @@ def integrated_gradients(
     """
     if steps < 1:
         raise InterpError(f"integrated gradients needs at least 1 step, got {steps}")
+    if engine not in ENGINES:
+        raise InterpError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
     components = [check_component(c) for c in components]
     layers_of = layers_for(model, components, layers)
     n = base.shape[0]
@@ -56,20 +64,26 @@ def integrated_gradients(
     tokens = base.repeat(steps, 1)  # row k * n + i: prompt i at alpha_k
     rows_ctx = ctx.rows(steps * n)
     rows: dict[str, list[torch.Tensor]] = {c: [] for c in components}
-    by_kind: dict[tuple[str, int], list[str]] = {}
-    for comp in components:
-        for layer in layers_of[comp]:
-            by_kind.setdefault((COMPONENTS[comp][0], layer), []).append(comp)
+    passes = dict.fromkeys((COMPONENTS[c][0], layer) for c in components for layer in layers_of[c])  # ordered, unique
+    runner = BatchedEngine(model, base) if engine == "batched" else None
     grads: dict[tuple[str, int], torch.Tensor] = {}
-    for (kind, layer), comps in by_kind.items():
+    for kind, layer in passes:
         site = f"{kind}.{layer}"
         start, delta = base_acts[site], source_acts[site] - base_acts[site]
-        shape = (steps, *start.shape)
-        path = (start + alphas.to(start).reshape(-1, *([1] * start.ndim)) * delta).reshape(steps * n, *start.shape[1:])
-        path.requires_grad_(True)
-        out = model.run(tokens, [Replace(site, path)], grad=True, backend=backend)
-        (grad,) = torch.autograd.grad(metric(out.logits[:, -1], rows_ctx).sum(), [path])
-        grads[(kind, layer)] = grad.reshape(shape).mean(0)
+        changed = torch.nonzero(delta.ne(0).reshape(n, delta.shape[1], -1).any(-1).any(0))
+        grad = torch.zeros_like(start)
+        if len(changed):  # else nothing to patch: every cell scores zero
+            a = int(changed[0]) if runner is not None and runner.reuse_prefix else 0
+            alpha = alphas.to(start).reshape(-1, *([1] * start.ndim))
+            path = (start[:, a:] + alpha * delta[:, a:]).reshape(steps * n, *start[:, a:].shape[1:]).requires_grad_(True)
+            if runner is not None:
+                plan = plan_steps(model.table, {Site(kind, layer): [Replace(site, path)]}, [], {}, True)
+                logits = runner.forward_from(layer, a, steps, plan)
+            else:
+                logits = model.run(tokens, [Replace(site, path)], grad=True, backend=backend).logits[:, -1]
+            (path_grad,) = torch.autograd.grad(metric(logits, rows_ctx).sum(), [path])
+            grad[:, a:] = path_grad.reshape(steps, *start[:, a:].shape).mean(0)
+        grads[(kind, layer)] = grad
         if on_layer:
             on_layer(kind, layer)
     with torch.no_grad():

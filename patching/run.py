@@ -140,7 +140,7 @@ def activation_patching(
                     progress("ig", count, total)
 
             estimates[method] = integrated_gradients(model, components, base, source_acts, base_acts, metric_fn, ctx,
-                                                     layers_of, steps=ig_steps, on_layer=on_layer)
+                                                     layers_of, steps=ig_steps, engine=engine, on_layer=on_layer)
         else:
             estimates[method] = attribution_patching(model, components, base, source_acts, metric_fn, ctx, layers_of,
                                                      rules=rules if method == "relp" else ())

@@ -106,6 +106,27 @@ def test_patch_json_writes_a_run_folder(tmp_path):
     assert torch.isfinite(run.scores["activation/resid_pre"]).all()
 
 
+def test_patch_with_every_method_writes_estimates_and_their_faithfulness(tmp_path):
+    out = tmp_path / "all"
+    proc = interp_cli("patch", "--model", "tiny-llama", "--n-prompts", "2", "--components", "attn_out,mlp_out",
+                      "--method", "activation,atp,relp,ig", "--rules", "ln,identity,half,ah", "--ig-steps", "3",
+                      "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    assert manifest["parameters"]["rules"] == ["ln", "identity", "half", "ah"] and manifest["parameters"]["ig_steps"] == 3
+    run = load_run(out)
+    for method in ("activation", "atp", "relp", "ig"):
+        for comp in ("attn_out", "mlp_out"):
+            assert torch.isfinite(run.scores[f"{method}/{comp}"]).all(), (method, comp)
+    assert sorted(manifest["faithfulness"]) == ["atp", "ig", "relp"]
+    assert {(c["x"], c["y"]) for c in manifest["comparisons"]} == {
+        (f"activation/{comp}", f"{m}/{comp}") for m in ("atp", "relp", "ig") for comp in ("attn_out", "mlp_out")}
+    for key in ("atp_s", "relp_s", "ig_s"):
+        assert manifest["timings"][key] >= 0
+    report = (out / "report.html").read_text()
+    assert "relp/mlp_out vs activation/mlp_out" in report and "Comparisons" in report
+
+
 # ------------------------------------------------------------------------------------ bad inputs
 
 
@@ -137,12 +158,16 @@ def _bad_input_cases(tmp: Path, tokenizer) -> dict[str, tuple[list[str], list[st
         "resume_without_out": ([*patch, "--resume"], ["--resume needs --out"]),
         "prompt_file_missing": ([*patch, "--task", tmp / "nope.jsonl"], ["nope.jsonl", "does not exist"]),
         "bad_mlp_layers": ([*patch, "--components", "mlp_act", "--mlp-layers", "1,x"], ["--mlp-layers", "1,x"]),
+        "unknown_method": ([*patch, "--method", "activation,relpp"], ["relpp", "activation", "atp", "relp", "ig"]),
+        "unknown_rule": ([*patch, "--method", "relp", "--rules", "ln,zero"], ["unknown rule 'zero'", "ln", "identity", "half", "ah"]),
+        "bad_ig_steps": ([*patch, "--method", "ig", "--ig-steps", "0"], ["--ig-steps", "at least 1"]),
     }
 
 
 BAD_INPUTS = ["invalid_json_line", "missing_field", "token_lengths_differ", "answer_not_one_token",
               "unknown_component", "unknown_metric", "model_not_available", "resume_without_interrupted_run",
-              "resume_without_out", "prompt_file_missing", "bad_mlp_layers"]
+              "resume_without_out", "prompt_file_missing", "bad_mlp_layers", "unknown_method", "unknown_rule",
+              "bad_ig_steps"]
 
 
 @pytest.fixture(scope="module")

@@ -32,14 +32,16 @@ def _taylor_by_finite_difference(model, base, site, index, source, base_act, ctx
     return (logit_diff(up.logits[:, -1], ctx) - logit_diff(down.logits[:, -1], ctx)) / (2 * eps)
 
 
-@pytest.mark.parametrize("component", ["resid_pre", "attn_out", "mlp_out", "head_out", "head_out_pos", "mlp_act"])
+@pytest.mark.parametrize("component", ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out",
+                                       "head_out_pos", "mlp_act"])
 def test_atp_equals_finite_difference_taylor_term(setup, component):
     model, prompts, clean, corrupt, ctx = setup
     est = atp(model, component, prompts.corrupt, clean, logit_diff, ctx, backend="torch")
     base_metric = logit_diff(ctx.corrupt_logits, ctx)
     kind = COMPONENTS[component][0]
     n_pos = prompts.corrupt.shape[1]
-    cells = {"resid_pre": [(1, n_pos - 1), (0, 9)], "attn_out": [(1, n_pos - 1)], "mlp_out": [(0, n_pos - 1)],
+    cells = {"resid_pre": [(1, n_pos - 1), (0, 9)], "resid_mid": [(0, n_pos - 1), (1, 9)],
+             "resid_post": [(0, n_pos - 1)], "attn_out": [(1, n_pos - 1)], "mlp_out": [(0, n_pos - 1)],
              "head_out": [(1, 2)], "head_out_pos": [(1, 0, n_pos - 1)], "mlp_act": [(1, 5)]}[component]
     for cell in cells:
         layer, rest = cell[0], cell[1:]
@@ -57,7 +59,7 @@ def test_atp_equals_finite_difference_taylor_term(setup, component):
 
 def test_atp_agrees_across_backends(setup):
     model, prompts, clean, _, ctx = setup
-    for component in ("resid_pre", "attn_out", "head_out"):
+    for component in ("resid_pre", "resid_mid", "attn_out", "head_out"):
         ref = atp(model, component, prompts.corrupt, clean, logit_diff, ctx, backend="torch")
         for backend in ("nnsight", "lens"):
             other = atp(model, component, prompts.corrupt, clean, logit_diff, ctx, backend=backend)
