@@ -1,4 +1,4 @@
-# `make demo`: set up .venv and run activation patching on the default model.
+# `make demo`: set up .venv and run activation patching (with AtP and RelP) on the default model.
 # `make test`: set up .venv and run the whole test suite.
 # Both are idempotent: set-up reruns only when pyproject.toml changes.
 PYTHON ?= python3
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 
 demo: $(STAMP)
 	$(VENV)/bin/interp patch --model smollm2-135m --task ioi --n-prompts 8 \
-		--components resid_pre,attn_out,mlp_out,head_out --out $(DEMO_OUT)
+		--components resid_pre,attn_out,mlp_out,head_out --method activation,atp,relp --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -49,3 +49,24 @@ def test_solves_ioi_and_batched_engine_equals_hooks(gemma, prompts):
         fast, _ = sweep(gemma, component, prompts.corrupt, clean.acts, logit_diff, ctx, layers=layers, batched=engine)
         slow, _ = sweep(gemma, component, prompts.corrupt, clean.acts, logit_diff, ctx, layers=layers, engine="hooks")
         assert (fast - slow).abs().max() <= 1e-4, component
+
+
+def test_relp_rules_keep_the_forward_and_agree_across_backends(gemma, prompts):
+    """LRP rules on the real Gemma 3 (sandwich norms, q/k norms, GELU-tanh gate): same forward, same gradients."""
+    from patching.attribution import attribution_patching
+
+    sites = [f"{k}.{layer}" for k in ("resid_pre", "attn_out", "mlp_out") for layer in range(gemma.n_layers)]
+    with torch.no_grad():
+        plain = gemma.run(prompts.corrupt, backend="torch").logits
+        clean = gemma.run(prompts.clean, read=sites, backend="torch")
+    ruled = gemma.run(prompts.corrupt, backend="torch", grad=True, rules="ln,identity,half,ah").logits
+    assert torch.equal(ruled.detach(), plain)
+    ctx = MetricContext(prompts.answer, prompts.wrong, clean.logits[:, -1], plain[:, -1])
+    comps, layers = ["resid_pre", "attn_out", "mlp_out"], [0, 8, 17]
+    ref = attribution_patching(gemma, comps, prompts.corrupt, clean.acts, logit_diff, ctx, layers, "ln,identity,half", "torch")
+    atp = attribution_patching(gemma, comps, prompts.corrupt, clean.acts, logit_diff, ctx, layers, (), "torch")
+    assert any((ref[c] - atp[c]).abs().max() > 1e-3 for c in comps)
+    for backend in ("nnsight", "lens"):
+        other = attribution_patching(gemma, comps, prompts.corrupt, clean.acts, logit_diff, ctx, layers, "ln,identity,half", backend)
+        for comp in comps:
+            assert torch.allclose(other[comp], ref[comp], atol=1e-4), (backend, comp)
