@@ -135,7 +135,11 @@ def parse_rules(rules: str | Sequence[str | Rule]) -> tuple[Rule, ...]:
 def rule_steps(rules: Sequence[Rule], table: ArchTable, hf: torch.nn.Module, n_layers: int) -> list[RuleStep]:
     """One `RuleStep` per module of every layer type a rule covers, in any order (they carry their own)."""
     steps = []
+    types = {point.layer_type for point in table.rule_points} | {AHRule.layer_type}
     for rule in rules:
+        if rule.layer_type not in types:
+            raise InterpError(f"rule '{rule.name}' edits layers of type '{rule.layer_type}', which the {table.name} "
+                              f"table does not list (it has {', '.join(sorted(types))})")
         for point in table.rule_points:
             if point.layer_type != rule.layer_type:
                 continue

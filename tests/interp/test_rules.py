@@ -155,6 +155,28 @@ def test_ah_rule_needs_eager_attention(tiny_llama):
         model.run(_tokens(model), grad=True, rules="ah")
 
 
+def test_a_custom_rule_plugs_in_by_layer_type(tiny_llama):
+    """A user rule for one layer type (here: zero gradient through every norm) runs on every backend."""
+    from interp.rules import Rule
+
+    class BlockNorms(Rule):
+        name, layer_type = "block_norms", "norm"
+
+        def edit(self, module, table):
+            return lambda x, out: out.detach()
+
+    for backend in BACKENDS:
+        out = tiny_llama.run(_tokens(tiny_llama), read=["resid_pre.0"], grad=True, backend=backend, rules=[BlockNorms()])
+        assert out.acts["resid_pre.0"].requires_grad
+        assert not out.logits.requires_grad, backend  # every path from the residual to the logits crosses a norm
+
+    class Nowhere(Rule):
+        name, layer_type = "nowhere", "conv"
+
+    with pytest.raises(InterpError, match="'conv', which the llama table does not list"):
+        tiny_llama.run(_tokens(tiny_llama), grad=True, rules=[Nowhere()])
+
+
 def test_parse_rules():
     assert [r.name for r in parse_rules("ln, identity,half")] == list(RELP_RULES)
     assert isinstance(parse_rules(["ah"])[0], AHRule)
