@@ -113,7 +113,7 @@ def activation_patching(
         params["ig_steps"] = ig_steps
     run_id = {"model": model.name, "prompt_set": prompts.name, "fingerprint": prompts.fingerprint(),
               "dtype": str(next(model.hf.parameters()).dtype).replace("torch.", ""), **params}
-    values, done = _resume_state(out, run_id, resume)
+    values, done, estimates = _resume_state(out, run_id, resume)
 
     needs_base = "ig" in methods
     with torch.no_grad():
@@ -126,8 +126,7 @@ def activation_patching(
                  (("clean", clean_run), ("corrupt", corrupt_run))}
 
     timings: dict[str, float] = {}
-    estimates: dict[str, dict[str, torch.Tensor]] = {}
-    for method in (m for m in ESTIMATORS if m in methods):
+    for method in (m for m in ESTIMATORS if m in methods and m not in estimates):
         t0 = time.perf_counter()
         if method == "ig":
             total = len({(COMPONENTS[c][0], layer) for c in components for layer in layers_of[c]})
@@ -145,6 +144,8 @@ def activation_patching(
             estimates[method] = attribution_patching(model, components, base, source_acts, metric_fn, ctx, layers_of,
                                                      rules=rules if method == "relp" else ())
         timings[f"{method}_s"] = round(time.perf_counter() - t0, 3)
+        if out is not None:
+            _checkpoint(out, run_id, values, done, estimates)
     batched = BatchedEngine(model, base) if engine == "batched" and "activation" in methods else None
     last_save = time.perf_counter()
     try:
@@ -164,7 +165,7 @@ def activation_patching(
                 if progress:
                     progress(comp, finished, total)
                 if out is not None and time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
-                    _checkpoint(out, run_id, values, done)
+                    _checkpoint(out, run_id, values, done, estimates)
                     last_save = time.perf_counter()
 
             t0 = time.perf_counter()
@@ -173,7 +174,7 @@ def activation_patching(
             timings[f"{comp}_s"] = round(time.perf_counter() - t0, 3)
     except BaseException:
         if out is not None:
-            _checkpoint(out, run_id, values, done)
+            _checkpoint(out, run_id, values, done, estimates)
         raise
     run_s = time.perf_counter() - t_start
 
@@ -253,27 +254,29 @@ def _top_cells(per_prompt: torch.Tensor, axes: tuple[str, ...], layers: list[int
     return cells
 
 
-def _checkpoint(out: str | Path, run_id: dict, values: dict, done: dict) -> None:
+def _checkpoint(out: str | Path, run_id: dict, values: dict, done: dict, estimates: dict) -> None:
+    """Save finished activation patches and finished estimators, for ``--resume``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {f"values/{c}": v for c, v in values.items()} | {f"done/{c}": d for c, d in done.items()}
+    tensors |= {f"estimate/{m}/{c}": v for m, per_comp in estimates.items() for c, v in per_comp.items()}
     write_tensors_atomic(out / PARTIAL, tensors)
     write_json_atomic(out / PROGRESS, {"run": run_id, "done": {c: int(d.sum()) for c, d in done.items()},
                                        "total": {c: d.numel() for c, d in done.items()}})
 
 
-def _resume_state(out: str | Path | None, run_id: dict, resume: bool) -> tuple[dict, dict]:
-    """Values and done masks from an interrupted run in ``out`` (empty when starting afresh)."""
+def _resume_state(out: str | Path | None, run_id: dict, resume: bool) -> tuple[dict, dict, dict]:
+    """Values, done masks and finished estimators from an interrupted run in ``out`` (empty when starting afresh)."""
     if out is None:
         if resume:
             raise InterpError("--resume needs --out DIR: the folder of the interrupted run")
-        return {}, {}
+        return {}, {}, {}
     out = Path(out)
     progress_file, partial_file = out / PROGRESS, out / PARTIAL
     if not resume:
         if partial_file.exists():
             raise InterpError(f"{out} holds an interrupted run: add --resume to complete it, or choose another --out")
-        return {}, {}
+        return {}, {}, {}
     if not partial_file.exists() or not progress_file.exists():
         raise InterpError(f"nothing to resume in {out}: no interrupted run there (run without --resume)")
     import json
@@ -285,4 +288,9 @@ def _resume_state(out: str | Path | None, run_id: dict, resume: bool) -> tuple[d
     tensors = read_tensors(partial_file)
     values = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("values/")}
     done = {k.split("/", 1)[1]: v.bool() for k, v in tensors.items() if k.startswith("done/")}
-    return values, done
+    estimates: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("estimate/"):
+            _, method, comp = key.split("/")
+            estimates.setdefault(method, {})[comp] = value
+    return values, done, estimates

@@ -214,3 +214,24 @@ def test_resume_with_nothing_to_resume_raises(tiny_llama, prompts, tmp_path):
     activation_patching(tiny_llama, prompts, ["head_out"], out=done)
     with pytest.raises(InterpError, match="nothing to resume"):
         activation_patching(tiny_llama, prompts, ["head_out"], out=done, resume=True)
+
+
+def test_finished_estimators_survive_an_interrupt_and_are_not_recomputed(tiny_llama, prompts, tmp_path, monkeypatch):
+    methods = ["activation", "atp", "relp", "ig"]
+    full = activation_patching(tiny_llama, prompts, RESUME_COMPONENTS, methods=methods, ig_steps=2)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # interrupted in the activation sweep, after every estimator finished
+        activation_patching(tiny_llama, prompts, RESUME_COMPONENTS, methods=methods, ig_steps=2, out=out,
+                            progress=Interrupter(out, ("resid_pre", 0)))
+    saved = safetensors.torch.load_file(out / PARTIAL)
+    assert {k for k in saved if k.startswith("estimate/")} == {f"estimate/{m}/{c}" for m in methods[1:] for c in RESUME_COMPONENTS}
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished estimator was computed again")
+
+    monkeypatch.setattr(run_module, "integrated_gradients", must_not_run)
+    monkeypatch.setattr(run_module, "attribution_patching", must_not_run)
+    resumed = activation_patching(tiny_llama, prompts, RESUME_COMPONENTS, methods=methods, ig_steps=2, out=out, resume=True)
+    for name, tensor in full.scores.items():
+        assert torch.equal(resumed.scores[name], tensor), name
+    assert resumed.manifest["faithfulness"] == full.manifest["faithfulness"]
