@@ -69,8 +69,9 @@ def attribution_patching(
     """
     components = [check_component(c) for c in components]
     layers_of = layers_for(model, components, layers)
-    value_site = {(c, layer): f"{COMPONENTS[c][0]}.{layer}" for c in components for layer in layers_of[c]}
-    grad_site = {key: f"{_GRAD_KIND.get(site.split('.')[0], site.split('.')[0])}.{key[1]}" for key, site in value_site.items()}
+    kinds = {c: COMPONENTS[c][0] for c in components}
+    value_site = {(c, layer): f"{kinds[c]}.{layer}" for c in components for layer in layers_of[c]}
+    grad_site = {(c, layer): f"{_GRAD_KIND.get(kinds[c], kinds[c])}.{layer}" for c, layer in value_site}
     grad_sites = sorted(set(grad_site.values()))
     out = model.run(base, read=sorted(set(value_site.values()) | set(grad_sites)), grad=True, backend=backend, rules=rules)
     per_prompt = metric(out.logits[:, -1], ctx)

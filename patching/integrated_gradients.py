@@ -86,8 +86,12 @@ def integrated_gradients(
         grads[(kind, layer)] = grad
         if on_layer:
             on_layer(kind, layer)
-    with torch.no_grad():
-        base_metric = metric(model.run(base, backend=backend).logits[:, -1], ctx)
+    if runner is not None:
+        base_logits = runner.base_logits
+    else:
+        with torch.no_grad():
+            base_logits = model.run(base, backend=backend).logits[:, -1]
+    base_metric = metric(base_logits, ctx)
     for comp in components:
         kind = COMPONENTS[comp][0]
         for layer in layers_of[comp]:
