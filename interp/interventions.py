@@ -14,6 +14,8 @@ different position in every batch row (how batched patching sweeps put one patch
 tensor([0., 1., 0., 0.])
 >>> Add("resid_pre.0", torch.ones(3), coeff=2.0, positions=[3]).apply(act)[1, 3]
 tensor([2., 2., 2.])
+>>> SubspaceReplace("resid_pre.0", torch.tensor([1.0, 0, 0]), torch.ones(2, 4, 3)).apply(act)[0, 0]
+tensor([1., 0., 0.])
 """
 
 from __future__ import annotations
@@ -101,6 +103,46 @@ class Ablate(Intervention):
         if self.kind == "resample":
             return _edited(act, self.index, self.values if self.index is None else self.values[self.index])
         raise InterpError(f"unknown ablation '{self.kind}': use zero, mean or resample")
+
+
+@dataclass(frozen=True)
+class SubspaceReplace(Intervention):
+    """Replace the coordinates of the activation along the span of ``basis`` by those of ``source``.
+
+    ``basis`` holds k directions as rows ``[k, d]`` (or one ``[d]``) in the site's last dimension;
+    they need not be orthonormal, only independent. ``source`` is the source run's activation,
+    shaped like the edited one. At ``positions`` (None: all) the result is
+    ``act + (source - act) Q Q^T`` with Q an orthonormal basis of the span; for one direction v,
+    ``w + ((u.v - w.v) / |v|^2) v``. Coordinates outside the span stay the base run's.
+    """
+
+    basis: torch.Tensor
+    source: torch.Tensor
+    positions: Index = None
+
+    def apply(self, act: torch.Tensor) -> torch.Tensor:
+        q = orthonormal_basis(self.basis).to(device=act.device, dtype=act.dtype)  # [d, k]
+        if q.shape[0] != act.shape[-1]:
+            raise InterpError(f"subspace basis has dimension {q.shape[0]}, but {self.site} has {act.shape[-1]}")
+        source = self.source.to(device=act.device, dtype=act.dtype)
+        pos = slice(None) if self.positions is None else self.positions
+        out = act.clone()
+        try:
+            delta = ((source[:, pos] - act[:, pos]) @ q) @ q.T
+            out[:, pos] = act[:, pos] + delta
+        except (RuntimeError, IndexError) as exc:
+            raise InterpError(f"SubspaceReplace on {self.site} does not fit the activation of shape "
+                              f"{tuple(act.shape)} (source {tuple(source.shape)}): {exc}") from None
+        return out
+
+
+def orthonormal_basis(basis: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis ``[d, k]`` of the span of the rows of ``basis`` (``[k, d]`` or ``[d]``)."""
+    rows = basis.reshape(1, -1) if basis.ndim == 1 else basis
+    q, r = torch.linalg.qr(rows.T.float())
+    if (r.diagonal().abs() <= 1e-6 * r.diagonal().abs().max().clamp_min(1e-30)).any() or not rows.abs().sum():
+        raise InterpError(f"subspace basis of {rows.shape[0]} directions is not independent (or is zero)")
+    return q
 
 
 def apply_all(interventions: list[Intervention], act: torch.Tensor) -> torch.Tensor:

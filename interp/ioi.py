@@ -3,7 +3,9 @@
 "When Mary and John went to the park, John gave a ball to" -> " Mary" (the indirect object, IO)
 rather than " John" (the subject, S). Two name orders: in ABBA the IO is named first, in BABA the
 subject is. The corrupt prompt changes the second mention of the subject (S2): "swap" puts the IO
-name there, so the right answer flips; "three_names" puts a third name there.
+name there, so the right answer flips; "three_names" puts a third name there. "order" instead swaps
+the first two names (ABBA <-> BABA) and keeps S2 and the answer: the pair differs only in where
+the subject first appears, the name-position feature subspace patching looks for.
 
 Answer and wrong stay those of the clean prompt, so the clean logit difference (answer - wrong)
 is positive and, for "swap", the corrupt one negative. Names are limited to those that are one
@@ -46,7 +48,7 @@ IOI_TEMPLATES: tuple[str, ...] = (
     "Then {A} and {B} went to the station, and {S} sold a ticket to",
 )
 
-CORRUPTIONS: tuple[str, ...] = ("swap", "three_names")
+CORRUPTIONS: tuple[str, ...] = ("swap", "three_names", "order")
 ORDERS: tuple[str, ...] = ("ABBA", "BABA")
 
 
@@ -109,9 +111,11 @@ def generate_ioi(
         template = templates[(i // len(orders)) % len(templates)]
         io, s, third = rng.sample(names, 3)
         a, b = (io, s) if order == "ABBA" else (s, io)
-        s2 = io if corruption == "swap" else third
         rows["clean"].append(template.format(A=a, B=b, S=s))
-        rows["corrupt"].append(template.format(A=a, B=b, S=s2))
+        if corruption == "order":  # the first two names trade places; S2 and the answer stay
+            rows["corrupt"].append(template.format(A=b, B=a, S=s))
+        else:
+            rows["corrupt"].append(template.format(A=a, B=b, S=io if corruption == "swap" else third))
         rows["answer"].append(" " + io)
         rows["wrong"].append(" " + s)
     for row, (clean, corrupt) in enumerate(zip(rows["clean"], rows["corrupt"]), start=1):

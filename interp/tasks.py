@@ -30,7 +30,7 @@ def check_task(task: str) -> None:
 def load_prompt_set(task: str, tokenizer: Any, n: int | None = None, seed: int = 0, corruption: str = "swap") -> PromptSet:
     """A prompt set by task name ("ioi": generated, n defaults to 8) or from a .jsonl path (first n rows).
 
-    ``corruption`` applies to generated sets (IOI: "swap" the S2 name, or "three_names").
+    ``corruption`` applies to generated sets (IOI: "swap" the S2 name, "three_names", or "order": swap the first two names).
     """
     if n is not None and n < 1:
         raise PromptSetError(f"n must be at least 1, got {n}")

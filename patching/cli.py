@@ -28,7 +28,7 @@ def patch(
     backend: str = typer.Option("lens", help="lens (TransformerLens bridge), nnsight or torch."),
     task: str = typer.Option("ioi", help="ioi, or a JSONL file with clean/corrupt/answer/wrong per line."),
     n_prompts: int = typer.Option(8, help="Number of prompts (IOI: generated; JSONL: the first N)."),
-    corruption: str = typer.Option("swap", help="IOI corruption: swap (S2 becomes the IO name) or three_names."),
+    corruption: str = typer.Option("swap", help="IOI corruption: swap (S2 becomes the IO name), three_names, or order (the first two names trade places)."),
     method: str = typer.Option("activation", help="Comma list: activation (exact), atp (attribution patching), "
                                "relp (relevance patching), ig (integrated gradients)."),
     components: str = typer.Option("resid_pre,attn_out,mlp_out,head_out",

@@ -1,0 +1,171 @@
+"""Subspace activation patching: patch only the coordinates of an activation along some directions.
+
+Patching a whole activation tells *where* the model carries a difference; patching a subspace tells
+*which feature*. A `Direction` is k directions ``[k, d]`` at one site, found from data by one of:
+
+=============  ====================================================================================
+method         direction
+=============  ====================================================================================
+mean_diff      mean source activation minus mean base activation (at the patched positions)
+probe          a logistic-regression probe separating source from base activations (scikit-learn)
+gradient       the mean gradient of the base logit difference with respect to the activation
+das            distributed alignment search: trained to make the patch produce the target answer
+given          a tensor you pass
+=============  ====================================================================================
+
+`PatchPairs` holds the experiment: base prompts, the source run's activation at the site, the
+token the patch should produce (``target``) and the base run's own answer (``other``). With an
+IOI prompt set the base is the clean prompt, the source the corrupt one and the target the clean
+``wrong`` name: with ``swap`` corruption that tests the S2 name, with ``order`` the name position.
+
+`evaluate` patches along a basis and reports the base logit difference ``other - target`` after
+the patch, the fractional logit-difference decrease ``FLDD = 100 (1 - LD_patched / LD_base)``
+(100 % erases the preference, more flips it) and the interchange accuracy (how often the patched
+run's top token is the target). Directions save and load as safetensors plus JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import safetensors.torch
+import torch
+
+from interp.errors import InterpError
+from interp.interventions import Replace, SubspaceReplace
+from interp.model import Model
+from interp.prompts import PromptSet
+from interp.results import read_tensors, write_json_atomic, write_tensors_atomic
+
+METHODS = ("das", "mean_diff", "probe", "gradient", "given")
+
+
+@dataclass
+class PatchPairs:
+    """Base tokens [n, pos], the source activation at ``site`` [n, pos, d], target and other tokens [n]."""
+
+    site: str
+    base: torch.Tensor
+    source: torch.Tensor
+    base_act: torch.Tensor
+    target: torch.Tensor
+    other: torch.Tensor
+    positions: Sequence[int] | None = None  # patched positions (None: all)
+
+    def subset(self, rows: torch.Tensor) -> "PatchPairs":
+        return PatchPairs(self.site, self.base[rows], self.source[rows], self.base_act[rows], self.target[rows],
+                          self.other[rows], self.positions)
+
+    def __len__(self) -> int:
+        return self.base.shape[0]
+
+
+def patch_pairs(model: Model, prompts: PromptSet, site: str, positions: Sequence[int] | None = (-1,)) -> PatchPairs:
+    """Base = clean prompts, source = corrupt prompts, target = ``wrong``, other = ``answer``."""
+    model.site(site)
+    tokens = prompts.tokenize(model.tokenizer)
+    with torch.no_grad():
+        source = model.run(tokens.corrupt, read=[site]).acts[site]
+        base_act = model.run(tokens.clean, read=[site]).acts[site]
+    if source.ndim != 3:
+        raise InterpError(f"subspace patching needs a [batch, pos, d] site such as resid_pre, attn_out or mlp_act; {site} is {tuple(source.shape)}")
+    n_pos = tokens.clean.shape[1]
+    if positions is not None:
+        positions = [p % n_pos for p in positions]
+    return PatchPairs(site, tokens.clean, source, base_act, tokens.wrong, tokens.answer, positions)
+
+
+@dataclass
+class Direction:
+    """``vectors`` [k, d] at ``site``, with how they were found."""
+
+    site: str
+    vectors: torch.Tensor
+    method: str
+    meta: dict = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``<path>.safetensors`` and ``<path>.json``; returns the safetensors path."""
+        path = Path(path).with_suffix("")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_tensors_atomic(path.with_suffix(".safetensors"), {"vectors": self.vectors.detach().float().contiguous()})
+        write_json_atomic(path.with_suffix(".json"), {"site": self.site, "method": self.method, "k": self.vectors.shape[0],
+                                                      "d": self.vectors.shape[1], "meta": self.meta})
+        return path.with_suffix(".safetensors")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Direction":
+        path = Path(path).with_suffix("")
+        if not path.with_suffix(".json").is_file() or not path.with_suffix(".safetensors").is_file():
+            raise InterpError(f"no direction at {path}: expected {path.name}.safetensors and {path.name}.json")
+        info = json.loads(path.with_suffix(".json").read_text())
+        vectors = read_tensors(path.with_suffix(".safetensors"))["vectors"]
+        return cls(info["site"], vectors, info["method"], info.get("meta", {}))
+
+
+def _at_positions(x: torch.Tensor, positions: Sequence[int] | None) -> torch.Tensor:
+    """Activations at the patched positions, flattened to [rows, d]."""
+    return (x if positions is None else x[:, list(positions)]).reshape(-1, x.shape[-1])
+
+
+def mean_diff(pairs: PatchPairs) -> torch.Tensor:
+    """Mean source minus mean base activation at the patched positions [d]."""
+    return _at_positions(pairs.source, pairs.positions).mean(0) - _at_positions(pairs.base_act, pairs.positions).mean(0)
+
+
+def probe(pairs: PatchPairs, seed: int = 0) -> torch.Tensor:
+    """The weight vector [d] of a logistic regression telling source from base activations."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = torch.cat([_at_positions(pairs.base_act, pairs.positions), _at_positions(pairs.source, pairs.positions)])
+    y = torch.cat([torch.zeros(len(x) // 2), torch.ones(len(x) // 2)])
+    clf = LogisticRegression(max_iter=2000, random_state=seed).fit(x.double().numpy(), y.numpy())
+    return torch.tensor(clf.coef_[0], dtype=torch.float32)
+
+
+def gradient(model: Model, pairs: PatchPairs) -> torch.Tensor:
+    """Mean gradient [d] of the base logit difference (other - target) at the patched positions."""
+    out = model.run(pairs.base, read=[pairs.site], grad=True)
+    logits = out.logits[:, -1]
+    ld = logits.gather(-1, pairs.other[:, None]) - logits.gather(-1, pairs.target[:, None])
+    (grad,) = torch.autograd.grad(ld.sum(), [out.acts[pairs.site]])
+    return _at_positions(grad, pairs.positions).mean(0)
+
+
+def patched_logits(model: Model, pairs: PatchPairs, basis: torch.Tensor | None, grad: bool = False,
+                   backend: str | None = None) -> torch.Tensor:
+    """Last-position logits of the base run with the source patched along ``basis`` (None: the whole activation)."""
+    if basis is None:
+        pos = slice(None) if pairs.positions is None else list(pairs.positions)
+        index = (slice(None), pos)
+        iv = Replace(pairs.site, pairs.source[index], index=index)
+    else:
+        iv = SubspaceReplace(pairs.site, basis, pairs.source, None if pairs.positions is None else list(pairs.positions))
+    with torch.set_grad_enabled(grad):
+        return model.run(pairs.base, [iv], grad=grad, backend=backend).logits[:, -1]
+
+
+def scores(logits: torch.Tensor, pairs: PatchPairs, base_ld: float) -> dict:
+    """Logit difference (other - target), FLDD in % of ``base_ld``, interchange accuracy."""
+    ld = (logits.gather(-1, pairs.other[:, None]) - logits.gather(-1, pairs.target[:, None]))[:, 0]
+    acc = (logits.argmax(-1) == pairs.target).float().mean()
+    mean_ld = float(ld.mean())
+    return {"logit_diff": round(mean_ld, 4), "fldd": round(100 * (1 - mean_ld / base_ld), 2),
+            "interchange_acc": round(float(acc), 4)}
+
+
+def base_logit_diff(model: Model, pairs: PatchPairs, backend: str | None = None) -> float:
+    """Mean logit difference (other - target) of the unpatched base run."""
+    with torch.no_grad():
+        logits = model.run(pairs.base, backend=backend).logits[:, -1]
+    return float((logits.gather(-1, pairs.other[:, None]) - logits.gather(-1, pairs.target[:, None])).mean())
+
+
+def evaluate(model: Model, pairs: PatchPairs, basis: torch.Tensor | None, base_ld: float | None = None,
+             backend: str | None = None) -> dict:
+    """`scores` of patching along ``basis`` (None: the whole activation at the patched positions)."""
+    base_ld = base_logit_diff(model, pairs, backend) if base_ld is None else base_ld
+    return scores(patched_logits(model, pairs, basis, backend=backend), pairs, base_ld)
