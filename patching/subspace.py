@@ -7,7 +7,8 @@ Patching a whole activation tells *where* the model carries a difference; patchi
 method         direction
 =============  ====================================================================================
 mean_diff      mean source activation minus mean base activation (at the patched positions)
-probe          a logistic-regression probe separating source from base activations (scikit-learn)
+probe          a logistic-regression probe separating source from base activations (scikit-learn,
+               fitted on standardised features, returned in raw coordinates)
 gradient       the mean gradient of the base logit difference with respect to the activation
 das            distributed alignment search: trained to make the patch produce the target answer
 given          a tensor you pass
@@ -120,10 +121,11 @@ def probe(pairs: PatchPairs, seed: int = 0) -> torch.Tensor:
     """The weight vector [d] of a logistic regression telling source from base activations."""
     from sklearn.linear_model import LogisticRegression
 
-    x = torch.cat([_at_positions(pairs.base_act, pairs.positions), _at_positions(pairs.source, pairs.positions)])
+    x = torch.cat([_at_positions(pairs.base_act, pairs.positions), _at_positions(pairs.source, pairs.positions)]).double()
     y = torch.cat([torch.zeros(len(x) // 2), torch.ones(len(x) // 2)])
-    clf = LogisticRegression(max_iter=2000, random_state=seed).fit(x.double().numpy(), y.numpy())
-    return torch.tensor(clf.coef_[0], dtype=torch.float32)
+    scale = x.std(0).clamp_min(1e-8)  # fit on standardised features, so the penalty treats dimensions alike
+    clf = LogisticRegression(max_iter=5000, random_state=seed).fit(((x - x.mean(0)) / scale).numpy(), y.numpy())
+    return (torch.from_numpy(clf.coef_[0]) / scale).float()  # the same direction in raw coordinates
 
 
 def gradient(model: Model, pairs: PatchPairs) -> torch.Tensor:
