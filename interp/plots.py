@@ -163,6 +163,16 @@ def scatter(
     return fig
 
 
+def histogram(series: dict[str, Sequence[float] | torch.Tensor], title: str, x_title: str) -> go.Figure:
+    """Overlaid histograms, one per named series (e.g. projections of base vs source activations)."""
+    fig = go.Figure()
+    for name, values in series.items():
+        fig.add_trace(go.Histogram(x=_to_numpy(values).reshape(-1), name=str(name), opacity=0.6, nbinsx=40))
+    fig.update_layout(barmode="overlay", title=dict(text=title), xaxis=dict(title=x_title), yaxis=dict(title="count"),
+                      template="plotly_white")
+    return fig
+
+
 def _text_html(text: str) -> str:
     """A section's text: a paragraph, or a two-column table when it spans several "key: value" lines."""
     if "\n" not in text.strip():

@@ -259,8 +259,8 @@ class RunResult:
         return plots.scatter(dx, dy, f"{x} (change in {metric})", f"{y} (change in {metric})", f"{y} vs {x}", labels)
 
     def report(self) -> str:
-        """The report.html text: a summary of the manifest, one heatmap per 2-D tensor, then the
-        manifest's ``comparisons`` (``{"x", "y", "stats"}`` entries) as scatter plots."""
+        """The report.html text: a summary of the manifest, one heatmap per 2-D tensor, the manifest's
+        ``notes`` as text, its ``histograms`` and its ``comparisons`` (``{"x", "y", "stats"}``) as scatter plots."""
         from interp import plots
 
         sections = [("Run", _summary_text(self.manifest), [])]
@@ -271,6 +271,13 @@ class RunResult:
                 if info.get("note"):
                     text += f". {info['note']}"
                 sections.append((name, text, [self.plot(name)]))
+        for note in self.manifest.get("notes", []):  # {"title", "text"}: free text a method wants shown
+            sections.append((str(note.get("title", "")), str(note.get("text", "")), []))
+        for hist in self.manifest.get("histograms", []):  # {"title", "x_title", "tensors": [names]}
+            names = [n for n in hist.get("tensors", []) if n in self.scores]
+            if names:
+                figure = plots.histogram({n: self.scores[n] for n in names}, str(hist.get("title", "")), str(hist.get("x_title", "")))
+                sections.append((str(hist.get("title", "")), "", [figure]))
         comparisons = [c for c in self.manifest.get("comparisons", []) if c.get("x") in self.scores and c.get("y") in self.scores]
         if comparisons:
             lines = [f"{c['y']} vs {c['x']}: " + ", ".join(f"{k} {v}" for k, v in (c.get("stats") or {}).items())

@@ -55,16 +55,19 @@ def readable_basis(model: Model, site: str, heads: Sequence[tuple[int, int]] = (
 
 
 def split(direction: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``direction`` as readable (projection onto the basis) plus unreadable (the rest) parts."""
-    v = direction.float().reshape(-1)
-    readable = basis @ (basis.T @ v)
+    """``direction`` ([d], or k directions [k, d]) as readable (projection onto the basis) plus unreadable parts."""
+    v = direction.float()
+    readable = (v @ basis) @ basis.T
     return readable, v - readable
 
 
 def illusion_check(model: Model, pairs: PatchPairs, direction: torch.Tensor, heads: Sequence[tuple[int, int]] = (),
                    backend: str | None = None) -> dict:
-    """Patch along the direction, its readable and unreadable parts and the whole activation; flag the illusion."""
-    v = direction.float().reshape(-1)
+    """Patch along the direction, its readable and unreadable parts and the whole activation; flag the illusion.
+
+    ``direction`` is one vector [d] or a k-dim subspace [k, d] (its parts are then subspaces too).
+    """
+    v = direction.float()
     if v.norm() == 0:
         raise InterpError("the direction is zero")
     readable, unreadable = split(v, readable_basis(model, pairs.site, heads))

@@ -1,0 +1,133 @@
+"""A subspace-patching run: find a direction at a site, patch along it, check for the illusion, save.
+
+`subspace_run` is what ``interp subspace`` calls. It splits the prompt set into train and test
+halves (deterministic by seed), finds the direction on the train half, and on the test half
+patches along it, along its readable and unreadable parts and the whole activation
+(`patching.illusion`). The run folder holds ``subspace/direction`` [k, d], the projections of
+base and source activations on each part (histograms in report.html) and, in ``manifest.json``,
+the ``illusion`` object with the verdict in plain words.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from interp.errors import InterpError
+from interp.model import Model
+from interp.prompts import PromptSet
+from interp.results import RunResult, SCHEMA_VERSION, describe_tensor, package_versions
+from patching.illusion import illusion_check, readable_basis, split
+from patching.subspace import METHODS, Direction, PatchPairs, gradient, mean_diff, patch_pairs, probe
+
+PARTS = ("direction", "readable", "unreadable")
+
+
+def check_subspace_options(method: str, k: int, test_fraction: float, direction_file: str | None) -> None:
+    """Validate options before any model work."""
+    if method not in METHODS:
+        raise InterpError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
+    if k < 1:
+        raise InterpError(f"--k must be at least 1, got {k}")
+    if k > 1 and method not in ("das", "given"):
+        raise InterpError(f"--k {k} needs --method das (mean_diff, probe and gradient give one direction)")
+    if not 0 <= test_fraction < 1:
+        raise InterpError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+    if (method == "given") != bool(direction_file):
+        raise InterpError("--method given needs --direction-file PATH (a saved direction), and only it takes one")
+
+
+def split_pairs(pairs: PatchPairs, test_fraction: float, seed: int) -> tuple[PatchPairs, PatchPairs]:
+    """(train, test) halves, shuffled by ``seed``; with test_fraction 0 both are every pair."""
+    n = len(pairs)
+    n_test = int(round(n * test_fraction))
+    if test_fraction > 0 and not 1 <= n_test < n:
+        raise InterpError(f"{n} prompts cannot be split with --test-fraction {test_fraction}: use more prompts")
+    if n_test == 0:
+        return pairs, pairs
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return pairs.subset(order[n_test:]), pairs.subset(order[:n_test])
+
+
+def find_direction(model: Model, train: PatchPairs, method: str, k: int = 1, direction_file: str | None = None,
+                   seed: int = 0, das_options: dict | None = None, progress: Callable | None = None) -> Direction:
+    """The direction(s) [k, d] at ``train.site`` by ``method`` (see `patching.subspace`)."""
+    if method == "given":
+        found = Direction.load(direction_file)
+        if found.site != train.site or found.vectors.shape[-1] != train.source.shape[-1]:
+            raise InterpError(f"{direction_file} holds a direction for {found.site} of size {found.vectors.shape[-1]}, "
+                              f"not for {train.site} of size {train.source.shape[-1]}")
+        return found
+    if method == "das":
+        from patching.das import train_das
+
+        found, report = train_das(model, train, k=k, test_fraction=0.0, seed=seed, progress=progress, **(das_options or {}))
+        found.meta["train"] = report
+        return found
+    vector = {"mean_diff": lambda: mean_diff(train), "probe": lambda: probe(train, seed),
+              "gradient": lambda: gradient(model, train)}[method]()
+    return Direction(train.site, vector[None], method, {"n_train": len(train)})
+
+
+def subspace_run(model: Model, prompts: PromptSet, site: str, method: str = "das", k: int = 1,
+                 positions: Sequence[int] | None = (-1,), heads: Sequence[tuple[int, int]] = (),
+                 direction_file: str | None = None, test_fraction: float = 0.5, seed: int = 0,
+                 das_options: dict | None = None, out: str | Path | None = None, command: str = "python",
+                 progress: Callable | None = None) -> RunResult:
+    """Find a direction at ``site``, run the illusion check on held-out prompts, return (and save) the run."""
+    check_subspace_options(method, k, test_fraction, direction_file)
+    t0 = time.perf_counter()
+    if heads or not site.startswith("mlp_act"):
+        readable_basis(model, site, heads)  # fail early on missing or impossible heads
+    pairs = patch_pairs(model, prompts, site, positions)
+    train, test = split_pairs(pairs, test_fraction, seed)
+    found = find_direction(model, train, method, k, direction_file, seed, das_options, progress)
+    t_find = time.perf_counter() - t0
+    vectors = found.vectors.float()
+    check = illusion_check(model, test, vectors[0] if len(vectors) == 1 else vectors, heads)
+    readable, unreadable = split(vectors, readable_basis(model, site, heads))
+    scores = {"subspace/direction": vectors}
+    tensors = {"subspace/direction": describe_tensor("subspace/direction", vectors, ["k", "d"])}
+    histograms = []
+    for part, v in zip(PARTS, (vectors, readable, unreadable)):
+        if v.norm() == 0:
+            continue
+        unit = v[0] / v[0].norm()
+        for side, acts in (("base", test.base_act), ("source", test.source)):
+            name = f"subspace/projection/{part}/{side}"
+            values = (acts if test.positions is None else acts[:, list(test.positions)]).reshape(-1, acts.shape[-1]) @ unit
+            scores[name] = values
+            tensors[name] = describe_tensor(name, values, ["row"])
+        histograms.append({"title": f"projections on the {part} part", "x_title": f"activation . unit {part} vector",
+                           "tensors": [f"subspace/projection/{part}/base", f"subspace/projection/{part}/source"]})
+    table = [f"{name}: " + ", ".join(f"{key} {value}" for key, value in check[name].items())
+             for name in ("direction", "readable", "unreadable", "full") if check[name]]
+    text = "\n".join([check["verdict"], *table, f"base logit diff: {check['base_logit_diff']}",
+                      f"norms: readable {check['norms']['readable']}, unreadable {check['norms']['unreadable']}"])
+    tokens = prompts.tokenize(model.tokenizer)
+    manifest = {
+        "schema_version": SCHEMA_VERSION, "status": "complete", "command": command, "model": model.name,
+        "backend": model.backend_name, "dtype": str(next(model.hf.parameters()).dtype).replace("torch.", ""),
+        "prompt_set": {"name": prompts.name, "fingerprint": prompts.fingerprint(), "n_prompts": len(pairs),
+                       "n_tokens": tokens.clean.shape[1], "tokens": tokens.str_tokens, "example_clean": prompts.clean[0],
+                       "example_corrupt": prompts.corrupt[0]},
+        "metric": "logit_diff", "site": site, "method": method,
+        "parameters": {"k": k, "positions": None if positions is None else list(positions), "heads": [list(h) for h in heads],
+                       "test_fraction": test_fraction, "n_train": len(train), "n_test": len(test), "seed": seed,
+                       **(das_options or {})},
+        "direction_meta": found.meta,
+        "illusion": check,
+        "notes": [{"title": "Illusion check", "text": text}],
+        "histograms": histograms,
+        "tensors": tensors,
+        "timings": {"find_s": round(t_find, 3), "run_s": round(time.perf_counter() - t0, 3)},
+        "versions": package_versions(), "seed": seed,
+    }
+    result = RunResult(manifest=manifest, scores=scores)
+    if out is not None:
+        result.save(out)
+        found.save(Path(out) / "direction")
+    return result
