@@ -4,7 +4,7 @@
 >>> model = interp.load("smollm2-135m", backend="lens")                        # doctest: +SKIP
 >>> out = model.run("When Mary and John went", read=["resid_pre.3"])           # doctest: +SKIP
 
-Public surface: `load`, `Model`, the interventions (`Replace`, `Add`, `Ablate`), `parse_site`,
+Public surface: `load`, `Model`, the interventions (`Replace`, `Add`, `Ablate`, `SubspaceReplace`), `parse_site`,
 `list_models`, prompt sets (`PromptSet`, `load_prompt_set`, `generate_ioi`), run folders
 (`load_run`, `RunResult`). Nothing here knows a method exists: methods live in `patching`,
 `steering` and `circuits`.
@@ -18,12 +18,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from interp.errors import InterpError, ModelNotAvailableError  # noqa: E402
-from interp.interventions import Ablate, Add, Intervention, Replace  # noqa: E402
+from interp.interventions import Ablate, Add, Intervention, Replace, SubspaceReplace  # noqa: E402
 from interp.model import Model, RunOutput, load  # noqa: E402
 from interp.sites import Site, parse_site  # noqa: E402
 
 __all__ = [
-    "Ablate", "Add", "Intervention", "InterpError", "Model", "ModelNotAvailableError", "Replace",
+    "Ablate", "Add", "Intervention", "InterpError", "Model", "ModelNotAvailableError", "Replace", "SubspaceReplace",
     "RunOutput", "Site", "list_models", "load", "load_prompt_set", "generate_ioi", "PromptSet",
     "load_run", "RunResult", "parse_site",
 ]
