@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import safetensors.torch
 import torch
 
 from interp.errors import InterpError

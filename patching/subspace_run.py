@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
 
 from interp.errors import InterpError
 from interp.model import Model
 from interp.prompts import PromptSet
 from interp.results import RunResult, SCHEMA_VERSION, describe_tensor, package_versions
-from patching.illusion import illusion_check, readable_basis, split
+from patching.das import split, train_das
+from patching.illusion import illusion_check, readable_basis
+from patching.illusion import split as readable_split
 from patching.subspace import METHODS, Direction, PatchPairs, gradient, mean_diff, patch_pairs, probe
 
 PARTS = ("direction", "readable", "unreadable")
@@ -40,18 +41,6 @@ def check_subspace_options(method: str, k: int, test_fraction: float, direction_
         raise InterpError("--method given needs --direction-file PATH (a saved direction), and only it takes one")
 
 
-def split_pairs(pairs: PatchPairs, test_fraction: float, seed: int) -> tuple[PatchPairs, PatchPairs]:
-    """(train, test) halves, shuffled by ``seed``; with test_fraction 0 both are every pair."""
-    n = len(pairs)
-    n_test = int(round(n * test_fraction))
-    if test_fraction > 0 and not 1 <= n_test < n:
-        raise InterpError(f"{n} prompts cannot be split with --test-fraction {test_fraction}: use more prompts")
-    if n_test == 0:
-        return pairs, pairs
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return pairs.subset(order[n_test:]), pairs.subset(order[:n_test])
-
-
 def find_direction(model: Model, train: PatchPairs, method: str, k: int = 1, direction_file: str | None = None,
                    seed: int = 0, das_options: dict | None = None, progress: Callable | None = None) -> Direction:
     """The direction(s) [k, d] at ``train.site`` by ``method`` (see `patching.subspace`)."""
@@ -62,8 +51,6 @@ def find_direction(model: Model, train: PatchPairs, method: str, k: int = 1, dir
                               f"not for {train.site} of size {train.source.shape[-1]}")
         return found
     if method == "das":
-        from patching.das import train_das
-
         found, report = train_das(model, train, k=k, test_fraction=0.0, seed=seed, progress=progress, **(das_options or {}))
         found.meta["train"] = report
         return found
@@ -83,12 +70,14 @@ def subspace_run(model: Model, prompts: PromptSet, site: str, method: str = "das
     if heads or not site.startswith("mlp_act"):
         readable_basis(model, site, heads)  # fail early on missing or impossible heads
     pairs = patch_pairs(model, prompts, site, positions)
-    train, test = split_pairs(pairs, test_fraction, seed)
+    train_rows, test_rows = split(len(pairs), test_fraction, seed)
+    train = pairs.subset(train_rows)
+    test = pairs.subset(test_rows) if len(test_rows) else train
     found = find_direction(model, train, method, k, direction_file, seed, das_options, progress)
     t_find = time.perf_counter() - t0
     vectors = found.vectors.float()
     check = illusion_check(model, test, vectors[0] if len(vectors) == 1 else vectors, heads)
-    readable, unreadable = split(vectors, readable_basis(model, site, heads))
+    readable, unreadable = readable_split(vectors, readable_basis(model, site, heads))
     scores = {"subspace/direction": vectors}
     tensors = {"subspace/direction": describe_tensor("subspace/direction", vectors, ["k", "d"])}
     histograms = []

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from interp.errors import InterpError
-from interp.interventions import Replace, SubspaceReplace
+from interp.interventions import SubspaceReplace
 from interp.ioi import generate_ioi
 from interp.model import Model
 from patching.illusion import illusion_check, readable_basis, split
-from patching.subspace import Direction, PatchPairs, evaluate, gradient, mean_diff, patch_pairs, patched_logits, probe
+from patching.subspace import Direction, PatchPairs, gradient, mean_diff, patch_pairs, patched_logits, probe
 
 
 def test_one_direction_follows_the_closed_form():
