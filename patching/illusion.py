@@ -13,7 +13,8 @@ pushes the dormant component off-distribution and the output moves. The check sp
 then patches along v, along each component alone (normalised) and the whole activation, and
 reports, for each, the logit difference, FLDD and interchange accuracy (`patching.subspace.scores`)
 with the components' norms. The illusion signature: v works, its readable part alone does much
-less, and patching the whole activation does nothing.
+less, and patching the whole activation does nothing (flagged "illusion"); when the whole
+activation does nothing but the readable part does a fair share, it is flagged "likely_illusion".
 """
 
 from __future__ import annotations
@@ -80,25 +81,39 @@ def illusion_check(model: Model, pairs: PatchPairs, direction: torch.Tensor, hea
             result[name] = None  # v has no such part: nothing to patch
         else:
             result[name] = evaluate(model, pairs, basis, base_ld, backend)
-    result["illusion"], result["verdict"] = verdict(result)
+    result["illusion"], result["signature"], result["verdict"] = verdict(result)
     return result
 
 
-def verdict(result: dict) -> tuple[bool, str]:
-    """Whether the results show the illusion signature, and why, in plain words."""
+def verdict(result: dict) -> tuple[bool, str, str]:
+    """(flagged, signature, why in plain words) for the check's results.
+
+    signature: "no_effect" (the direction does little), "illusion" (it works, its readable part
+    alone much less and the whole activation nothing), "likely_illusion" (it works, the whole
+    activation does nothing, its readable part does a fair share), "caution" (its readable part
+    alone is weak but the whole activation works) or "none".
+    """
     fldd = {k: (result[k]["fldd"] if result.get(k) else 0.0) for k in ("direction", "readable", "unreadable", "full")}
     d, r, f = fldd["direction"], fldd["readable"], fldd["full"]
     if d < WORKS_FLDD:
-        return False, (f"Patching along the direction removes only {d:.1f}% of the logit difference "
-                       f"(under {WORKS_FLDD:.0f}%), so there is no effect to explain.")
-    weak_readable, weak_full = r < WEAKER * d, abs(f) < WEAKER * d
-    if weak_readable and weak_full:
-        return True, (f"Illusion signature: the direction removes {d:.1f}% of the logit difference, but its readable "
-                      f"part alone only {r:.1f}% and patching the whole activation {f:.1f}%. The effect comes from the "
-                      "unreadable part setting the patch's size while a dormant readable part is pushed off its usual "
-                      "values; this direction is probably not a feature the model uses here.")
+        return False, "no_effect", (f"Patching along the direction removes only {d:.1f}% of the logit difference "
+                                    f"(under {WORKS_FLDD:.0f}%), so there is no effect to explain.")
+    weak_readable, full_nothing = r < WEAKER * d, abs(f) < WEAKER * d
+    if full_nothing and weak_readable:
+        return True, "illusion", (
+            f"Illusion signature: the direction removes {d:.1f}% of the logit difference, but its readable part "
+            f"alone only {r:.1f}% and patching the whole activation {f:.1f}%. The effect comes from the unreadable "
+            "part setting the patch's size while a dormant readable part is pushed off its usual values; this "
+            "direction is probably not a feature the model uses here.")
+    if full_nothing:
+        return True, "likely_illusion", (
+            f"Likely illusion: the direction removes {d:.1f}% of the logit difference, but patching the whole "
+            f"activation only {f:.1f}%, so the effect does not come from values this site takes on real inputs. "
+            f"Its readable part alone removes {r:.1f}%: the patch moves a direction downstream weights read to "
+            "values it does not normally take.")
     if weak_readable:
-        return False, (f"The direction removes {d:.1f}% but its readable part alone only {r:.1f}%; the whole activation "
-                       f"does {f:.1f}%, so the site does carry the feature: treat the direction with care.")
-    return False, (f"No illusion signature: the direction removes {d:.1f}%, its readable part alone {r:.1f}% and "
-                   f"the whole activation {f:.1f}%; the effect goes through what downstream weights read.")
+        return False, "caution", (
+            f"The direction removes {d:.1f}% but its readable part alone only {r:.1f}%, while the whole activation "
+            f"does {f:.1f}%: the site carries the feature, but treat this particular direction with care.")
+    return False, "none", (f"No illusion signature: the direction removes {d:.1f}%, its readable part alone {r:.1f}% "
+                           f"and the whole activation {f:.1f}%; the effect goes through what downstream weights read.")

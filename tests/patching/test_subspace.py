@@ -119,13 +119,17 @@ def test_illusion_check_flags_a_dormant_direction_and_passes_a_real_one(tiny_lla
     assert result["direction"]["fldd"] > 20 and abs(result["full"]["fldd"]) < 1 and abs(result["readable"]["fldd"]) < 1
     assert result["norms"]["unreadable"] >= 2 ** -0.5 - 1e-4  # A is wholly unreadable (and d_mlp > d_model)
     assert result["norms"]["readable"] > 0.3
-    assert "Illusion signature" in result["verdict"]
+    assert "Illusion signature" in result["verdict"] and result["signature"] == "illusion"
     # the feature really moves B, and the direction is B: a genuine read-out
     genuine = PatchPairs(pairs.site, pairs.base, pairs.base_act + 6.0 * e[b], pairs.base_act, pairs.target, pairs.other, pairs.positions)
     ok = illusion_check(model, genuine, e[b])
     assert not ok["illusion"] and ok["direction"]["fldd"] > 20 and ok["full"]["fldd"] > 20, ok
     assert ok["readable"]["fldd"] > 20 and abs(ok["unreadable"]["fldd"]) < 1  # the null part of B does nothing
-    assert "No illusion signature" in ok["verdict"]
+    assert "No illusion signature" in ok["verdict"] and ok["signature"] == "none"
+    # the dormant direction's readable part alone: the whole activation still does nothing, but now it works
+    readable_only = illusion_check(model, PatchPairs(pairs.site, pairs.base, pairs.base_act + 6.0 * (e[a] + e[b]),
+                                                     pairs.base_act, pairs.target, pairs.other, pairs.positions), e[b])
+    assert not readable_only["illusion"] and readable_only["signature"] == "none"
 
 
 def test_residual_sites_need_downstream_heads(tiny_llama):
@@ -136,3 +140,18 @@ def test_residual_sites_need_downstream_heads(tiny_llama):
     basis = readable_basis(tiny_llama, "resid_post.0", [(1, 0), (1, 2)])
     assert basis.shape == (tiny_llama.d_model, 2 * tiny_llama.d_head)
     assert torch.allclose(basis.T @ basis, torch.eye(basis.shape[1]), atol=1e-5)
+
+
+@pytest.mark.parametrize("fldd,flag,signature", [
+    ((5.0, 4.0, 0.0, 90.0), False, "no_effect"),
+    ((46.0, 13.0, 0.0, 0.5), True, "illusion"),  # Makelov et al.'s MLP8 numbers
+    ((50.0, 27.0, 0.0, 1.3), True, "likely_illusion"),
+    ((60.0, 10.0, 50.0, 55.0), False, "caution"),
+    ((139.0, 126.0, 14.0, 121.0), False, "none"),  # their residual-stream success case
+])
+def test_verdict_levels(fldd, flag, signature):
+    from patching.illusion import verdict
+
+    result = {name: {"fldd": value} for name, value in zip(("direction", "readable", "unreadable", "full"), fldd)}
+    got_flag, got_signature, text = verdict(result)
+    assert (got_flag, got_signature) == (flag, signature) and f"{fldd[0]:.1f}%" in text
