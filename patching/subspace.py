@@ -6,9 +6,10 @@ Patching a whole activation tells *where* the model carries a difference; patchi
 =============  ====================================================================================
 method         direction
 =============  ====================================================================================
-mean_diff      mean source activation minus mean base activation (at the patched positions)
-probe          a logistic-regression probe separating source from base activations (scikit-learn,
-               fitted on standardised features, returned in raw coordinates)
+mean_diff      difference of two classes' mean activations (at the patched positions): prompts whose
+               answer is named before the wrong name vs after (IOI: ABBA vs BABA), else base vs source
+probe          a logistic-regression probe separating the same two classes (scikit-learn, fitted on
+               standardised features, returned in raw coordinates)
 gradient       the mean gradient of the base logit difference with respect to the activation
 das            distributed alignment search: trained to make the patch produce the target answer
 given          a tensor you pass
@@ -54,10 +55,11 @@ class PatchPairs:
     target: torch.Tensor
     other: torch.Tensor
     positions: Sequence[int] | None = None  # patched positions (None: all)
+    source_tokens: torch.Tensor | None = None  # the source prompts [n, pos], for feature classes
 
     def subset(self, rows: torch.Tensor) -> "PatchPairs":
         return PatchPairs(self.site, self.base[rows], self.source[rows], self.base_act[rows], self.target[rows],
-                          self.other[rows], self.positions)
+                          self.other[rows], self.positions, None if self.source_tokens is None else self.source_tokens[rows])
 
     def __len__(self) -> int:
         return self.base.shape[0]
@@ -75,7 +77,7 @@ def patch_pairs(model: Model, prompts: PromptSet, site: str, positions: Sequence
     n_pos = tokens.clean.shape[1]
     if positions is not None:
         positions = [p % n_pos for p in positions]
-    return PatchPairs(site, tokens.clean, source, base_act, tokens.wrong, tokens.answer, positions)
+    return PatchPairs(site, tokens.clean, source, base_act, tokens.wrong, tokens.answer, positions, tokens.corrupt)
 
 
 @dataclass
@@ -111,17 +113,39 @@ def _at_positions(x: torch.Tensor, positions: Sequence[int] | None) -> torch.Ten
     return (x if positions is None else x[:, list(positions)]).reshape(-1, x.shape[-1])
 
 
+def feature_classes(pairs: PatchPairs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations [2n, d] of base and source prompts, and their classes [2n] (1: the base's answer is named first).
+
+    In IOI that is ABBA against BABA, the name-position feature the ``order`` corruption flips. When
+    every prompt falls in one class (or the source prompts are unknown), the classes are base (0)
+    against source (1) instead.
+    """
+    x = torch.cat([_at_positions(pairs.base_act, pairs.positions), _at_positions(pairs.source, pairs.positions)])
+    per_row = x.shape[0] // (2 * len(pairs))  # activations per prompt (patched positions)
+    labels = torch.cat([torch.zeros(len(pairs)), torch.ones(len(pairs))])
+    if pairs.source_tokens is not None:
+        def first(tokens: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+            hits = tokens == token[:, None]
+            return torch.where(hits.any(1), hits.float().argmax(1), torch.full_like(token, tokens.shape[1]))
+
+        named_first = torch.cat([first(t, pairs.other) < first(t, pairs.target) for t in (pairs.base, pairs.source_tokens)])
+        if 0 < int(named_first.sum()) < len(named_first):
+            labels = named_first.float()
+    return x, labels.repeat_interleave(per_row)
+
+
 def mean_diff(pairs: PatchPairs) -> torch.Tensor:
-    """Mean source minus mean base activation at the patched positions [d]."""
-    return _at_positions(pairs.source, pairs.positions).mean(0) - _at_positions(pairs.base_act, pairs.positions).mean(0)
+    """Difference of the two classes' mean activations [d] (see `feature_classes`)."""
+    x, y = feature_classes(pairs)
+    return x[y == 1].mean(0) - x[y == 0].mean(0)
 
 
 def probe(pairs: PatchPairs, seed: int = 0) -> torch.Tensor:
-    """The weight vector [d] of a logistic regression telling source from base activations."""
+    """The weight vector [d] of a logistic regression telling the two classes apart (see `feature_classes`)."""
     from sklearn.linear_model import LogisticRegression
 
-    x = torch.cat([_at_positions(pairs.base_act, pairs.positions), _at_positions(pairs.source, pairs.positions)]).double()
-    y = torch.cat([torch.zeros(len(x) // 2), torch.ones(len(x) // 2)])
+    x, y = feature_classes(pairs)
+    x = x.double()
     scale = x.std(0).clamp_min(1e-8)  # fit on standardised features, so the penalty treats dimensions alike
     clf = LogisticRegression(max_iter=5000, random_state=seed).fit(((x - x.mean(0)) / scale).numpy(), y.numpy())
     return (torch.from_numpy(clf.coef_[0]) / scale).float()  # the same direction in raw coordinates

@@ -48,12 +48,19 @@ def test_patching_along_a_full_basis_equals_patching_the_whole_activation(tiny_l
 
 
 def test_direction_finders(tiny_llama, tmp_path):
-    pairs = patch_pairs(tiny_llama, generate_ioi(tiny_llama.tokenizer, 6, seed=4, corruption="order"), "resid_post.0")
+    prompts = generate_ioi(tiny_llama.tokenizer, 6, seed=4, corruption="order")
+    pairs = patch_pairs(tiny_llama, prompts, "resid_post.0")
+    # classes from the text: is the answer named before the wrong name (ABBA) or after (BABA)?
+    acts = torch.cat([pairs.base_act[:, -1], pairs.source[:, -1]])
+    texts = prompts.clean + prompts.corrupt
+    names = (prompts.answer + prompts.answer, prompts.wrong + prompts.wrong)
+    abba = torch.tensor([t.index(a.strip()) < t.index(w.strip()) for t, a, w in zip(texts, *names)])
+    assert 0 < int(abba.sum()) < len(abba)
     md = mean_diff(pairs)
-    assert torch.allclose(md, pairs.source[:, -1].mean(0) - pairs.base_act[:, -1].mean(0), atol=1e-6)
+    assert torch.allclose(md, acts[abba].mean(0) - acts[~abba].mean(0), atol=1e-6)
     w = probe(pairs)
-    xb, xs = pairs.base_act[:, -1] @ w, pairs.source[:, -1] @ w
-    assert (xs[:, None] > xb[None, :]).float().mean() >= 0.9  # the probe ranks source above base
+    proj = acts @ w
+    assert (proj[abba][:, None] > proj[~abba][None, :]).float().mean() >= 0.9  # the probe ranks ABBA above BABA
     g = gradient(tiny_llama, pairs)  # moving every base activation by eps * g raises the mean logit diff by eps |g|^2
     eps = 1e-2
 
