@@ -259,13 +259,14 @@ class RunResult:
         return plots.scatter(dx, dy, f"{x} (change in {metric})", f"{y} (change in {metric})", f"{y} vs {x}", labels)
 
     def report(self) -> str:
-        """The report.html text: a summary of the manifest, one heatmap per 2-D tensor, the manifest's
+        """The report.html text: a summary of the manifest, one heatmap per 2-D tensor (unless its
+        manifest entry says ``"plot": false``), the manifest's
         ``notes`` as text, its ``histograms`` and its ``comparisons`` (``{"x", "y", "stats"}``) as scatter plots."""
         from interp import plots
 
         sections = [("Run", _summary_text(self.manifest), [])]
         for name, values in self.scores.items():
-            if values.ndim >= 2 and not name.endswith("/per_prompt"):
+            if values.ndim >= 2 and not name.endswith("/per_prompt") and self.tensor_info(name).get("plot", True):
                 info = self.tensor_info(name)
                 text = f"{name}: [{', '.join(info['axes'])}] = {info['sizes']}"
                 if info.get("note"):

@@ -79,7 +79,7 @@ def subspace_run(model: Model, prompts: PromptSet, site: str, method: str = "das
     check = illusion_check(model, test, vectors[0] if len(vectors) == 1 else vectors, heads)
     readable, unreadable = readable_split(vectors, readable_basis(model, site, heads))
     scores = {"subspace/direction": vectors}
-    tensors = {"subspace/direction": describe_tensor("subspace/direction", vectors, ["k", "d"])}
+    tensors = {"subspace/direction": describe_tensor("subspace/direction", vectors, ["k", "d"]) | {"plot": False}}
     histograms = []
     for part, v in zip(PARTS, (vectors, readable, unreadable)):
         if v.norm() == 0:
