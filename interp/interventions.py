@@ -62,18 +62,25 @@ class Replace(Intervention):
 
 @dataclass(frozen=True)
 class Add(Intervention):
-    """Add ``coeff * vector`` at ``positions`` (None: every position) of every prompt."""
+    """Add ``coeff * vector`` at ``positions`` (None: every position) of every prompt.
+
+    ``keep_norm=True`` rescales each edited token's vector back to its norm before the addition.
+    """
 
     vector: torch.Tensor
     coeff: float = 1.0
     positions: Index = None
+    keep_norm: bool = False
 
     def apply(self, act: torch.Tensor) -> torch.Tensor:
         pos = slice(None) if self.positions is None else self.positions
         delta = self.coeff * self.vector.to(device=act.device, dtype=act.dtype)
         out = act.clone()
         try:
-            out[:, pos] = out[:, pos] + delta
+            edited = out[:, pos] + delta
+            if self.keep_norm:
+                edited = edited * (out[:, pos].norm(dim=-1, keepdim=True) / edited.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            out[:, pos] = edited
         except (RuntimeError, IndexError) as exc:
             raise InterpError(f"Add on {self.site} does not fit the activation of shape {tuple(act.shape)}: {exc}") from None
         return out

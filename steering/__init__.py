@@ -1,1 +1,15 @@
-"""Steering vectors and control vectors (built in a later issue)."""
+"""Steering: control vectors read from the residual stream, and what adding them does.
+
+- `steering.vectors`: R, R-C, PCA-C and probe vectors per layer from contrasting prompts
+  (`build_vectors`), saved and loaded as `VectorSet` (safetensors + JSON);
+- `steering.effects`: KL, entropy, answer accuracy and answer mass of next-token distributions.
+
+Apply a vector with the hook layer's `interp.Add(site, vector, coeff, positions, keep_norm)`.
+Generation with steering, EAST, the backdoor attack and reasoning vectors come next.
+"""
+
+from steering.effects import answer_accuracy, answer_mass, entropy_bits, kl_nats
+from steering.vectors import VectorSet, build_vectors, contrast_vectors, read_activations
+
+__all__ = ["VectorSet", "answer_accuracy", "answer_mass", "build_vectors", "contrast_vectors", "entropy_bits",
+           "kl_nats", "read_activations"]

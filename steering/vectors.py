@@ -1,0 +1,155 @@
+"""Control vectors: one direction per layer, read from the residual stream of contrasting prompts.
+
+For each layer L, activations h_L(p) of a residual site (``resid_post`` by default) are read at
+one position of every prompt (the last token, an index such as -2, or the mean over positions):
+
+==========  =====================================================================================
+method      vector at layer L
+==========  =====================================================================================
+R           mean over positives of h_L                       (reading vector; no contrast)
+R-C         mean over pairs of h_L(positive) - h_L(negative) (reading-contrast vector)
+PCA-C       first principal component of those differences, scaled to the R-C vector's norm and
+            signed to agree with it (the reference code leaves the sign arbitrary)
+probe       a logistic-regression probe's weights (positives vs negatives), scaled to the R-C norm
+==========  =====================================================================================
+
+Prompts may differ in length: they run in groups of equal token length, and each prompt is read at
+its own position. A `VectorSet` saves and loads as safetensors + JSON (model, site, method,
+position, provenance).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from interp.errors import InterpError
+from interp.model import Model
+from interp.results import read_tensors, write_json_atomic, write_tensors_atomic
+
+METHODS = ("R", "R-C", "PCA-C", "probe")
+KINDS = ("resid_pre", "resid_mid", "resid_post")
+
+
+@dataclass
+class VectorSet:
+    """``vectors[i]`` is the vector for layer ``layers[i]`` at site kind ``kind``."""
+
+    model: str
+    kind: str
+    layers: list[int]
+    vectors: torch.Tensor  # [len(layers), d_model]
+    method: str
+    position: int | str
+    meta: dict = field(default_factory=dict)
+
+    def vector(self, layer: int) -> torch.Tensor:
+        if layer not in self.layers:
+            raise InterpError(f"this vector set has no layer {layer}; it has {self.layers}")
+        return self.vectors[self.layers.index(layer)]
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``<path>.safetensors`` (the vectors) and ``<path>.json`` (everything else)."""
+        path = Path(path).with_suffix("")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_tensors_atomic(path.with_suffix(".safetensors"), {"vectors": self.vectors.float().contiguous()})
+        write_json_atomic(path.with_suffix(".json"), {"model": self.model, "kind": self.kind, "layers": self.layers,
+                                                      "method": self.method, "position": self.position, "meta": self.meta})
+        return path.with_suffix(".safetensors")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "VectorSet":
+        path = Path(path).with_suffix("")
+        if not path.with_suffix(".json").is_file() or not path.with_suffix(".safetensors").is_file():
+            raise InterpError(f"no vector set at {path}: expected {path.name}.safetensors and {path.name}.json")
+        info = json.loads(path.with_suffix(".json").read_text())
+        vectors = read_tensors(path.with_suffix(".safetensors"))["vectors"]
+        if vectors.shape[0] != len(info["layers"]):
+            raise InterpError(f"{path.name}: {vectors.shape[0]} vectors for {len(info['layers'])} layers; the files do not match")
+        return cls(info["model"], info["kind"], list(info["layers"]), vectors, info["method"], info["position"], info.get("meta", {}))
+
+
+def _check_position(position: int | str) -> None:
+    if position != "mean" and not isinstance(position, int):
+        raise InterpError(f"position must be a token index such as -1 or -2, or 'mean'; got {position!r}")
+
+
+def read_activations(model: Model, prompts: Sequence[str], kind: str = "resid_post", layers: Sequence[int] | None = None,
+                     position: int | str = -1, backend: str | None = None) -> torch.Tensor:
+    """Activations ``[len(prompts), len(layers), d_model]`` at one position (or the mean) of every prompt."""
+    if kind not in KINDS:
+        raise InterpError(f"control vectors are read from the residual stream: kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    _check_position(position)
+    if not prompts:
+        raise InterpError("no prompts to read activations from")
+    layers = list(range(model.n_layers)) if layers is None else list(layers)
+    sites = [f"{kind}.{layer}" for layer in layers]
+    ids = [model.tokenizer(p)["input_ids"] for p in prompts]
+    out = torch.empty(len(prompts), len(layers), model.d_model)
+    by_length: dict[int, list[int]] = {}
+    for i, row in enumerate(ids):
+        by_length.setdefault(len(row), []).append(i)
+    for length, rows in by_length.items():
+        if position != "mean" and not -length <= position < length:
+            raise InterpError(f"position {position} is outside a prompt of {length} tokens: {prompts[rows[0]]!r}")
+        tokens = torch.tensor([ids[i] for i in rows], device=model.device)
+        with torch.no_grad():
+            acts = model.run(tokens, read=sites, backend=backend).acts
+        stacked = torch.stack([acts[s] for s in sites], dim=1)  # [rows, layers, pos, d]
+        picked = stacked.mean(2) if position == "mean" else stacked[:, :, position]
+        out[rows] = picked.float().cpu()
+    return out
+
+
+def contrast_vectors(positive: torch.Tensor, negative: torch.Tensor | None, method: str, seed: int = 0) -> torch.Tensor:
+    """Vectors ``[layers, d]`` from activations ``[n, layers, d]`` (negatives paired row by row)."""
+    if method not in METHODS:
+        raise InterpError(f"unknown control-vector method {method!r}: use one of {', '.join(METHODS)}")
+    if method == "R":
+        return positive.mean(0)
+    if negative is None or negative.shape != positive.shape:
+        raise InterpError(f"{method} needs as many negative prompts as positive ones (paired); "
+                          f"got {positive.shape[0]} and {0 if negative is None else negative.shape[0]}")
+    diffs = positive - negative  # [n, layers, d]
+    mean_diff = diffs.mean(0)
+    if method == "R-C":
+        return mean_diff
+    norms = mean_diff.norm(dim=-1, keepdim=True)
+    if method == "PCA-C":
+        if positive.shape[0] < 2:
+            raise InterpError("PCA-C needs at least 2 pairs")
+        centred = diffs - mean_diff
+        pcs = torch.stack([torch.linalg.svd(centred[:, layer], full_matrices=False).Vh[0] for layer in range(diffs.shape[1])])
+    else:
+        from sklearn.linear_model import LogisticRegression
+
+        pcs = []
+        for layer in range(diffs.shape[1]):
+            x = torch.cat([positive[:, layer], negative[:, layer]]).double()
+            y = torch.cat([torch.ones(len(positive)), torch.zeros(len(negative))]).numpy()
+            scale = x.std(0).clamp_min(1e-8)
+            clf = LogisticRegression(max_iter=5000, random_state=seed).fit(((x - x.mean(0)) / scale).numpy(), y)
+            w = torch.from_numpy(clf.coef_[0]) / scale
+            pcs.append((w / w.norm()).float())
+        pcs = torch.stack(pcs)
+    sign = torch.sign((pcs * mean_diff).sum(-1, keepdim=True))
+    sign[sign == 0] = 1.0
+    return pcs * sign * norms
+
+
+def build_vectors(model: Model, positive: Sequence[str], negative: Sequence[str] | None = None, method: str = "R-C",
+                  kind: str = "resid_post", layers: Sequence[int] | None = None, position: int | str = -1,
+                  seed: int = 0, backend: str | None = None, provenance: dict | None = None) -> VectorSet:
+    """A control-vector set, one vector per layer, from positive (and paired negative) prompts."""
+    if method not in METHODS:
+        raise InterpError(f"unknown control-vector method {method!r}: use one of {', '.join(METHODS)}")
+    layers = list(range(model.n_layers)) if layers is None else [int(model.site(f"{kind}.{layer}").layer) for layer in layers]
+    pos = read_activations(model, positive, kind, layers, position, backend)
+    neg = read_activations(model, negative, kind, layers, position, backend) if negative and method != "R" else None
+    vectors = contrast_vectors(pos, neg, method, seed)
+    meta = {"n_positive": len(positive), "n_negative": len(negative or []), **(provenance or {})}
+    return VectorSet(model.name, kind, layers, vectors, method, position, meta)
