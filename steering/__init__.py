@@ -2,14 +2,16 @@
 
 - `steering.vectors`: R, R-C, PCA-C and probe vectors per layer from contrasting prompts
   (`build_vectors`), saved and loaded as `VectorSet` (safetensors + JSON);
-- `steering.effects`: KL, entropy, answer accuracy and answer mass of next-token distributions.
+- `steering.effects`: KL, entropy, answer accuracy and answer mass of next-token distributions;
+- `steering.generate`: greedy or sampled generation with vectors added at chosen positions.
 
 Apply a vector with the hook layer's `interp.Add(site, vector, coeff, positions, keep_norm)`.
-Generation with steering, EAST, the backdoor attack and reasoning vectors come next.
+EAST, the backdoor attack, reasoning vectors and the CLI come next.
 """
 
 from steering.effects import answer_accuracy, answer_mass, entropy_bits, kl_nats
+from steering.generate import generate
 from steering.vectors import VectorSet, build_vectors, contrast_vectors, read_activations
 
 __all__ = ["VectorSet", "answer_accuracy", "answer_mass", "build_vectors", "contrast_vectors", "entropy_bits",
-           "kl_nats", "read_activations"]
+           "generate", "kl_nats", "read_activations"]
