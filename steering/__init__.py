@@ -3,7 +3,8 @@
 - `steering.vectors`: R, R-C, PCA-C and probe vectors per layer from contrasting prompts
   (`build_vectors`), saved and loaded as `VectorSet` (safetensors + JSON);
 - `steering.effects`: KL, entropy, answer accuracy and answer mass of next-token distributions;
-- `steering.generate`: greedy or sampled generation with vectors added at chosen positions.
+- `steering.generate`: greedy or sampled generation with vectors added at chosen positions;
+- `steering.llamacpp`: export a vector set as a llama.cpp control-vector GGUF.
 
 Apply a vector with the hook layer's `interp.Add(site, vector, coeff, positions, keep_norm)`.
 EAST, the backdoor attack, reasoning vectors and the CLI come next.
@@ -11,7 +12,8 @@ EAST, the backdoor attack, reasoning vectors and the CLI come next.
 
 from steering.effects import answer_accuracy, answer_mass, entropy_bits, kl_nats
 from steering.generate import generate
+from steering.llamacpp import export_gguf
 from steering.vectors import VectorSet, build_vectors, contrast_vectors, read_activations
 
 __all__ = ["VectorSet", "answer_accuracy", "answer_mass", "build_vectors", "contrast_vectors", "entropy_bits",
-           "generate", "kl_nats", "read_activations"]
+           "export_gguf", "generate", "kl_nats", "read_activations"]

@@ -80,3 +80,26 @@ def test_effects_closed_forms():
     right, wrong = answer_mass(logits, candidates, torch.tensor([0, 0]))
     probs = logits.softmax(-1)
     assert right == pytest.approx(float((probs[0, 1] + probs[1, 1]) / 2)) and wrong == pytest.approx(float((probs[0, 2] + probs[1, 2]) / 2))
+
+
+def test_llamacpp_gguf_export_reads_back(tiny_llama, tmp_path):
+    import gguf
+
+    from steering.llamacpp import export_gguf
+
+    vs = build_vectors(tiny_llama, POS, NEG, "R-C", kind="resid_post", layers=[1])
+    path = export_gguf(vs, tmp_path / "cv.gguf")
+    reader = gguf.GGUFReader(str(path))
+    fields = {name: field for name, field in reader.fields.items()}
+    assert bytes(fields["general.architecture"].parts[-1]).decode() == "controlvector"
+    assert bytes(fields["controlvector.model_hint"].parts[-1]).decode() == "llama"
+    assert int(fields["controlvector.layer_count"].parts[-1][0]) == 1
+    (tensor,) = reader.tensors
+    assert tensor.name == "direction.1"
+    assert torch.equal(torch.from_numpy(tensor.data.copy()).reshape(-1), vs.vectors[0].float())
+    pre = build_vectors(tiny_llama, POS, NEG, "R-C", kind="resid_pre", layers=[1])
+    with pytest.raises(InterpError, match="cannot steer block 0"):
+        export_gguf(pre, tmp_path / "bad.gguf")
+    mid = build_vectors(tiny_llama, POS, NEG, "R-C", kind="resid_mid", layers=[1])
+    with pytest.raises(InterpError, match="resid_mid vectors cannot be exported"):
+        export_gguf(mid, tmp_path / "bad2.gguf")
