@@ -52,6 +52,12 @@ class VectorSet:
             raise InterpError(f"this vector set has no layer {layer}; it has {self.layers}")
         return self.vectors[self.layers.index(layer)]
 
+    def select(self, layers: Sequence[int]) -> "VectorSet":
+        """The same set restricted to ``layers``."""
+        layers = list(layers)
+        return VectorSet(self.model, self.kind, layers, torch.stack([self.vector(layer) for layer in layers]),
+                         self.method, self.position, dict(self.meta))
+
     def save(self, path: str | Path) -> Path:
         """Write ``<path>.safetensors`` (the vectors) and ``<path>.json`` (everything else)."""
         path = Path(path).with_suffix("")

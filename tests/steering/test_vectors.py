@@ -97,6 +97,10 @@ def test_llamacpp_gguf_export_reads_back(tiny_llama, tmp_path):
     (tensor,) = reader.tensors
     assert tensor.name == "direction.1"
     assert torch.equal(torch.from_numpy(tensor.data.copy()).reshape(-1), vs.vectors[0].float())
+    both = build_vectors(tiny_llama, POS, NEG, "R-C", kind="resid_post")
+    with pytest.raises(InterpError, match="drop resid_post.0"):
+        export_gguf(both, tmp_path / "all.gguf")
+    assert torch.equal(both.select([1]).vectors, both.vectors[1:]) and both.select([1]).layers == [1]
     pre = build_vectors(tiny_llama, POS, NEG, "R-C", kind="resid_pre", layers=[1])
     with pytest.raises(InterpError, match="cannot steer block 0"):
         export_gguf(pre, tmp_path / "bad.gguf")
