@@ -4,10 +4,11 @@
   (`build_vectors`), saved and loaded as `VectorSet` (safetensors + JSON);
 - `steering.effects`: KL, entropy, answer accuracy and answer mass of next-token distributions;
 - `steering.generate`: greedy or sampled generation with vectors added at chosen positions;
-- `steering.llamacpp`: export a vector set as a llama.cpp control-vector GGUF.
+- `steering.llamacpp`: export a vector set as a llama.cpp control-vector GGUF;
+- `steering.east`: a two-armed bandit, exact action entropy, rollouts and the EAST vector.
 
 Apply a vector with the hook layer's `interp.Add(site, vector, coeff, positions, keep_norm)`.
-EAST, the backdoor attack, reasoning vectors and the CLI come next.
+EAST's thought-then-action agent, the backdoor attack, reasoning vectors and the CLI come next.
 """
 
 from steering.effects import answer_accuracy, answer_mass, entropy_bits, kl_nats
