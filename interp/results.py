@@ -126,6 +126,23 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise RunFolderError(f"{path} cannot be read as safetensors ({reason}): {_DAMAGED}") from e
 
 
+def save_vectors(path: str | os.PathLike, vectors: torch.Tensor, info: dict) -> Path:
+    """Write ``<path>.safetensors`` (``vectors``, float32) and ``<path>.json`` (``info``); returns the first."""
+    path = Path(path).with_suffix("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_tensors_atomic(path.with_suffix(".safetensors"), {"vectors": vectors.detach().float().contiguous()})
+    write_json_atomic(path.with_suffix(".json"), info)
+    return path.with_suffix(".safetensors")
+
+
+def load_vectors(path: str | os.PathLike, what: str) -> tuple[torch.Tensor, dict]:
+    """The vectors and info written by `save_vectors`; a one-line error naming ``what`` if either file is missing."""
+    path = Path(path).with_suffix("")
+    if not path.with_suffix(".json").is_file() or not path.with_suffix(".safetensors").is_file():
+        raise RunFolderError(f"no {what} at {path}: expected {path.name}.safetensors and {path.name}.json")
+    return read_tensors(path.with_suffix(".safetensors"))["vectors"], json.loads(path.with_suffix(".json").read_text())
+
+
 def _one_line(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."

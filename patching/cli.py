@@ -23,6 +23,22 @@ def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def load_model_and_prompts(console: Console, model: str, backend: str, device: str, dtype: str, task: str,
+                           n_prompts: int, seed: int, corruption: str):
+    """Load the model (booting its backend, so that counts as load time) and the prompt set, under a status line."""
+    import torch
+
+    import interp
+    from interp.tasks import load_prompt_set
+
+    with console.status(f"loading {model} ({backend})"):
+        m = interp.load(model, backend=backend, device=device, dtype=getattr(torch, dtype))
+        prompts = load_prompt_set(task, m.tokenizer, n=n_prompts, seed=seed, corruption=corruption)
+        if backend != "torch":
+            m.backend()
+    return m, prompts
+
+
 def patch(
     model: str = typer.Option("smollm2-135m", help="Model name (see `interp models`), HF id or local path."),
     backend: str = typer.Option("lens", help="lens (TransformerLens bridge), nnsight or torch."),
@@ -47,7 +63,6 @@ def patch(
     ig_steps: int = typer.Option(10, help="Integrated-gradients steps along the corrupt-to-clean path."),
 ) -> None:
     """Activation patching (and its estimators AtP, RelP, IG): which components carry the clean behaviour?"""
-    import torch
 
     from interp.tasks import check_task
     from patching.run import check_options
@@ -66,17 +81,11 @@ def patch(
         raise InterpError("--resume needs --out DIR: the folder of the interrupted run")
     out = out or Path("runs") / f"patch-{datetime.now():%Y%m%d-%H%M%S}"
 
-    import interp
-    from interp.tasks import load_prompt_set
     from patching.run import activation_patching
 
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    with console.status(f"loading {model} ({backend})"):
-        m = interp.load(model, backend=backend, device=device, dtype=getattr(torch, dtype))
-        prompts = load_prompt_set(task, m.tokenizer, n=n_prompts, seed=seed, corruption=corruption)
-        if backend != "torch":
-            m.backend()  # boot the backend now, so its time counts as load time
+    m, prompts = load_model_and_prompts(console, model, backend, device, dtype, task, n_prompts, seed, corruption)
     load_s = time.perf_counter() - t0
 
     # SIGTERM behaves like Ctrl-C: finished patches are checkpointed before exiting

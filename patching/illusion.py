@@ -63,15 +63,16 @@ def split(direction: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def illusion_check(model: Model, pairs: PatchPairs, direction: torch.Tensor, heads: Sequence[tuple[int, int]] = (),
-                   backend: str | None = None) -> dict:
+                   backend: str | None = None, basis: torch.Tensor | None = None) -> dict:
     """Patch along the direction, its readable and unreadable parts and the whole activation; flag the illusion.
 
     ``direction`` is one vector [d] or a k-dim subspace [k, d] (its parts are then subspaces too).
+    ``basis`` is `readable_basis` for the site and heads, if already computed.
     """
     v = direction.float()
     if v.norm() == 0:
         raise InterpError("the direction is zero")
-    readable, unreadable = split(v, readable_basis(model, pairs.site, heads))
+    readable, unreadable = split(v, readable_basis(model, pairs.site, heads) if basis is None else basis)
     base_ld = base_logit_diff(model, pairs, backend)
     result: dict = {"site": pairs.site, "base_logit_diff": round(base_ld, 4),
                     "norms": {"readable": round(float(readable.norm() / v.norm()), 4),

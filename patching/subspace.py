@@ -28,7 +28,6 @@ run's top token is the target). Directions save and load as safetensors plus JSO
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -39,7 +38,7 @@ from interp.errors import InterpError
 from interp.interventions import Replace, SubspaceReplace
 from interp.model import Model
 from interp.prompts import PromptSet
-from interp.results import read_tensors, write_json_atomic, write_tensors_atomic
+from interp.results import load_vectors, save_vectors
 
 METHODS = ("das", "mean_diff", "probe", "gradient", "given")
 
@@ -91,20 +90,12 @@ class Direction:
 
     def save(self, path: str | Path) -> Path:
         """Write ``<path>.safetensors`` and ``<path>.json``; returns the safetensors path."""
-        path = Path(path).with_suffix("")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_tensors_atomic(path.with_suffix(".safetensors"), {"vectors": self.vectors.detach().float().contiguous()})
-        write_json_atomic(path.with_suffix(".json"), {"site": self.site, "method": self.method, "k": self.vectors.shape[0],
-                                                      "d": self.vectors.shape[1], "meta": self.meta})
-        return path.with_suffix(".safetensors")
+        return save_vectors(path, self.vectors, {"site": self.site, "method": self.method, "k": self.vectors.shape[0],
+                                                 "d": self.vectors.shape[1], "meta": self.meta})
 
     @classmethod
     def load(cls, path: str | Path) -> "Direction":
-        path = Path(path).with_suffix("")
-        if not path.with_suffix(".json").is_file() or not path.with_suffix(".safetensors").is_file():
-            raise InterpError(f"no direction at {path}: expected {path.name}.safetensors and {path.name}.json")
-        info = json.loads(path.with_suffix(".json").read_text())
-        vectors = read_tensors(path.with_suffix(".safetensors"))["vectors"]
+        vectors, info = load_vectors(path, "direction")
         return cls(info["site"], vectors, info["method"], info.get("meta", {}))
 
 

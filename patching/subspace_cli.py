@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from interp.errors import InterpError
-from patching.cli import DTYPES, _split
+from patching.cli import DTYPES, _split, load_model_and_prompts
 
 
 def _heads(text: str) -> list[tuple[int, int]]:
@@ -46,8 +46,6 @@ def subspace(
     seed: int = typer.Option(0, help="Seed for prompts, the split and DAS."),
 ) -> None:
     """Subspace patching: which direction carries the feature, and is it an illusion?"""
-    import torch
-
     from interp.tasks import check_task
     from patching.subspace_run import check_subspace_options
 
@@ -62,15 +60,11 @@ def subspace(
     check_task(task)
     out = out or Path("runs") / f"subspace-{datetime.now():%Y%m%d-%H%M%S}"
 
-    import interp
-    from interp.tasks import load_prompt_set
     from patching.subspace_run import subspace_run
 
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    with console.status(f"loading {model} ({backend})"):
-        m = interp.load(model, backend=backend, device=device, dtype=getattr(torch, dtype))
-        prompts = load_prompt_set(task, m.tokenizer, n=n_prompts, seed=seed, corruption=corruption)
+    m, prompts = load_model_and_prompts(console, model, backend, device, dtype, task, n_prompts, seed, corruption)
     with console.status(f"{method} direction at {site}") as status:
         def progress(epoch: int, total: int, loss: float) -> None:
             status.update(f"DAS at {site}: epoch {epoch}/{total}, loss {loss:.4f}")

@@ -67,8 +67,7 @@ def subspace_run(model: Model, prompts: PromptSet, site: str, method: str = "das
     """Find a direction at ``site``, run the illusion check on held-out prompts, return (and save) the run."""
     check_subspace_options(method, k, test_fraction, direction_file)
     t0 = time.perf_counter()
-    if heads or not site.startswith("mlp_act"):
-        readable_basis(model, site, heads)  # fail early on missing or impossible heads
+    basis = readable_basis(model, site, heads)  # also fails early on a wrong site kind or missing heads
     pairs = patch_pairs(model, prompts, site, positions)
     train_rows, test_rows = split(len(pairs), test_fraction, seed)
     train = pairs.subset(train_rows)
@@ -76,8 +75,8 @@ def subspace_run(model: Model, prompts: PromptSet, site: str, method: str = "das
     found = find_direction(model, train, method, k, direction_file, seed, das_options, progress)
     t_find = time.perf_counter() - t0
     vectors = found.vectors.float()
-    check = illusion_check(model, test, vectors[0] if len(vectors) == 1 else vectors, heads)
-    readable, unreadable = readable_split(vectors, readable_basis(model, site, heads))
+    check = illusion_check(model, test, vectors[0] if len(vectors) == 1 else vectors, heads, basis=basis)
+    readable, unreadable = readable_split(vectors, basis)
     scores = {"subspace/direction": vectors}
     tensors = {"subspace/direction": describe_tensor("subspace/direction", vectors, ["k", "d"]) | {"plot": False}}
     histograms = []

@@ -20,7 +20,6 @@ position, provenance).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -29,7 +28,7 @@ import torch
 
 from interp.errors import InterpError
 from interp.model import Model
-from interp.results import read_tensors, write_json_atomic, write_tensors_atomic
+from interp.results import load_vectors, save_vectors
 
 METHODS = ("R", "R-C", "PCA-C", "probe")
 KINDS = ("resid_pre", "resid_mid", "resid_post")
@@ -60,22 +59,14 @@ class VectorSet:
 
     def save(self, path: str | Path) -> Path:
         """Write ``<path>.safetensors`` (the vectors) and ``<path>.json`` (everything else)."""
-        path = Path(path).with_suffix("")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_tensors_atomic(path.with_suffix(".safetensors"), {"vectors": self.vectors.float().contiguous()})
-        write_json_atomic(path.with_suffix(".json"), {"model": self.model, "kind": self.kind, "layers": self.layers,
-                                                      "method": self.method, "position": self.position, "meta": self.meta})
-        return path.with_suffix(".safetensors")
+        return save_vectors(path, self.vectors, {"model": self.model, "kind": self.kind, "layers": self.layers,
+                                                 "method": self.method, "position": self.position, "meta": self.meta})
 
     @classmethod
     def load(cls, path: str | Path) -> "VectorSet":
-        path = Path(path).with_suffix("")
-        if not path.with_suffix(".json").is_file() or not path.with_suffix(".safetensors").is_file():
-            raise InterpError(f"no vector set at {path}: expected {path.name}.safetensors and {path.name}.json")
-        info = json.loads(path.with_suffix(".json").read_text())
-        vectors = read_tensors(path.with_suffix(".safetensors"))["vectors"]
+        vectors, info = load_vectors(path, "vector set")
         if vectors.shape[0] != len(info["layers"]):
-            raise InterpError(f"{path.name}: {vectors.shape[0]} vectors for {len(info['layers'])} layers; the files do not match")
+            raise InterpError(f"{Path(path).name}: {vectors.shape[0]} vectors for {len(info['layers'])} layers; the files do not match")
         return cls(info["model"], info["kind"], list(info["layers"]), vectors, info["method"], info["position"], info.get("meta", {}))
 
 
