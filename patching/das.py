@@ -89,8 +89,9 @@ def train_das(
     train_rows, test_rows = split(len(pairs), test_fraction, seed)
     train, test = pairs.subset(train_rows), pairs.subset(test_rows)
 
-    torch.manual_seed(seed)  # the initial rotation
-    rotation = orthogonal(torch.nn.Linear(d, k, bias=False)).to(model.device)  # weight [k, d], orthonormal rows
+    with torch.random.fork_rng(devices=[]):  # a seeded initial rotation, leaving the caller's RNG alone
+        torch.manual_seed(seed)
+        rotation = orthogonal(torch.nn.Linear(d, k, bias=False)).to(model.device)  # weight [k, d], orthonormal rows
     optimizer = torch.optim.Adam(rotation.parameters(), lr=lr)
     steps_per_epoch = -(-len(train) // batch_size)
     scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.1,

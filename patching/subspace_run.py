@@ -52,7 +52,7 @@ def find_direction(model: Model, train: PatchPairs, method: str, k: int = 1, dir
         return found
     if method == "das":
         found, report = train_das(model, train, k=k, test_fraction=0.0, seed=seed, progress=progress, **(das_options or {}))
-        found.meta["train"] = report
+        found.meta["loss"] = report["loss"]  # the scores are in meta already
         return found
     vector = {"mean_diff": lambda: mean_diff(train), "probe": lambda: probe(train, seed),
               "gradient": lambda: gradient(model, train)}[method]()
