@@ -97,6 +97,12 @@ class Model:
     def device(self) -> torch.device:
         return next(self.hf.parameters()).device
 
+    def _plan(self, interventions: Sequence[Intervention], read: Sequence[str | Site], acts: dict, grad: bool) -> list:
+        edits: dict[Site, list[Intervention]] = defaultdict(list)
+        for iv in interventions:
+            edits[self.site(iv.site)].append(iv)
+        return plan_steps(self.table, dict(edits), [self.site(s) for s in read], acts, grad)
+
     def run(
         self,
         tokens: torch.Tensor | str | Sequence[str],
@@ -115,18 +121,28 @@ class Model:
         """
         if not isinstance(tokens, torch.Tensor):
             tokens = self.to_tokens(tokens)
-        edits: dict[Site, list[Intervention]] = defaultdict(list)
-        for iv in interventions:
-            edits[self.site(iv.site)].append(iv)
-        reads = [self.site(s) for s in read]
         acts: dict[str, torch.Tensor] = {}
-        steps = plan_steps(self.table, dict(edits), reads, acts, grad)
+        steps = self._plan(interventions, read, acts, grad)
         active = parse_rules(rules) if rules else ()
         if active:
             steps = sorted(steps + rule_steps(active, self.table, self.hf, self.n_layers), key=lambda s: s.order)
         with attention_rules(active, self.n_layers):
             logits = self.backend(backend).run(tokens.to(self.device), steps, grad)
         return RunOutput(logits=logits, acts=acts)
+
+    def run_cached(self, tokens: torch.Tensor, interventions: Sequence[Intervention] = (), read: Sequence[str | Site] = (),
+                   past=None) -> tuple[RunOutput, object]:
+        """One no-grad forward of ``tokens`` [batch, new] that continues the KV cache ``past`` (None: start one).
+
+        Runs on the torch backend (plain hooks on the same HF modules), which is what makes cached
+        generation fast. Positions in ``interventions`` and in the activations read count from the
+        first of ``tokens``, not from the start of the sequence. Only the last position's logits are
+        computed (``logits`` is [batch, 1, vocab]). Returns the output and the cache.
+        """
+        acts: dict[str, torch.Tensor] = {}
+        steps = self._plan(interventions, read, acts, False)
+        logits, past = self.backend("torch").run_cached(tokens.to(self.device), steps, past)
+        return RunOutput(logits=logits, acts=acts), past
 
     def cache(self, tokens: torch.Tensor | str | Sequence[str], sites: Sequence[str | Site], backend: str | None = None) -> RunOutput:
         """Shorthand for a plain run that reads ``sites``."""

@@ -105,3 +105,9 @@ class TorchBackend:
     def run(self, tokens: torch.Tensor, steps: list[Step], grad: bool) -> torch.Tensor:
         with installed_steps(self.hf, self.table, steps, self.n_heads), torch.set_grad_enabled(grad):
             return self.hf(input_ids=tokens, use_cache=False).logits
+
+    def run_cached(self, tokens: torch.Tensor, steps: list[Step], past) -> tuple[torch.Tensor, object]:
+        """Last-position logits for ``tokens`` continuing the KV cache ``past`` (None: a new one), and the grown cache."""
+        with installed_steps(self.hf, self.table, steps, self.n_heads), torch.no_grad():
+            out = self.hf(input_ids=tokens, past_key_values=past, use_cache=True, logits_to_keep=1)
+        return out.logits, out.past_key_values

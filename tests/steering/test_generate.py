@@ -50,3 +50,19 @@ def test_sampling_is_seeded_and_prompts_of_any_length_batch(tiny_llama):
     assert greedy == [generate(tiny_llama, p, max_new_tokens=4)[0] for p in PROMPTS]
     with pytest.raises(InterpError, match="max_new_tokens"):
         generate(tiny_llama, PROMPTS, max_new_tokens=0)
+
+
+def test_cached_generation_equals_whole_sequence_reruns(tiny_llama):
+    vector = torch.randn(tiny_llama.d_model, generator=torch.Generator().manual_seed(1))
+    for where in ("all", "prompt", "generated", -2):
+        cached = generate(tiny_llama, PROMPTS, {"resid_post.1": vector}, coeff=8.0, where=where, max_new_tokens=5,
+                          keep_norm=where == "all")
+        rerun = generate(tiny_llama, PROMPTS, {"resid_post.1": vector}, coeff=8.0, where=where, max_new_tokens=5,
+                         keep_norm=where == "all", backend="torch")
+        assert cached == rerun, where
+
+
+def test_until_stops_a_group_early(tiny_llama):
+    full = generate(tiny_llama, PROMPTS[1], max_new_tokens=8)[0]
+    short = generate(tiny_llama, PROMPTS[1], max_new_tokens=8, until=lambda text: len(text) >= len(full[:3]))[0]
+    assert full.startswith(short) and len(short) < len(full)
