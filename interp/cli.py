@@ -40,7 +40,11 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print the list as
 
 def _register_plugins() -> None:
     for ep in entry_points(group="interp.commands"):
-        app.command(name=ep.name)(ep.load())
+        command = ep.load()
+        if isinstance(command, typer.Typer):  # a group of subcommands, e.g. ``interp steer build|eval|...``
+            app.add_typer(command, name=ep.name)
+        else:
+            app.command(name=ep.name)(command)
 
 
 def main() -> None:

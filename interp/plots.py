@@ -173,6 +173,17 @@ def histogram(series: dict[str, Sequence[float] | torch.Tensor], title: str, x_t
     return fig
 
 
+def lines(x: Sequence[float] | torch.Tensor, series: dict[str, Sequence[float] | torch.Tensor], title: str, x_title: str,
+          y_title: str) -> go.Figure:
+    """One line with markers per named series against shared ``x`` (e.g. KL and entropy against a steering coefficient)."""
+    fig = go.Figure()
+    xs = _to_numpy(x).reshape(-1)
+    for name, values in series.items():
+        fig.add_trace(go.Scatter(x=xs, y=_to_numpy(values).reshape(-1), mode="lines+markers", name=str(name)))
+    fig.update_layout(title=dict(text=title), xaxis=dict(title=x_title), yaxis=dict(title=y_title), template="plotly_white")
+    return fig
+
+
 def _text_html(text: str) -> str:
     """A section's text: a paragraph, or a two-column table when it spans several "key: value" lines."""
     if "\n" not in text.strip():

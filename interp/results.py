@@ -61,6 +61,13 @@ def package_versions() -> dict[str, str]:
 # --- atomic writes -------------------------------------------------------------------------------
 
 
+def run_header(model, command: str, seed: int, backend: str | None = None) -> dict:
+    """The manifest fields every run starts with: schema, status, command, model, backend, dtype, versions, seed."""
+    return {"schema_version": SCHEMA_VERSION, "status": "complete", "command": command, "model": model.name,
+            "backend": backend or model.backend_name, "dtype": str(next(model.hf.parameters()).dtype).replace("torch.", ""),
+            "versions": package_versions(), "seed": seed}
+
+
 def _write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, then rename it over `path` in one step."""
     path = Path(path)
@@ -278,7 +285,7 @@ class RunResult:
     def report(self) -> str:
         """The report.html text: a summary of the manifest, one heatmap per 2-D tensor (unless its
         manifest entry says ``"plot": false``), the manifest's
-        ``notes`` as text, its ``histograms`` and its ``comparisons`` (``{"x", "y", "stats"}``) as scatter plots."""
+        ``notes`` as text, its ``histograms``, its ``lines`` (series against an x tensor) and its ``comparisons`` (``{"x", "y", "stats"}``) as scatter plots."""
         from interp import plots
 
         sections = [("Run", _summary_text(self.manifest), [])]
@@ -296,6 +303,12 @@ class RunResult:
             if names:
                 figure = plots.histogram({n: self.scores[n] for n in names}, str(hist.get("title", "")), str(hist.get("x_title", "")))
                 sections.append((str(hist.get("title", "")), "", [figure]))
+        for line in self.manifest.get("lines", []):  # {"title", "x", "ys": [names], "x_title", "y_title"}: 1-D tensors
+            names = [n for n in line.get("ys", []) if n in self.scores]
+            if line.get("x") in self.scores and names:
+                figure = plots.lines(self.scores[line["x"]], {n: self.scores[n] for n in names}, str(line.get("title", "")),
+                                     str(line.get("x_title", line["x"])), str(line.get("y_title", "")))
+                sections.append((str(line.get("title", "")), str(line.get("text", "")), [figure]))
         comparisons = [c for c in self.manifest.get("comparisons", []) if c.get("x") in self.scores and c.get("y") in self.scores]
         if comparisons:
             lines = [f"{c['y']} vs {c['x']}: " + ", ".join(f"{k} {v}" for k, v in (c.get("stats") or {}).items())

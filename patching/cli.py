@@ -12,31 +12,17 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from interp.cli_support import load_model, progress_bar, split as _split
 from interp.errors import InterpError
-
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
 
 def load_model_and_prompts(console: Console, model: str, backend: str, device: str, dtype: str, task: str,
                            n_prompts: int, seed: int, corruption: str):
-    """Load the model (booting its backend, so that counts as load time) and the prompt set, under a status line."""
-    import torch
-
-    import interp
+    """Load the model (booting its backend, so that counts as load time) and the prompt set."""
     from interp.tasks import load_prompt_set
 
-    with console.status(f"loading {model} ({backend})"):
-        m = interp.load(model, backend=backend, device=device, dtype=getattr(torch, dtype))
-        prompts = load_prompt_set(task, m.tokenizer, n=n_prompts, seed=seed, corruption=corruption)
-        if backend != "torch":
-            m.backend()
-    return m, prompts
+    m = load_model(console, model, backend, device, dtype)
+    return m, load_prompt_set(task, m.tokenizer, n=n_prompts, seed=seed, corruption=corruption)
 
 
 def patch(
@@ -68,8 +54,6 @@ def patch(
     from patching.run import check_options
 
     comps, methods = check_options(_split(components), _split(method), direction, metric, engine, rules, ig_steps)
-    if dtype not in DTYPES:
-        raise InterpError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
     if n_prompts < 1:
         raise InterpError("--n-prompts must be at least 1")
     try:
@@ -90,8 +74,7 @@ def patch(
 
     # SIGTERM behaves like Ctrl-C: finished patches are checkpointed before exiting
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    columns = (TextColumn("{task.description:<13}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
+    with progress_bar(console) as bar:
         tasks: dict[str, int] = {}
 
         def progress(comp: str, done: int, total: int) -> None:

@@ -13,7 +13,8 @@ import typer
 from rich.console import Console
 
 from interp.errors import InterpError
-from patching.cli import DTYPES, _split, load_model_and_prompts
+from interp.cli_support import split as _split
+from patching.cli import load_model_and_prompts
 
 
 def _heads(text: str) -> list[tuple[int, int]]:
@@ -50,8 +51,6 @@ def subspace(
     from patching.subspace_run import check_subspace_options
 
     check_subspace_options(method, k, test_fraction, direction_file)
-    if dtype not in DTYPES:
-        raise InterpError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
     try:
         pos = None if positions.strip() == "all" else [int(p) for p in _split(positions)]
     except ValueError:

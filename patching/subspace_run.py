@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from interp.errors import InterpError
 from interp.model import Model
 from interp.prompts import PromptSet
-from interp.results import RunResult, SCHEMA_VERSION, describe_tensor, package_versions
+from interp.results import RunResult, describe_tensor, run_header
 from patching.das import split, train_das
 from patching.illusion import illusion_check, readable_basis
 from patching.illusion import split as readable_split
@@ -97,8 +97,7 @@ def subspace_run(model: Model, prompts: PromptSet, site: str, method: str = "das
                       f"norms: readable {check['norms']['readable']}, unreadable {check['norms']['unreadable']}"])
     tokens = prompts.tokenize(model.tokenizer)
     manifest = {
-        "schema_version": SCHEMA_VERSION, "status": "complete", "command": command, "model": model.name,
-        "backend": model.backend_name, "dtype": str(next(model.hf.parameters()).dtype).replace("torch.", ""),
+        **run_header(model, command, seed),
         "prompt_set": {"name": prompts.name, "fingerprint": prompts.fingerprint(), "n_prompts": len(pairs),
                        "n_tokens": tokens.clean.shape[1], "tokens": tokens.str_tokens, "example_clean": prompts.clean[0],
                        "example_corrupt": prompts.corrupt[0]},
@@ -112,7 +111,6 @@ def subspace_run(model: Model, prompts: PromptSet, site: str, method: str = "das
         "histograms": histograms,
         "tensors": tensors,
         "timings": {"find_s": round(t_find, 3), "run_s": round(time.perf_counter() - t0, 3)},
-        "versions": package_versions(), "seed": seed,
     }
     result = RunResult(manifest=manifest, scores=scores)
     if out is not None:

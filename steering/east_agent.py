@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -171,14 +172,26 @@ AGENTS = ("thought", "token")
 
 @dataclass
 class EntropySweep:
-    """Mean action entropy (bits) per step, averaged over episodes, for each beta and each temperature."""
+    """Rollouts for each beta (steered, temperature 1) and each temperature (unsteered), same seeds throughout.
+
+    ``complete`` is False when the sweep was interrupted; the settings finished so far are kept.
+    """
 
     betas: list[float]
-    beta_entropy: torch.Tensor  # [len(betas), steps]
-    temperatures: list[float]
-    temperature_entropy: torch.Tensor  # [len(temperatures), steps]
     beta_rollouts: list[Rollout]
+    temperatures: list[float]
     temperature_rollouts: list[Rollout]
+    complete: bool = True
+
+    @property
+    def beta_entropy(self) -> torch.Tensor:
+        """Mean action entropy per step [finished betas, steps], over episodes."""
+        return torch.stack([r.entropy.mean(0) for r in self.beta_rollouts])
+
+    @property
+    def temperature_entropy(self) -> torch.Tensor:
+        """Mean action entropy per step [finished temperatures, steps], over episodes."""
+        return torch.stack([r.entropy.mean(0) for r in self.temperature_rollouts])
 
 
 def play(model: Model, agent: str = "thought", **options) -> Rollout:
@@ -195,16 +208,22 @@ def play(model: Model, agent: str = "thought", **options) -> Rollout:
 
 
 def entropy_sweep(model: Model, vector: torch.Tensor, layer: int, betas: list[float], temperatures: list[float],
-                  agent: str = "thought", progress=None, **options) -> EntropySweep:
-    """Steer with each beta (at temperature 1) and, unsteered, sample at each temperature; same seeds throughout."""
-    results = {"beta": [], "temperature": []}
-    for beta in betas:
-        results["beta"].append(play(model, agent, layer=layer, vector=vector, beta=beta, temperature=1.0, **options))
-        if progress:
-            progress()
-    for temperature in temperatures:
-        results["temperature"].append(play(model, agent, layer=layer, temperature=temperature, **options))
-        if progress:
-            progress()
-    return EntropySweep(list(betas), torch.stack([r.entropy.mean(0) for r in results["beta"]]), list(temperatures),
-                        torch.stack([r.entropy.mean(0) for r in results["temperature"]]), results["beta"], results["temperature"])
+                  agent: str = "thought", progress: Callable[[], None] | None = None, **options) -> EntropySweep:
+    """Steer with each beta (at temperature 1) and, unsteered, sample at each temperature.
+
+    Ctrl-C ends the sweep early and returns the settings finished so far (``complete=False``).
+    """
+    sweep = EntropySweep(list(betas), [], list(temperatures), [])
+    settings = [("beta", b) for b in betas] + [("temperature", t) for t in temperatures]
+    try:
+        for kind, value in settings:
+            if kind == "beta":
+                sweep.beta_rollouts.append(play(model, agent, layer=layer, vector=vector, beta=value, temperature=1.0, **options))
+            else:
+                sweep.temperature_rollouts.append(play(model, agent, layer=layer, temperature=value, **options))
+            if progress:
+                progress()
+    except KeyboardInterrupt:
+        sweep.complete = False
+    sweep.betas, sweep.temperatures = sweep.betas[:len(sweep.beta_rollouts)], sweep.temperatures[:len(sweep.temperature_rollouts)]
+    return sweep

@@ -1,0 +1,121 @@
+"""``interp steer build|eval|generate|attack|east``: steering from the shell, each writing a run folder."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from interp.cli_support import load_model, numbers, progress_bar
+from interp.errors import InterpError
+
+app = typer.Typer(help="Steering: build control vectors, sweep them, generate, attack, and EAST.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+
+MODEL = typer.Option("smollm2-135m", help="Model name (see `interp models`), HF id or local path.")
+BACKEND = typer.Option("lens", help="lens (TransformerLens bridge), nnsight or torch.")
+DEVICE = typer.Option("cpu", help="cpu, cuda, cuda:1, mps.")
+DTYPE = typer.Option("float32", help="float32, bfloat16 or float16.")
+SEED = typer.Option(0, help="Seed for prompts, sampling and splits.")
+AS_JSON = typer.Option(False, "--json", help="Print the manifest as JSON on stdout.")
+
+
+def _command() -> str:
+    return "interp " + shlex.join(sys.argv[1:])
+
+
+def _out(out: Path | None, name: str) -> Path:
+    return out or Path("runs") / f"steer-{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _finish(console: Console, result, out: Path, t0: float, as_json: bool, summary: str) -> None:
+    result.manifest.setdefault("timings", {})["total_s"] = round(time.perf_counter() - t0, 3)
+    result.save(out)
+    if as_json:
+        print(json.dumps(result.manifest, indent=2))
+    else:
+        console.print(summary)
+        console.print(f"report: {(Path(out) / 'report.html').resolve()}")
+
+
+def _where(text: str) -> str | int:
+    if text in ("all", "prompt", "generated"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise InterpError(f"--where must be all, prompt, generated or a position index; got '{text}'") from None
+
+
+@app.command()
+def east(
+    model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    layer: int = typer.Option(None, help="Residual layer to read and steer (resid_post; default the middle layer)."),
+    agent: str = typer.Option("thought", help="thought (writes a thought, then acts) or token (acts at once)."),
+    betas: str = typer.Option("0,2,4,8", help="Steering strengths beta, comma-separated."),
+    temperatures: str = typer.Option("1,2,4", help="Sampling temperatures for the unsteered baseline."),
+    episodes: int = typer.Option(4, help="Episodes per setting (and for building the vector)."),
+    steps: int = typer.Option(8, help="Rounds per episode."),
+    k: int = typer.Option(8, help="Thoughts sampled per round to estimate the action distribution (thought agent)."),
+    center: bool = typer.Option(True, help="Centre the activations before weighting by entropy."),
+    vector_file: Path = typer.Option(None, help="Use this saved EAST vector set (<path> of .safetensors/.json) instead of building one."),
+    out: Path = typer.Option(None, help="Run folder (default runs/steer-east-<time>)."),
+    as_json: bool = AS_JSON, seed: int = SEED,
+) -> None:
+    """EAST on a two-armed bandit: does steering with the entropy-weighted vector raise action entropy where temperature does not?"""
+    from steering.east_run import east_run
+
+    beta_list, temperature_list = numbers(betas, "--betas"), numbers(temperatures, "--temperatures")
+    if episodes < 1 or steps < 1 or k < 1:
+        raise InterpError("--episodes, --steps and --k must be at least 1")
+    if any(t <= 0 for t in temperature_list):
+        raise InterpError(f"--temperatures must be positive, got {temperatures}")
+    out = _out(out, "east")
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    m = load_model(console, model, backend, device, dtype)
+    with progress_bar(console) as bar:
+        task = bar.add_task("EAST", total=1 + len(beta_list) + len(temperature_list))
+        result = east_run(m, layer, agent, beta_list, temperature_list, episodes, steps, k, center,
+                          str(vector_file) if vector_file else None, seed, out, _command(), lambda: bar.advance(task))
+    lines = result.manifest["notes"][0]["text"].replace("\n", "; ")
+    _finish(console, result, out, t0, as_json, lines + ("" if result.manifest["status"] == "complete" else " (interrupted)"))
+
+
+@app.command()
+def generate(
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="A prompt; repeat for several."),
+    vectors: Path = typer.Option(None, help="A saved vector set (<path> of .safetensors/.json); none: unsteered only."),
+    layers: str = typer.Option("", help="Layers of the vector set to add, e.g. 15 or 10,15."),
+    coeff: float = typer.Option(1.0, help="Coefficient of the added vectors."),
+    where: str = typer.Option("all", help="Steered positions: all, prompt, generated, or from a position index."),
+    keep_norm: bool = typer.Option(False, help="Rescale each steered token back to its norm."),
+    chat: bool = typer.Option(False, help="Wrap each prompt in the model's chat template."),
+    max_new_tokens: int = typer.Option(40, help="Tokens to write per prompt."),
+    temperature: float = typer.Option(0.0, help="0: greedy; otherwise the sampling temperature."),
+    model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    out: Path = typer.Option(None, help="Run folder (default runs/steer-generate-<time>)."),
+    as_json: bool = AS_JSON, seed: int = SEED,
+) -> None:
+    """Write continuations with and without the vectors added, side by side."""
+    from steering.runs import generate_run
+
+    where_value = _where(where)
+    out = _out(out, "generate")
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    m = load_model(console, model, backend, device, dtype)
+    with console.status("generating"):
+        result = generate_run(m, list(prompt), str(vectors) if vectors else None, numbers(layers, "--layers", int), coeff,
+                              where_value, keep_norm, chat, max_new_tokens, temperature, seed, _command())
+    rows = result.manifest["generations"]
+    text = "\n".join(f"{r['prompt']!r}\n  unsteered: {r['unsteered']!r}" + (f"\n  steered:   {r['steered']!r}" if "steered" in r else "")
+                     for r in rows)
+    _finish(console, result, out, t0, as_json, text)
+

@@ -1,0 +1,104 @@
+"""The ``interp steer east`` run: collect rollouts, build the EAST vector, sweep beta against temperature.
+
+1. Roll out ``episodes`` unsteered games (temperature 1, seed ``seed``) and build
+   u = sum_t H_t (a_t - mean a) / sum_t H_t from the residual at the last prompt token
+   (`steering.east.east_vector`), or load u from ``vector_file``.
+2. Play fresh games (seed ``seed + 1``) with beta * u added at every position, for each beta, and
+   unsteered at each temperature.
+3. Write the run folder: ``east/beta``, ``east/entropy`` (mean action entropy in bits per beta),
+   ``east/temperature``, ``east/temperature_entropy``, per-step grids, rewards, and ``vectors``
+   (the EAST vector as a `VectorSet`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from interp.errors import InterpError
+from interp.model import Model
+from interp.results import RunResult, describe_tensor, run_header
+from steering.east import east_vector
+from steering.east_agent import AGENTS, entropy_sweep, play
+from steering.vectors import VectorSet
+
+
+def _vector(model: Model, layer: int, vector_file: str | None, center: bool, rollout_options: dict, agent: str) -> tuple[VectorSet, dict]:
+    if vector_file:
+        vectors = VectorSet.load(vector_file)
+        if vectors.model != model.name:
+            raise InterpError(f"{vector_file} was built on {vectors.model}, not {model.name}; build one on this model")
+        return vectors.select([layer]), {"vector_file": str(vector_file)}
+    collected = play(model, agent, layer=layer, **rollout_options)
+    u = east_vector(collected.acts.flatten(0, 1), collected.entropy.flatten(), center=center)
+    meta = {"agent": agent, "center": center, "collection_entropy": round(float(collected.entropy.mean()), 4),
+            "collection_steps": int(collected.entropy.numel())}
+    return VectorSet(model.name, "resid_post", [layer], u[None], "EAST", -1, meta), meta
+
+
+def east_run(model: Model, layer: int | None = None, agent: str = "thought", betas: list[float] = (0.0, 2.0, 4.0, 8.0),
+             temperatures: list[float] = (1.0, 2.0, 4.0), episodes: int = 4, steps: int = 8, k: int = 8,
+             center: bool = True, vector_file: str | None = None, seed: int = 0, out: str | Path | None = None,
+             command: str = "steer east", progress: Callable[[], None] | None = None) -> RunResult:
+    """Build (or load) the EAST vector at ``resid_post.{layer}`` and compare steering with temperature."""
+    if agent not in AGENTS:
+        raise InterpError(f"unknown agent {agent!r}: use 'thought' or 'token'")
+    if not betas or not temperatures:
+        raise InterpError("give at least one beta and one temperature")
+    layer = model.n_layers // 2 if layer is None else model.site(f"resid_post.{layer}").layer
+    t0 = time.perf_counter()
+    options = {"episodes": episodes, "steps": steps, "k": k}
+    vectors, vector_meta = _vector(model, layer, vector_file, center, {**options, "seed": seed}, agent)
+    if progress:
+        progress()
+    t_vector = time.perf_counter() - t0
+    sweep = entropy_sweep(model, vectors.vector(layer), layer, list(betas), list(temperatures), agent, progress,
+                          **options, seed=seed + 1)
+    if not sweep.beta_rollouts:
+        raise InterpError("interrupted before the first steered setting finished; nothing to save")
+    scores = {"east/beta": torch.tensor(sweep.betas), "east/entropy": sweep.beta_entropy.mean(1),
+              "east/entropy_per_step": sweep.beta_entropy,
+              "east/reward": torch.stack([r.rewards.float().mean() for r in sweep.beta_rollouts]),
+              "east/vector": vectors.vectors[0]}
+    if sweep.temperature_rollouts:
+        scores |= {"east/temperature": torch.tensor(sweep.temperatures), "east/temperature_entropy": sweep.temperature_entropy.mean(1),
+                   "east/temperature_entropy_per_step": sweep.temperature_entropy,
+                   "east/temperature_reward": torch.stack([r.rewards.float().mean() for r in sweep.temperature_rollouts])}
+    if agent == "thought":
+        scores["east/sampled_entropy"] = torch.stack([r.sampled_entropy.mean() for r in sweep.beta_rollouts])
+    axes = {"east/beta": ["beta"], "east/entropy": ["beta"], "east/entropy_per_step": ["beta", "step"], "east/reward": ["beta"],
+            "east/vector": ["d"], "east/temperature": ["temperature"], "east/temperature_entropy": ["temperature"],
+            "east/temperature_entropy_per_step": ["temperature", "step"], "east/temperature_reward": ["temperature"],
+            "east/sampled_entropy": ["beta"]}
+    labels = {"beta": [f"{b:g}" for b in sweep.betas], "temperature": [f"{t:g}" for t in sweep.temperatures]}
+    tensors = {name: describe_tensor(name, value, axes[name], {a: labels[a] for a in axes[name] if a in labels})
+               for name, value in scores.items()}
+    tensors["east/vector"]["plot"] = False
+    lines = [{"title": "Action entropy against beta (EAST, temperature 1)", "x": "east/beta",
+              "ys": ["east/entropy", "east/sampled_entropy"], "x_title": "beta", "y_title": "action entropy (bits)"}]
+    if sweep.temperature_rollouts:
+        lines.append({"title": "Action entropy against temperature (unsteered)", "x": "east/temperature",
+                      "ys": ["east/temperature_entropy"], "x_title": "temperature", "y_title": "action entropy (bits)"})
+    summary = [f"beta {b:g}: entropy {float(e):.3f} bits" for b, e in zip(sweep.betas, scores["east/entropy"])]
+    summary += [f"temperature {t:g}: entropy {float(e):.3f} bits" for t, e in zip(sweep.temperatures, scores.get("east/temperature_entropy", []))]
+    notes = [{"title": "EAST against temperature", "text": "\n".join(summary)}]
+    if agent == "thought":
+        last = sweep.beta_rollouts[-1]
+        notes.append({"title": f"Thoughts at beta {sweep.betas[-1]:g} (episode 1, rounds 1-3, first sample each)",
+                      "text": "\n".join(last.thoughts[0][t][0] for t in range(min(3, len(last.thoughts[0]))))})
+    manifest = {
+        **run_header(model, command, seed), "status": "complete" if sweep.complete else "interrupted",
+        "metric": "action entropy (bits)", "site": f"resid_post.{layer}", "method": "EAST",
+        "parameters": {"agent": agent, "layer": layer, "betas": list(betas), "temperatures": list(temperatures),
+                       "episodes": episodes, "steps": steps, "k": k, "center": center},
+        "vector": vector_meta, "notes": notes, "lines": lines, "tensors": tensors,
+        "timings": {"vector_s": round(t_vector, 3), "run_s": round(time.perf_counter() - t0, 3)},
+    }
+    result = RunResult(manifest=manifest, scores=scores)
+    if out is not None:
+        result.save(out)
+        vectors.save(Path(out) / "vectors")
+    return result
