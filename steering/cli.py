@@ -69,8 +69,11 @@ def east(
     as_json: bool = AS_JSON, seed: int = SEED,
 ) -> None:
     """EAST on a two-armed bandit: does steering with the entropy-weighted vector raise action entropy where temperature does not?"""
+    from steering.east_agent import AGENTS
     from steering.east_run import east_run
 
+    if agent not in AGENTS:
+        raise InterpError(f"unknown agent '{agent}': use thought (writes a thought, then acts) or token (acts at once)")
     beta_list, temperature_list = numbers(betas, "--betas"), numbers(temperatures, "--temperatures")
     if episodes < 1 or steps < 1 or k < 1:
         raise InterpError("--episodes, --steps and --k must be at least 1")

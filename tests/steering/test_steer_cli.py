@@ -1,0 +1,73 @@
+"""``interp steer``: each subcommand, run as a real subprocess on the tiny model, writes a readable run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from interp.results import load_run
+from steering.vectors import VectorSet
+
+TINY = ["--model", "tiny-llama"]
+ENV = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb", "OMP_NUM_THREADS": "1"}
+
+
+def interp_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "interp"), *map(str, args)], capture_output=True, text=True,
+                          env=ENV, timeout=300)
+
+
+def _ok(proc):
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+def test_east_writes_the_sweep_tensors(tmp_path):
+    out = tmp_path / "east"
+    _ok(interp_cli("steer", "east", *TINY, "--episodes", "2", "--steps", "2", "--k", "2", "--betas", "0,4",
+                   "--temperatures", "1,2", "--out", out))
+    run = load_run(out)
+    assert torch.equal(run.scores["east/beta"], torch.tensor([0.0, 4.0]))
+    assert torch.equal(run.scores["east/temperature"], torch.tensor([1.0, 2.0]))
+    assert run.scores["east/entropy"].shape == (2,) and run.scores["east/temperature_entropy_per_step"].shape == (2, 2)
+    assert torch.equal(run.scores["east/entropy"][0], run.scores["east/temperature_entropy"][0])  # beta 0 = T 1, same seed
+    assert run.manifest["status"] == "complete" and "Action entropy against beta" in (out / "report.html").read_text()
+    vectors = VectorSet.load(out / "vectors")
+    assert vectors.method == "EAST" and torch.equal(vectors.vectors[0], run.scores["east/vector"])
+    again = tmp_path / "again"  # a saved vector is reused as is
+    _ok(interp_cli("steer", "east", *TINY, "--episodes", "1", "--steps", "1", "--k", "1", "--betas", "2",
+                   "--temperatures", "1", "--vector-file", out / "vectors", "--out", again))
+    assert torch.equal(load_run(again).scores["east/vector"], run.scores["east/vector"])
+
+
+def test_generate_side_by_side(tmp_path):
+    vectors = VectorSet("tiny-llama", "resid_post", [0, 1], torch.randn(2, 64, generator=torch.Generator().manual_seed(0)) * 20,
+                        "R-C", -1)
+    vectors.save(tmp_path / "v")
+    proc = _ok(interp_cli("steer", "generate", *TINY, "-p", "The capital of France is", "-p", "Hi", "--vectors", tmp_path / "v",
+                          "--layers", "1", "--max-new-tokens", "4", "--out", tmp_path / "gen", "--json"))
+    rows = json.loads(proc.stdout)["generations"]
+    assert [r["prompt"] for r in rows] == ["The capital of France is", "Hi"]
+    assert all(r["steered"] != r["unsteered"] for r in rows)
+    assert load_run(tmp_path / "gen").manifest["parameters"]["sites"] == ["resid_post.1"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["east", *TINY, "--betas", "1,x"], ["--betas", "1,x"]),
+    (["east", *TINY, "--agent", "react"], ["unknown agent 'react'"]),
+    (["east", *TINY, "--temperatures", "0"], ["--temperatures must be positive"]),
+    (["generate", *TINY, "-p", "Hi", "--where", "middle"], ["--where", "middle"]),
+])
+def test_bad_input_is_one_line(args, expected):
+    proc = interp_cli("steer", *args)
+    message = proc.stderr.strip()
+    assert proc.returncode == 2 and "Traceback" not in message and message.count("\n") == 0, proc.stderr
+    for part in expected:
+        assert part in message, message
