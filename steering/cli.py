@@ -53,6 +53,91 @@ def _where(text: str) -> str | int:
         raise InterpError(f"--where must be all, prompt, generated or a position index; got '{text}'") from None
 
 
+def _position(text: str) -> int | str | None:
+    if text in ("auto", "mean"):
+        return None if text == "auto" else text
+    try:
+        return int(text)
+    except ValueError:
+        raise InterpError(f"--position must be auto, mean or a token index such as -1 or -2; got '{text}'") from None
+
+
+@app.command()
+def build(
+    task: str = typer.Option("ioi", help="deduction, ioi, truthfulness, refusal, or a JSONL file with positive/negative per line."),
+    method: str = typer.Option("R-C", help="R (mean of positives), R-C (mean difference), PCA-C or probe."),
+    layers: str = typer.Option("", help="Layers to build, e.g. 10,15,20 (default: all)."),
+    position: str = typer.Option("auto", help="Token read: an index such as -1 or -2, or mean; auto: -2 for "
+                                              "truthfulness/refusal (the attack's convention), else -1."),
+    n: int = typer.Option(64, help="Prompts to generate (puzzles) or to use (behaviour sets)."),
+    only_correct: bool = typer.Option(True, help="Puzzles: read only the rows the model answers right."),
+    contrast: str = typer.Option("wrong_answer", help="Puzzle negatives: wrong_answer, shuffled, or corrupt (IOI)."),
+    n_rules: int = typer.Option(2, help="Rules per deduction puzzle (1 is trivially copyable)."),
+    export_gguf: Path = typer.Option(None, help="Also write a llama.cpp control-vector GGUF here (layers 1 and up)."),
+    model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    out: Path = typer.Option(None, help="Run folder (default runs/steer-build-<time>); the vectors go to <out>/vectors."),
+    as_json: bool = AS_JSON, seed: int = SEED,
+) -> None:
+    """Build a control-vector set, one vector per layer, from a task's contrast prompts."""
+    from steering.runs import build_run
+    from steering.vectors import METHODS
+
+    if method not in METHODS:
+        raise InterpError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
+    if n < 1:
+        raise InterpError("--n must be at least 1")
+    layer_list = numbers(layers, "--layers", int) or None
+    pos = _position(position)
+    out = _out(out, "build")
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    m = load_model(console, model, backend, device, dtype)
+    with console.status(f"building {method} vectors from {task}"):
+        result, vectors = build_run(m, task, method, layer_list, pos, n, only_correct, contrast, n_rules, seed,
+                                    command=_command())
+    vectors.save(out / "vectors")
+    summary = f"{method} vectors for layers {vectors.layers[0]}..{vectors.layers[-1]}: {out / 'vectors'}.safetensors"
+    if export_gguf:
+        from steering.llamacpp import export_gguf as write_gguf
+
+        write_gguf(vectors.select([layer for layer in vectors.layers if layer >= 1]), export_gguf)
+        summary += f"; llama.cpp GGUF: {export_gguf}"
+    _finish(console, result, out, t0, as_json, summary)
+
+
+@app.command("eval")
+def evaluate(
+    vectors: Path = typer.Option(..., help="A saved vector set (<path> of .safetensors/.json), e.g. runs/x/vectors."),
+    layers: str = typer.Option(..., help="Layer(s) to steer at together, e.g. 15."),
+    task: str = typer.Option("ioi", help="deduction, ioi, or a JSONL file with prompt/candidates/answer per line."),
+    coefficients: str = typer.Option("-1,-0.75,-0.5,-0.25,0,0.25,0.5,0.75,1", help="Coefficients to sweep."),
+    n: int = typer.Option(64, help="Held-out prompts (puzzles continue past the rows the vectors were built on)."),
+    keep_norm: bool = typer.Option(False, help="Rescale each steered token back to its norm."),
+    positions: str = typer.Option("all", help="Steered positions: all, last, or from a position index."),
+    n_rules: int = typer.Option(2, help="Rules per deduction puzzle."),
+    model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    out: Path = typer.Option(None, help="Run folder (default runs/steer-eval-<time>)."),
+    as_json: bool = AS_JSON, seed: int = SEED,
+) -> None:
+    """Sweep a vector's coefficient: accuracy, KL (nats) and entropy (bits) at the first answer token."""
+    from steering.runs import eval_run
+
+    coeffs = numbers(coefficients, "--coefficients")
+    layer_list = numbers(layers, "--layers", int)
+    if not coeffs or not layer_list:
+        raise InterpError("give at least one coefficient and one layer")
+    if n < 1:
+        raise InterpError("--n must be at least 1")
+    where = positions if positions in ("all", "last") else _where(positions)
+    out = _out(out, "eval")
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    m = load_model(console, model, backend, device, dtype)
+    with console.status(f"sweeping {len(coeffs)} coefficients"):
+        result = eval_run(m, str(vectors), layer_list, task, coeffs, n, keep_norm, where, n_rules, seed, command=_command())
+    _finish(console, result, out, t0, as_json, result.manifest["notes"][0]["text"])
+
+
 @app.command()
 def east(
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,

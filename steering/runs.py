@@ -9,17 +9,26 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from interp.errors import InterpError
 from interp.model import Model
-from interp.results import RunResult, run_header
+from interp.results import RunResult, describe_tensor, run_header
 from steering.behaviour_sets import chat_prompt
 from steering.generate import generate
-from steering.vectors import VectorSet
+from steering.puzzles import PuzzleSet, load_puzzles
+from steering.reasoning import vectors_from_puzzles
+from steering.sweep import DEFAULT_COEFFICIENTS, coefficient_sweep
+from steering.vectors import VectorSet, build_vectors
+
+PUZZLE_TASKS = ("deduction", "ioi")
+BEHAVIOUR_TASKS = ("truthfulness", "refusal")
+TASK_HELP = "deduction, ioi, truthfulness, refusal, or a JSONL file"
 
 
 def load_vector_set(model: Model, path: str, layers: Sequence[int] = ()) -> VectorSet:
@@ -54,5 +63,129 @@ def generate_run(model: Model, prompts: list[str], vector_file: str | None = Non
     return RunResult(manifest=manifest, scores={})
 
 
-def _unit(values: torch.Tensor) -> torch.Tensor:
-    return values / values.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+def _jsonl(path: str, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> list[dict]:
+    file = Path(path)
+    if not file.is_file():
+        raise InterpError(f"task {path!r} is not one of {TASK_HELP}, and no such file exists")
+    rows = []
+    for number, line in enumerate(file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InterpError(f"{file.name} line {number} is not valid JSON: {exc.msg}") from None
+        missing = [f for f in fields if not isinstance(row, dict) or f not in row]
+        if missing:
+            raise InterpError(f"{file.name} line {number} lacks {', '.join(missing)}; each line needs "
+                              f"{', '.join(fields)}{' (optional: ' + ', '.join(optional) + ')' if optional else ''}")
+        rows.append(row)
+    if not rows:
+        raise InterpError(f"{file.name} has no rows")
+    return rows
+
+
+def build_run(model: Model, task: str, method: str = "R-C", layers: Sequence[int] | None = None, position: int | str | None = None,
+              n: int = 64, only_correct: bool = True, contrast: str = "wrong_answer", n_rules: int = 2, seed: int = 0,
+              backend: str | None = None, command: str = "steer build") -> tuple[RunResult, VectorSet]:
+    """Control vectors per layer from ``task``'s contrast prompts, and a run describing them.
+
+    Puzzle tasks (deduction, ioi) read prompt + correct answer against the contrast at the last
+    token, from rows the model answers right (``only_correct``); behaviour sets (truthfulness,
+    refusal) read the attack's contrast pairs at token -2; a JSONL file gives ``positive`` and
+    (except for R) ``negative`` texts per line.
+    """
+    t0 = time.perf_counter()
+    info: dict = {"task": task}
+    if task in PUZZLE_TASKS:
+        if position not in (None, -1):
+            raise InterpError(f"puzzle vectors are read at the last token; --position {position} does not apply to {task}")
+        built = vectors_from_puzzles(model, load_puzzles(task, model.tokenizer, n, seed, contrast, n_rules), method, layers,
+                                     seed, only_correct, backend)
+        vectors = built.vectors
+        info |= {"n_generated": built.n_prompts, "n_correct": built.n_correct, "n_used": built.n_used,
+                 "baseline_accuracy": round(built.baseline_accuracy, 4)}
+    elif task in BEHAVIOUR_TASKS:
+        from steering.attack import contrast_pairs, default_set
+
+        rows = default_set(task)
+        rows = rows.select(range(min(n, len(rows))))
+        pairs = contrast_pairs(model, task, rows, backend=backend)
+        vectors = build_vectors(model, pairs.positive, pairs.negative, method, "resid_post", layers,
+                                -2 if position is None else position, seed, backend, {"task": task, "aligned": "greedy"})
+        info |= {"n_pairs": len(rows)}
+    else:
+        rows = _jsonl(task, ("positive",), ("negative",))
+        negatives = [r["negative"] for r in rows if "negative" in r]
+        if method != "R" and len(negatives) != len(rows):
+            raise InterpError(f"{method} needs a 'negative' text on every line of {Path(task).name}; only R does without")
+        vectors = build_vectors(model, [r["positive"] for r in rows], negatives or None, method, "resid_post", layers,
+                                -1 if position is None else position, seed, backend, {"task": str(task)})
+        info |= {"n_pairs": len(rows)}
+    norms = vectors.vectors.norm(dim=-1)
+    unit = vectors.vectors / norms[:, None].clamp_min(1e-12)
+    labels = {"layer": [str(layer) for layer in vectors.layers]}
+    scores = {"vectors/norm": norms, "vectors/cosine": unit @ unit.T}
+    tensors = {"vectors/norm": describe_tensor("vectors/norm", norms, ["layer"], labels),
+               "vectors/cosine": describe_tensor("vectors/cosine", scores["vectors/cosine"], ["layer", "other_layer"],
+                                                 {**labels, "other_layer": labels["layer"]})}
+    tensors["vectors/cosine"]["note"] = "cosine similarity of the layers' vectors: neighbouring layers that agree share a direction"
+    manifest = {**run_header(model, command, seed, backend), "method": method, "site": f"resid_post.{{{vectors.layers[0]}..{vectors.layers[-1]}}}",
+                "parameters": {"task": task, "method": method, "position": vectors.position, "layers": vectors.layers, "n": n,
+                               "only_correct": only_correct, "contrast": contrast, "n_rules": n_rules},
+                "vectors": info | {"meta": vectors.meta},
+                "notes": [{"title": "Vectors", "text": "\n".join(f"{k}: {v}" for k, v in info.items())}],
+                "tensors": tensors, "timings": {"run_s": round(time.perf_counter() - t0, 3)}}
+    return RunResult(manifest=manifest, scores=scores), vectors
+
+
+def _eval_prompts(model: Model, task: str, vectors: VectorSet, n: int, seed: int, n_rules: int) -> PuzzleSet:
+    """Held-out rows: a puzzle task continues past the rows the vectors were built from (same seed)."""
+    if task in PUZZLE_TASKS:
+        meta = vectors.meta
+        start = int(meta.get("n_generated", 0)) if meta.get("task") == task and int(meta.get("seed", -1)) == seed else 0
+        everything = load_puzzles(task, model.tokenizer, start + n, seed, "wrong_answer", n_rules)
+        return everything.select(range(start, start + n))
+    rows = _jsonl(task, ("prompt", "candidates", "answer"))
+    for number, row in enumerate(rows, start=1):
+        if row["answer"] not in row["candidates"]:
+            raise InterpError(f"{Path(task).name} line {number}: answer {row['answer']!r} is not one of its candidates")
+    candidates = [[r["answer"]] + [c for c in r["candidates"] if c != r["answer"]] for r in rows]
+    if len({len(c) for c in candidates}) > 1:
+        raise InterpError(f"every line of {Path(task).name} needs the same number of candidates")
+    return PuzzleSet("custom", [r["prompt"] for r in rows], [r["answer"] for r in rows], candidates, [""] * len(rows), "none", seed)
+
+
+def eval_run(model: Model, vector_file: str, layers: Sequence[int], task: str = "deduction",
+             coefficients: Sequence[float] = DEFAULT_COEFFICIENTS, n: int = 64, keep_norm: bool = False,
+             positions: str | int = "all", n_rules: int = 2, seed: int = 0, backend: str | None = None,
+             command: str = "steer eval") -> RunResult:
+    """A coefficient sweep of the saved vectors at ``layers`` on held-out ``task`` prompts (first answer token)."""
+    t0 = time.perf_counter()
+    if task in BEHAVIOUR_TASKS:
+        raise InterpError(f"{task} is scored by `interp steer attack`, not by a first-token sweep; eval takes {', '.join(PUZZLE_TASKS)} or a JSONL file")
+    vectors = load_vector_set(model, vector_file, layers)
+    held_out = _eval_prompts(model, task, vectors, n, seed, n_rules)
+    sweep = coefficient_sweep(model, vectors, None, held_out.prompts, held_out.candidate_ids(model.tokenizer), held_out.correct,
+                              coefficients, keep_norm, positions, backend=backend)
+    scores = {"sweep/coefficient": torch.tensor(sweep.coefficients), "sweep/accuracy": torch.tensor(sweep.accuracy),
+              "sweep/kl": torch.tensor(sweep.kl_mean), "sweep/kl_std": torch.tensor(sweep.kl_std),
+              "sweep/entropy": torch.tensor(sweep.entropy_mean), "sweep/mass_right": torch.tensor(sweep.mass_right),
+              "sweep/mass_wrong": torch.tensor(sweep.mass_wrong), "sweep/kl/per_prompt": sweep.kl,
+              "sweep/entropy/per_prompt": sweep.entropy}
+    labels = {"coefficient": [f"{c:g}" for c in sweep.coefficients]}
+    tensors = {name: describe_tensor(name, value, ["coefficient"] if value.ndim == 1 else ["coefficient", "prompt"], labels)
+               for name, value in scores.items()}
+    lines = [{"title": title, "x": "sweep/coefficient", "ys": ys, "x_title": "coefficient", "y_title": y_title}
+             for title, ys, y_title in (("Accuracy and answer mass", ["sweep/accuracy", "sweep/mass_right", "sweep/mass_wrong"], "share / probability"),
+                                        ("KL(unsteered || steered) at the first answer token", ["sweep/kl"], "nats"),
+                                        ("Entropy of the steered next-token distribution", ["sweep/entropy"], "bits"))]
+    manifest = {**run_header(model, command, seed, backend), "metric": "accuracy", "method": vectors.method,
+                "site": ", ".join(f"{vectors.kind}.{layer}" for layer in vectors.layers),
+                "prompt_set": {"name": task, "n_prompts": len(held_out), "example": held_out.prompts[0] + held_out.answers[0]},
+                "parameters": {"vector_file": str(vector_file), "layers": vectors.layers, "coefficients": sweep.coefficients,
+                               "keep_norm": keep_norm, "positions": positions, "n": n, "n_rules": n_rules},
+                "vectors": {"method": vectors.method, "position": vectors.position, "meta": vectors.meta},
+                "sweep": sweep.rows(), "notes": [{"title": "Sweep", "text": sweep.table()}], "lines": lines,
+                "tensors": tensors, "timings": {"run_s": round(time.perf_counter() - t0, 3)}}
+    return RunResult(manifest=manifest, scores=scores)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from interp.results import load_run
+from steering.puzzles import load_puzzles
 from steering.vectors import VectorSet
 
 TINY = ["--model", "tiny-llama"]
@@ -71,3 +72,28 @@ def test_bad_input_is_one_line(args, expected):
     assert proc.returncode == 2 and "Traceback" not in message and message.count("\n") == 0, proc.stderr
     for part in expected:
         assert part in message, message
+
+
+def test_usage_errors_have_no_traceback():
+    for args in (["steer", "nothing"], ["steer", "build", "extra"]):
+        proc = interp_cli(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and "Usage:" in proc.stderr, proc.stderr
+
+
+def test_build_then_eval_on_held_out_rows(tmp_path, tiny_llama):
+    _ok(interp_cli("steer", "build", *TINY, "--task", "ioi", "--n", "6", "--no-only-correct", "--layers", "0,1",
+                   "--out", tmp_path / "b"))
+    built = load_run(tmp_path / "b")
+    vectors = VectorSet.load(tmp_path / "b" / "vectors")
+    assert vectors.layers == [0, 1] and vectors.meta["n_generated"] == 6
+    assert torch.allclose(built.scores["vectors/norm"], vectors.vectors.norm(dim=-1))
+    assert torch.allclose(built.scores["vectors/cosine"].diagonal(), torch.ones(2))
+    _ok(interp_cli("steer", "eval", *TINY, "--vectors", tmp_path / "b" / "vectors", "--layers", "1", "--task", "ioi",
+                   "--n", "4", "--coefficients", "-1,0,2", "--out", tmp_path / "e"))
+    run = load_run(tmp_path / "e")
+    for name in ("sweep/coefficient", "sweep/kl", "sweep/entropy", "sweep/accuracy"):
+        assert run.scores[name].shape == (3,), name
+    assert float(run.scores["sweep/kl"][1]) == 0.0 and float(run.scores["sweep/kl"][2]) > 0
+    assert run.manifest["prompt_set"]["n_prompts"] == 4
+    ten = load_puzzles("ioi", tiny_llama.tokenizer, 10, 0)  # eval continues past the 6 rows the vectors saw
+    assert run.manifest["prompt_set"]["example"] == ten.positives[6]
