@@ -139,6 +139,46 @@ def evaluate(
 
 
 @app.command()
+def attack(
+    behaviour: str = typer.Option("truthfulness", help="truthfulness or refusal (built-in sets)."),
+    n: int = typer.Option(0, help="Rows of the set to use (0: all)."),
+    test_fraction: float = typer.Option(0.5, help="Share of rows held out to measure the attack."),
+    search: str = typer.Option("half", help="Layers searched: half (0..n_layers/2, as the reference), all, or a comma list."),
+    js_variant: str = typer.Option("js", help="js (Jensen-Shannon divergence) or reference (the reference code's formula)."),
+    layer: int = typer.Option(None, help="Attack this searched layer instead of the JS choice."),
+    multiplier: float = typer.Option(-0.8, help="Coefficient of the aligned-minus-misaligned vector (negative: misalign)."),
+    reference_doubling: bool = typer.Option(False, help="Add the vector twice, as the reference code does (2 x multiplier)."),
+    system: str = typer.Option("auto", help="System prompt: auto (default for truthfulness, safe for refusal), default, safe, or the text."),
+    pair_tokens: int = typer.Option(32, help="Length of the model's own aligned answers in the contrast pairs."),
+    max_new_tokens: int = typer.Option(24, help="Reply length for refusal scoring."),
+    fpr: float = typer.Option(0.05, help="Detector's false-positive target on clean calibration prompts."),
+    model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    out: Path = typer.Option(None, help="Run folder (default runs/steer-attack-<time>); the vectors go to <out>/vectors."),
+    as_json: bool = AS_JSON, seed: int = SEED,
+) -> None:
+    """Backdoor activation attack (TA2): steer an aligned chat model off its behaviour; compare with a random vector; detect it."""
+    from steering.attack import BEHAVIOURS, JS_VARIANTS
+    from steering.attack_run import attack_run, save_attack
+
+    if behaviour not in BEHAVIOURS:
+        raise InterpError(f"unknown behaviour '{behaviour}': use one of {', '.join(BEHAVIOURS)}")
+    if js_variant not in JS_VARIANTS:
+        raise InterpError(f"unknown --js-variant '{js_variant}': use one of {', '.join(JS_VARIANTS)}")
+    if not 0 < fpr < 1 or not 0 < test_fraction < 1:
+        raise InterpError("--fpr and --test-fraction must be between 0 and 1")
+    layers = search if search in ("half", "all") else numbers(search, "--search", int)
+    out = _out(out, "attack")
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    m = load_model(console, model, backend, device, dtype)
+    with console.status(f"attacking {behaviour}"):
+        result, vectors = attack_run(m, behaviour, n, test_fraction, layers, js_variant, layer, multiplier, reference_doubling,
+                                     system, pair_tokens, max_new_tokens, fpr, seed, command=_command())
+    save_attack(result, vectors, out)
+    _finish(console, result, out, t0, as_json, result.manifest["notes"][0]["text"])
+
+
+@app.command()
 def east(
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
     layer: int = typer.Option(None, help="Residual layer to read and steer (resid_post; default the middle layer)."),

@@ -97,3 +97,17 @@ def test_build_then_eval_on_held_out_rows(tmp_path, tiny_llama):
     assert run.manifest["prompt_set"]["n_prompts"] == 4
     ten = load_puzzles("ioi", tiny_llama.tokenizer, 10, 0)  # eval continues past the 6 rows the vectors saw
     assert run.manifest["prompt_set"]["example"] == ten.positives[6]
+
+
+def test_attack_reports_before_after_random_and_the_detector(tmp_path):
+    out = tmp_path / "attack"
+    _ok(interp_cli("steer", "attack", *TINY, "--n", "8", "--pair-tokens", "3", "--search", "0,1", "--layer", "1",
+                   "--reference-doubling", "--out", out))
+    run = load_run(out)
+    attack = run.manifest["attack"]
+    assert attack["layer"] == 1 and attack["coeff"] == -1.6 and attack["n_test"] == 4
+    assert torch.equal(run.scores["attack/rate"], torch.tensor([attack["before"], attack["after"], attack["random"]]))
+    assert run.scores["attack/layer_score"].shape == (2,) and run.tensor_info("attack/layer_score")["labels"]["layer"] == ["0", "1"]
+    assert set(run.manifest["detector"]["tpr"]) == {"projection", "norm", "combined"}
+    vectors = VectorSet.load(out / "vectors")
+    assert vectors.layers == [0, 1] and vectors.position == -2
