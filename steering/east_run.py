@@ -6,7 +6,7 @@
 2. Play fresh games (seed ``seed + 1``) with beta * u added at every position, for each beta, and
    unsteered at each temperature.
 3. Write the run folder: ``east/beta``, ``east/entropy`` (mean action entropy in bits per beta),
-   ``east/temperature``, ``east/temperature_entropy``, per-step grids, rewards, and ``vectors``
+   ``east/temperature``, ``east/temperature_entropy``, per-step and per-episode grids, rewards, and ``vectors``
    (the EAST vector as a `VectorSet`).
 """
 
@@ -61,6 +61,7 @@ def east_run(model: Model, layer: int | None = None, agent: str = "thought", bet
         raise InterpError("interrupted before the first steered setting finished; nothing to save")
     scores = {"east/beta": torch.tensor(sweep.betas), "east/entropy": sweep.beta_entropy.mean(1),
               "east/entropy_per_step": sweep.beta_entropy,
+              "east/entropy_per_episode": torch.stack([r.entropy.mean(1) for r in sweep.beta_rollouts]),
               "east/reward": torch.stack([r.rewards.float().mean() for r in sweep.beta_rollouts]),
               "east/vector": vectors.vectors[0]}
     if sweep.temperature_rollouts:
@@ -69,7 +70,8 @@ def east_run(model: Model, layer: int | None = None, agent: str = "thought", bet
                    "east/temperature_reward": torch.stack([r.rewards.float().mean() for r in sweep.temperature_rollouts])}
     if agent == "thought":
         scores["east/sampled_entropy"] = torch.stack([r.sampled_entropy.mean() for r in sweep.beta_rollouts])
-    axes = {"east/beta": ["beta"], "east/entropy": ["beta"], "east/entropy_per_step": ["beta", "step"], "east/reward": ["beta"],
+    axes = {"east/beta": ["beta"], "east/entropy": ["beta"], "east/entropy_per_step": ["beta", "step"],
+            "east/entropy_per_episode": ["beta", "episode"], "east/reward": ["beta"],
             "east/vector": ["d"], "east/temperature": ["temperature"], "east/temperature_entropy": ["temperature"],
             "east/temperature_entropy_per_step": ["temperature", "step"], "east/temperature_reward": ["temperature"],
             "east/sampled_entropy": ["beta"]}

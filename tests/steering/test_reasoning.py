@@ -20,10 +20,21 @@ def _hand_hits(model, puzzles) -> list[bool]:
 
 
 def _hand_last_resid0(model, texts) -> torch.Tensor:
-    """Layer 0's output (HF hidden_states[1]) at each text's last token."""
-    with torch.no_grad():
-        return torch.stack([model.hf(torch.tensor([model.tokenizer(t)["input_ids"]]), output_hidden_states=True)
-                            .hidden_states[1][0, -1] for t in texts])
+    """Layer 0's output at each text's last token, caught by a plain forward hook (removed after).
+
+    Not ``output_hidden_states=True``: transformers 5 leaves its output-capturing hooks installed
+    after such a call, which other tests would count as leaked hooks.
+    """
+    caught = []
+    handle = model.hf.model.layers[0].register_forward_hook(
+        lambda module, args, out: caught.append((out[0] if isinstance(out, tuple) else out)[0, -1].clone()))
+    try:
+        with torch.no_grad():
+            for t in texts:
+                model.hf(torch.tensor([model.tokenizer(t)["input_ids"]]))
+    finally:
+        handle.remove()
+    return torch.stack(caught)
 
 
 def test_only_correct_keeps_exactly_the_rows_the_model_gets_right(tiny_llama):

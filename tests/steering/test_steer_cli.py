@@ -38,6 +38,7 @@ def test_east_writes_the_sweep_tensors(tmp_path):
     assert torch.equal(run.scores["east/beta"], torch.tensor([0.0, 4.0]))
     assert torch.equal(run.scores["east/temperature"], torch.tensor([1.0, 2.0]))
     assert run.scores["east/entropy"].shape == (2,) and run.scores["east/temperature_entropy_per_step"].shape == (2, 2)
+    assert torch.allclose(run.scores["east/entropy_per_episode"].mean(1), run.scores["east/entropy"])
     assert torch.equal(run.scores["east/entropy"][0], run.scores["east/temperature_entropy"][0])  # beta 0 = T 1, same seed
     assert run.manifest["status"] == "complete" and "Action entropy against beta" in (out / "report.html").read_text()
     vectors = VectorSet.load(out / "vectors")
