@@ -196,7 +196,7 @@ def _text_html(text: str) -> str:
         if sep:
             rows.append(f"<tr><th>{html.escape(key.strip())}</th><td>{html.escape(value.strip())}</td></tr>")
         else:
-            rows.append(f'<tr><td colspan="2">{html.escape(line.strip())}</td></tr>')
+            rows.append(f'<tr><td colspan="2" class="pre">{html.escape(line.rstrip())}</td></tr>')  # e.g. a fixed-width table
     return '<table class="summary">' + "".join(rows) + "</table>"
 
 
@@ -206,6 +206,7 @@ h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom:
 table.summary { border-collapse: collapse; margin: 0.5em 0; }
 table.summary th, table.summary td { text-align: left; padding: 0.2em 1em 0.2em 0; vertical-align: top; }
 table.summary th { color: #555; font-weight: 600; white-space: nowrap; }
+table.summary td.pre { white-space: pre; font-family: ui-monospace, monospace; }
 .figure { margin: 1em 0; }
 """
 
