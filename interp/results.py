@@ -284,13 +284,15 @@ class RunResult:
 
     def report(self) -> str:
         """The report.html text: a summary of the manifest, one heatmap per 2-D tensor (unless its
-        manifest entry says ``"plot": false``), the manifest's
+        manifest entry says ``"plot": false``) and one bar chart per 1-D tensor whose entry says
+        ``"plot": true``, the manifest's
         ``notes`` as text, its ``histograms``, its ``lines`` (series against an x tensor) and its ``comparisons`` (``{"x", "y", "stats"}``) as scatter plots."""
         from interp import plots
 
         sections = [("Run", _summary_text(self.manifest), [])]
         for name, values in self.scores.items():
-            if values.ndim >= 2 and not name.endswith("/per_prompt") and self.tensor_info(name).get("plot", True):
+            wanted = self.tensor_info(name).get("plot")  # 2-D and up: unless False; 1-D: only if True (bars)
+            if (values.ndim >= 2 and not name.endswith("/per_prompt") and wanted is not False) or (values.ndim == 1 and wanted is True):
                 info = self.tensor_info(name)
                 text = f"{name}: [{', '.join(info['axes'])}] = {info['sizes']}"
                 if info.get("note"):

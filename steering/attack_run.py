@@ -81,6 +81,8 @@ def attack_run(model: Model, behaviour: str = "truthfulness", n: int = 0, test_f
             "attack/rate": ("condition", {"condition": ["before", "after", "random"]}),
             "detector/tpr": ("score", {"score": list(SCORES)}), "detector/fpr": ("score", {"score": list(SCORES)})}
     tensors = {name: describe_tensor(name, scores[name], [axis], labels) for name, (axis, labels) in axes.items()}
+    for name in ("attack/rate", "detector/tpr", "detector/fpr"):
+        tensors[name]["plot"] = True  # bars in the report
     metric = "truthful rate (log p(true) > log p(false))" if behaviour == "truthfulness" else "refusal rate (refusal phrase in reply)"
     summary = {key: value for key, value in result.to_dict().items() if key != "detail"}
     detail = {key: value for key, value in result.detail.items() if not isinstance(value, (tuple, dict)) or key != "before_raw"}

@@ -111,6 +111,12 @@ def test_report_has_one_figure_per_2d_tensor(tmp_path):
     report = (folder / "report.html").read_text(encoding="utf-8")
     assert report.count("Plotly.newPlot") == 2  # resid_pre and head_out; not per_prompt, not 1-D
     assert "logit_diff" in report and "tiny-test" in report
+    run = make_run()
+    run.manifest["tensors"]["activation/by_layer"]["plot"] = True  # a 1-D tensor asks for bars
+    run.manifest["tensors"]["activation/head_out"]["plot"] = False
+    run.manifest["lines"] = [{"title": "by layer, as a line", "x": "activation/by_layer", "ys": ["activation/by_layer"]}]
+    report = (run.save(tmp_path / "bars") / "report.html").read_text(encoding="utf-8")
+    assert report.count("Plotly.newPlot") == 3 and "by layer, as a line" in report
 
 
 def test_plot_uses_manifest_axes_and_labels():
