@@ -1,4 +1,4 @@
-"""Prompt sets by name: built-in generators (``ioi``) or a JSONL file.
+"""Prompt sets by name: built-in generators (``ioi``, ``colored_objects``) or a JSONL file.
 
 This is where a task name from the CLI or a notebook becomes a `PromptSet`; new built-in
 generators register here.
@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from interp.colored_objects import generate_colored_objects
 from interp.errors import PromptSetError
 from interp.ioi import generate_ioi
 from interp.prompts import PromptSet, load_jsonl
 
-TASKS: tuple[str, ...] = ("ioi",)
+TASKS: tuple[str, ...] = ("ioi", "colored_objects")
 
 
 def check_task(task: str) -> None:
@@ -28,7 +29,7 @@ def check_task(task: str) -> None:
 
 
 def load_prompt_set(task: str, tokenizer: Any, n: int | None = None, seed: int = 0, corruption: str = "swap") -> PromptSet:
-    """A prompt set by task name ("ioi": generated, n defaults to 8) or from a .jsonl path (first n rows).
+    """A prompt set by task name ("ioi", "colored_objects": generated, n defaults to 8) or from a .jsonl path (first n rows).
 
     ``corruption`` applies to generated sets (IOI: "swap" the S2 name, "three_names", or "order": swap the first two names).
     """
@@ -37,6 +38,8 @@ def load_prompt_set(task: str, tokenizer: Any, n: int | None = None, seed: int =
     task = str(task)
     if task == "ioi":
         return generate_ioi(tokenizer, n or 8, seed, corruption=corruption)
+    if task == "colored_objects":
+        return generate_colored_objects(tokenizer, n or 8, seed)
     check_task(task)
     prompts = load_jsonl(task)
     return prompts.head(n) if n else prompts
