@@ -1,0 +1,169 @@
+"""``interp heads``, ``interp voids`` and ``interp circuit``: circuit discovery from the shell, each writing a run folder."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from interp.cli_support import load_model, split
+from interp.errors import InterpError
+
+heads = typer.Typer(help="Head scores: induction, previous-token and duplicate-token detectors, direct logit attribution.",
+                    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+circuit = typer.Typer(help="Circuits: build one from a patching run, compare two, measure faithfulness.",
+                      no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+MODEL = typer.Option("smollm2-135m", help="Model name (see `interp models`), HF id or local path.")
+BACKEND = typer.Option("lens", help="lens (TransformerLens bridge), nnsight or torch.")
+DEVICE = typer.Option("cpu", help="cpu, cuda, cuda:1, mps.")
+DTYPE = typer.Option("float32", help="float32, bfloat16 or float16.")
+SEED = typer.Option(0, help="Seed for generated prompts.")
+AS_JSON = typer.Option(False, "--json", help="Print the manifest as JSON on stdout.")
+
+
+def _command() -> str:
+    return "interp " + shlex.join(sys.argv[1:])
+
+
+def _out(out: Path | None, name: str) -> Path:
+    return out or Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _finish(console: Console, result, out: Path, t0: float, as_json: bool) -> None:
+    result.manifest.setdefault("timings", {})["total_s"] = round(time.perf_counter() - t0, 3)
+    result.save(out)
+    if as_json:
+        print(json.dumps(result.manifest, indent=2))
+    else:
+        for note in result.manifest.get("notes", [])[:1]:
+            console.print(note["text"], highlight=False)
+        console.print(f"report: {(Path(out) / 'report.html').resolve()}")
+
+
+def _prompts(model, task: str, n: int, seed: int):
+    from interp.tasks import check_task, load_prompt_set
+
+    check_task(task)
+    return load_prompt_set(task, model.tokenizer, n=n, seed=seed)
+
+
+@heads.command("detect")
+def heads_detect(
+    task: str = typer.Option("ioi", help="Task for direct logit attribution (ioi, colored_objects or a JSONL file); 'none' skips it."),
+    n_prompts: int = typer.Option(8, help="Prompts for direct logit attribution."),
+    n_random: int = typer.Option(4, help="Repeated random-token sequences for the detectors."),
+    period: int = typer.Option(20, help="Length of each random sequence (it is repeated once)."),
+    model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    out: Path = typer.Option(None, help="Run folder (default runs/heads-<time>)."),
+    as_json: bool = AS_JSON, seed: int = SEED,
+) -> None:
+    """Induction, previous-token and duplicate-token scores per head, and direct logit attribution on a task."""
+    from circuits.runs import heads_run
+
+    if n_random < 1 or period < 2 or n_prompts < 1:
+        raise InterpError("--n-random and --n-prompts must be at least 1, --period at least 2")
+    out = _out(out, "heads")
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    m = load_model(console, model, backend, device, dtype)
+    prompts = None if task == "none" else _prompts(m, task, n_prompts, seed)
+    with console.status("scoring heads"):
+        result = heads_run(m, prompts, n_random, period, seed, command=_command())
+    _finish(console, result, out, t0, as_json)
+
+
+def voids(
+    prompt: list[str] = typer.Option(["What is the capital of France?", "Name three colours of the rainbow."], "--prompt", "-p",
+                                     help="A prompt to generate from; repeat for several."),
+    alpha: float = typer.Option(0.8, help="LAC threshold factor: void if the norm change < alpha x (range of earlier changes)."),
+    max_new_tokens: int = typer.Option(16, help="Tokens generated per prompt (the response phase)."),
+    chat: bool = typer.Option(True, help="Wrap prompts in the chat template."),
+    mc: bool = typer.Option(True, help="Also score the built-in multiple-choice set with and without skipping voids."),
+    model: str = MODEL, device: str = DEVICE, dtype: str = DTYPE,
+    out: Path = typer.Option(None, help="Run folder (default runs/voids-<time>)."),
+    as_json: bool = AS_JSON,
+) -> None:
+    """Void layers (LAC): which layers each token uses while reading the prompt and while answering."""
+    from circuits.runs import voids_run
+
+    if not 0 < alpha <= 1:
+        raise InterpError(f"--alpha must be in (0, 1], got {alpha}")
+    if max_new_tokens < 1:
+        raise InterpError("--max-new-tokens must be at least 1")
+    out = _out(out, "voids")
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    m = load_model(console, model, "torch", device, dtype)
+    with console.status("measuring layer usage"):
+        result = voids_run(m, list(prompt), max_new_tokens, alpha, chat, mc, command=_command())
+    _finish(console, result, out, t0, as_json)
+
+
+@circuit.command("build")
+def circuit_build(
+    run: Path = typer.Option(..., help="A patching run folder (interp patch ... --out RUN)."),
+    method: str = typer.Option("activation", help="Which scores: activation, atp, relp or ig."),
+    components: str = typer.Option("", help="Components to take nodes from, e.g. head_out,mlp_out (default: all in the run)."),
+    top_k: int = typer.Option(10, help="Keep the k nodes with the largest |effect| (0: no limit)."),
+    min_abs: float = typer.Option(None, help="Keep only nodes with |effect| at least this."),
+    out: Path = typer.Option(None, help="Folder for circuit.json and its report (default runs/circuit-<time>)."),
+    as_json: bool = AS_JSON,
+) -> None:
+    """Build a circuit by thresholding a patching run's node scores; writes circuit.json."""
+    from circuits.runs import circuit_build_run
+
+    if top_k < 0:
+        raise InterpError("--top-k must be 0 (no limit) or more")
+    out = _out(out, "circuit")
+    t0 = time.perf_counter()
+    result, built = circuit_build_run(str(run), method, split(components) or None, top_k or None, min_abs, _command())
+    built.save(out)
+    _finish(Console(stderr=True), result, out, t0, as_json)
+
+
+@circuit.command("overlap")
+def circuit_overlap(
+    a: Path = typer.Argument(..., help="circuit.json (or its folder) of the first circuit."),
+    b: Path = typer.Argument(..., help="circuit.json (or its folder) of the second circuit."),
+    out: Path = typer.Option(None, help="Run folder (default runs/overlap-<time>)."),
+    as_json: bool = AS_JSON,
+) -> None:
+    """Shared nodes of two circuits: intersection over union and over each."""
+    from circuits.runs import circuit_overlap_run
+
+    out = _out(out, "overlap")
+    t0 = time.perf_counter()
+    _finish(Console(stderr=True), circuit_overlap_run(str(a), str(b), _command()), out, t0, as_json)
+
+
+@circuit.command("faithfulness")
+def circuit_faithfulness(
+    circuit_path: Path = typer.Argument(..., help="circuit.json (or its folder)."),
+    task: str = typer.Option("ioi", help="ioi, colored_objects or a JSONL file."),
+    n_prompts: int = typer.Option(16, help="Prompts to measure on."),
+    metric: str = typer.Option("logit_diff", help="logit_diff, norm_logit_diff, answer_prob or kl."),
+    reference: str = typer.Option("clean", help="Mean-ablation means from the clean, corrupt or both prompt sets."),
+    model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    out: Path = typer.Option(None, help="Run folder (default runs/faithfulness-<time>)."),
+    as_json: bool = AS_JSON, seed: int = SEED,
+) -> None:
+    """The metric with every head and MLP outside the circuit mean-ablated, as a fraction of the full model's."""
+    from circuits.runs import circuit_faithfulness_run
+
+    if reference not in ("clean", "corrupt", "both"):
+        raise InterpError(f"unknown --reference '{reference}': use clean, corrupt or both")
+    out = _out(out, "faithfulness")
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    m = load_model(console, model, backend, device, dtype)
+    prompts = _prompts(m, task, n_prompts, seed)
+    with console.status("ablating outside the circuit"):
+        result = circuit_faithfulness_run(m, str(circuit_path), prompts, metric, reference, seed, command=_command())
+    _finish(console, result, out, t0, as_json)

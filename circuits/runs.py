@@ -1,0 +1,149 @@
+"""Run folders for ``interp heads``, ``interp voids`` and ``interp circuit``.
+
+- `heads_run`: induction, previous-token and duplicate-token scores [layer, head] on repeated random
+  tokens, and (with a task) direct logit attribution per head and MLP.
+- `voids_run`: LAC layer usage in prompt processing and response generation, token x layer maps,
+  and multiple-choice accuracy with and without skipping voids.
+- `circuit_build_run`, `circuit_overlap_run`, `circuit_faithfulness_run`: a circuit from a patching
+  run folder (thresholded node scores, optional path-patching edges), the overlap of two circuits,
+  and a circuit's faithfulness on a task.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+
+from circuits.graph import Circuit, faithfulness, node_scores, overlap, parse_node, threshold
+from circuits.heads import DETECTORS, detect_heads, direct_logit_attribution
+from interp.model import Model
+from interp.prompts import PromptSet
+from interp.results import RunResult, describe_tensor, run_header
+
+
+def heads_run(model: Model, prompts: PromptSet | None = None, n_random: int = 4, period: int = 20, seed: int = 0,
+              backend: str | None = None, command: str = "heads detect") -> RunResult:
+    """Head-detector scores, and DLA on ``prompts`` when given."""
+    t0 = time.perf_counter()
+    found = detect_heads(model, backend=backend, n_prompts=n_random, period=period, seed=seed)
+    scores = dict(found.tensors())
+    tensors = {name: describe_tensor(name, value, ["layer", "head"]) for name, value in scores.items()}
+    lines = [f"{d}: " + ", ".join(f"L{layer}H{head} {score:.2f}" for layer, head, score in found.top(d, 5)) for d in DETECTORS]
+    manifest = {**run_header(model, command, seed, backend), "method": "head detectors",
+                "parameters": {"n_random": n_random, "period": period}}
+    if prompts is not None:
+        tokens = prompts.tokenize(model.tokenizer)
+        dla = direct_logit_attribution(model, tokens.clean, tokens.answer, tokens.wrong, backend=backend)
+        for name, value in dla.tensors().items():
+            scores[name] = value
+            axes = (["prompt"] if name.endswith("/per_prompt") else []) + (["layer", "head"] if "head" in name else ["layer"])
+            tensors[name] = describe_tensor(name, value, axes)
+        top = dla.heads.mean(0).flatten().abs().topk(5).indices.tolist()
+        grid = dla.heads.mean(0)
+        lines.append("DLA (logit diff " + f"{float(dla.logit_diff.mean()):.3f}): "
+                     + ", ".join(f"L{i // grid.shape[1]}H{i % grid.shape[1]} {float(grid.flatten()[i]):+.3f}" for i in top))
+        manifest |= {"metric": "logit_diff", "prompt_set": {"name": prompts.name, "n_prompts": len(prompts),
+                                                           "fingerprint": prompts.fingerprint(), "tokens": tokens.str_tokens}}
+    manifest |= {"notes": [{"title": "Top heads", "text": "\n".join(lines)}], "tensors": tensors,
+                 "timings": {"run_s": round(time.perf_counter() - t0, 3)}}
+    return RunResult(manifest=manifest, scores=scores)
+
+
+def voids_run(model: Model, prompts: Sequence[str], max_new_tokens: int = 16, alpha: float = 0.8, chat: bool = True,
+              mc: bool = True, seed: int = 0, command: str = "voids") -> RunResult:
+    """Layer usage of LAC in both phases on ``prompts``, and the multiple-choice set with and without skipping."""
+    from circuits.mc_set import evaluate_mc
+    from circuits.voids import void_usage
+
+    t0 = time.perf_counter()
+    usage = void_usage(model, list(prompts), max_new_tokens, alpha, chat)
+    scores = usage.tensors()
+    tensors = {}
+    for name, value in scores.items():
+        if name.startswith("voids/usage"):
+            tensors[name] = describe_tensor(name, value, ["layer"]) | {"plot": True}
+        else:
+            i = int(name.rsplit(".", 1)[1])
+            phase = usage.generations[i].prompt if "prompt_map" in name else usage.generations[i].response
+            labels = {"token": [f"{j} {t}" for j, t in enumerate(phase.tokens)]} if len(phase.tokens) == value.shape[0] else {}
+            tensors[name] = describe_tensor(name, value, ["token", "layer"], labels)
+    text = [f"alpha {alpha}; share of layers activated: prompt {float(usage.usage_prompt.mean()):.3f}, "
+            f"response {float(usage.usage_response.mean()):.3f}"]
+    manifest = {**run_header(model, command, seed), "method": "LAC (L2 adaptive computation)",
+                "parameters": {"alpha": alpha, "max_new_tokens": max_new_tokens, "chat": chat, "prompts": list(prompts)},
+                "generations": [g.text for g in usage.generations]}
+    if mc:
+        result = evaluate_mc(model, alpha=alpha)
+        scores["voids/mc_accuracy"] = torch.tensor([result.accuracy, result.accuracy_skip])
+        tensors["voids/mc_accuracy"] = describe_tensor("voids/mc_accuracy", scores["voids/mc_accuracy"], ["skipping"],
+                                                       {"skipping": ["off", "on"]}) | {"plot": True}
+        text.append(f"multiple choice ({len(result.answers)} questions, letter logits): accuracy {result.accuracy:.3f} "
+                    f"without skipping, {result.accuracy_skip:.3f} with")
+        manifest["mc"] = {"accuracy": result.accuracy, "accuracy_skip": result.accuracy_skip, "n": len(result.answers)}
+    manifest |= {"notes": [{"title": "Voids", "text": "\n".join(text)}], "tensors": tensors,
+                 "timings": {"run_s": round(time.perf_counter() - t0, 3)}}
+    return RunResult(manifest=manifest, scores=scores)
+
+
+def circuit_build_run(run_folder: str, method: str = "activation", components: Sequence[str] | None = None,
+                      top_k: int | None = 10, min_abs: float | None = None, command: str = "circuit build") -> tuple[RunResult, Circuit]:
+    """Threshold a patching run's node scores into a circuit; the run lists its nodes by score."""
+    scores = node_scores(run_folder, method, components)
+    circuit = threshold(scores, top_k, min_abs, {"run": str(run_folder), "method": method, "components": components})
+    names = list(circuit.nodes)
+    values = torch.tensor([circuit.nodes[n] for n in names])
+    manifest = {"schema_version": 1, "status": "complete", "command": command, "method": "circuit",
+                "parameters": {"run": str(run_folder), "method": method, "components": components, "top_k": top_k,
+                               "min_abs": min_abs},
+                "circuit": circuit.to_json(),
+                "notes": [{"title": "Circuit", "text": "\n".join(f"{n}: {circuit.nodes[n]:+.4f}" for n in names)}],
+                "tensors": {"circuit/node_score": describe_tensor("circuit/node_score", values, ["node"], {"node": names})
+                            | {"plot": True}}}
+    return RunResult(manifest=manifest, scores={"circuit/node_score": values}), circuit
+
+
+def circuit_overlap_run(a: str, b: str, command: str = "circuit overlap") -> RunResult:
+    """The overlap of two saved circuits."""
+    ca, cb = Circuit.load(a), Circuit.load(b)
+    result = overlap(ca, cb)
+    values = torch.tensor([result.iou, result.over_a, result.over_b])
+    text = [f"intersection over union {result.iou:.3f}, over a {result.over_a:.3f}, over b {result.over_b:.3f}",
+            f"shared ({len(result.shared)}): {', '.join(result.shared)}", f"only a: {', '.join(result.only_a)}",
+            f"only b: {', '.join(result.only_b)}"]
+    manifest = {"schema_version": 1, "status": "complete", "command": command, "method": "circuit overlap",
+                "parameters": {"a": str(a), "b": str(b)},
+                "overlap": {"shared": result.shared, "only_a": result.only_a, "only_b": result.only_b, "iou": result.iou,
+                            "over_a": result.over_a, "over_b": result.over_b},
+                "notes": [{"title": "Overlap", "text": "\n".join(text)}],
+                "tensors": {"circuit/overlap": describe_tensor("circuit/overlap", values, ["ratio"],
+                                                              {"ratio": ["iou", "over_a", "over_b"]}) | {"plot": True}}}
+    return RunResult(manifest=manifest, scores={"circuit/overlap": values})
+
+
+def circuit_faithfulness_run(model: Model, circuit_path: str, prompts: PromptSet, metric: str = "logit_diff",
+                             reference: str = "clean", seed: int = 0, backend: str | None = None,
+                             command: str = "circuit faithfulness") -> RunResult:
+    """The metric with everything outside the circuit mean-ablated, against the full and the empty model."""
+    circuit = Circuit.load(circuit_path)
+    t0 = time.perf_counter()
+    result = faithfulness(model, circuit, prompts, metric, reference, backend)
+    per_prompt = torch.stack([result.full, result.circuit, result.empty], dim=1).float()
+    means = per_prompt.mean(0)
+    labels = {"model": ["full", "circuit", "empty"]}
+    text = (f"{metric}: full {float(means[0]):.4f}, circuit {float(means[1]):.4f}, empty {float(means[2]):.4f}; "
+            f"fraction {result.fraction:.3f}, normalized {result.normalized:.3f} ({result.n_ablated} components mean-ablated)")
+    kinds = sorted({parse_node(n).kind for n in circuit.nodes})
+    manifest = {**run_header(model, command, seed, backend), "metric": metric, "method": "circuit faithfulness",
+                "prompt_set": {"name": prompts.name, "n_prompts": len(prompts), "fingerprint": prompts.fingerprint()},
+                "parameters": {"circuit": str(circuit_path), "reference": reference, "node_kinds": kinds, "n_nodes": len(circuit)},
+                "faithfulness": {"full": float(means[0]), "circuit": float(means[1]), "empty": float(means[2]),
+                                 "fraction": result.fraction, "normalized": result.normalized, "n_ablated": result.n_ablated},
+                "notes": [{"title": "Faithfulness", "text": text}],
+                "tensors": {"circuit/faithfulness": describe_tensor("circuit/faithfulness", means, ["model"], labels) | {"plot": True},
+                            "circuit/faithfulness/per_prompt": describe_tensor("circuit/faithfulness/per_prompt", per_prompt,
+                                                                               ["prompt", "model"], labels)},
+                "timings": {"run_s": round(time.perf_counter() - t0, 3)}}
+    return RunResult(manifest=manifest, scores={"circuit/faithfulness": means, "circuit/faithfulness/per_prompt": per_prompt})
+

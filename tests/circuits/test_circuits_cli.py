@@ -1,0 +1,77 @@
+"""``interp heads``, ``interp voids`` and ``interp circuit``, run as subprocesses on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from circuits.graph import Circuit, node_scores, threshold
+from interp.results import load_run
+
+TINY = ["--model", "tiny-llama"]
+ENV = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb", "OMP_NUM_THREADS": "1"}
+
+
+def interp_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "interp"), *map(str, args)], capture_output=True, text=True,
+                          env=ENV, timeout=300)
+
+
+def _ok(proc):
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def patch_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("patch") / "run"
+    _ok(interp_cli("patch", *TINY, "--n-prompts", "2", "--components", "head_out,mlp_out", "--out", out))
+    return out
+
+
+def test_build_overlap_and_faithfulness(patch_run, tmp_path):
+    _ok(interp_cli("circuit", "build", "--run", patch_run, "--top-k", "5", "--out", tmp_path / "a"))
+    _ok(interp_cli("circuit", "build", "--run", patch_run, "--top-k", "3", "--components", "head_out", "--out", tmp_path / "b"))
+    a, b = Circuit.load(tmp_path / "a"), Circuit.load(tmp_path / "b")
+    assert a.nodes == threshold(node_scores(patch_run), top_k=5).nodes  # the same as the library, from the run folder
+    assert len(b) == 3 and all(name.startswith("head.") for name in b.nodes)
+    assert torch.allclose(load_run(tmp_path / "a").scores["circuit/node_score"], torch.tensor(list(a.nodes.values())))
+    proc = _ok(interp_cli("circuit", "overlap", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "o", "--json"))
+    shared = set(a.nodes) & set(b.nodes)
+    assert json.loads(proc.stdout)["overlap"]["iou"] == pytest.approx(len(shared) / len(set(a.nodes) | set(b.nodes)))
+    _ok(interp_cli("circuit", "faithfulness", tmp_path / "a", *TINY, "--n-prompts", "3", "--out", tmp_path / "f"))
+    run = load_run(tmp_path / "f")
+    full, circuit, empty = run.scores["circuit/faithfulness"].tolist()
+    assert run.manifest["faithfulness"]["fraction"] == pytest.approx(circuit / full, rel=1e-5)
+    assert run.scores["circuit/faithfulness/per_prompt"].shape == (3, 3)
+
+
+def test_heads_detect_and_voids(tmp_path):
+    _ok(interp_cli("heads", "detect", *TINY, "--n-prompts", "3", "--out", tmp_path / "h"))
+    run = load_run(tmp_path / "h")
+    for name in ("heads/induction", "heads/previous_token", "heads/duplicate_token", "dla/head_out"):
+        assert run.scores[name].shape == (2, 4), name
+    _ok(interp_cli("voids", *TINY, "-p", "Hello there", "--max-new-tokens", "3", "--no-mc", "--out", tmp_path / "v"))
+    voids = load_run(tmp_path / "v")
+    assert voids.scores["voids/usage_prompt"].shape == (2,) and voids.scores["voids/response_map.0"].shape == (3, 2)
+    assert bool((voids.scores["voids/response_map.0"][:, 0] == 1).all())  # layer 0: tau is 0, and norms grow from the embedding
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["circuit", "build", "--run", "/nonexistent/run"], ["/nonexistent/run"]),
+    (["circuit", "faithfulness", "/tmp", *TINY, "--reference", "middle"], ["--reference", "middle"]),
+    (["voids", *TINY, "--alpha", "2"], ["--alpha"]),
+    (["heads", "detect", *TINY, "--task", "nope"], ["nope"]),
+])
+def test_bad_input_is_one_line(args, expected):
+    proc = interp_cli(*args)
+    message = proc.stderr.strip()
+    assert proc.returncode == 2 and "Traceback" not in message and message.count("\n") == 0, proc.stderr
+    for part in expected:
+        assert part in message, message
