@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from interp.cli_support import load_model, split
+from interp.cli_support import load_model, numbers, split
 from interp.errors import InterpError
 
 heads = typer.Typer(help="Head scores: induction, previous-token and duplicate-token detectors, direct logit attribution.",
@@ -76,6 +76,32 @@ def heads_detect(
     prompts = None if task == "none" else _prompts(m, task, n_prompts, seed)
     with console.status("scoring heads"):
         result = heads_run(m, prompts, n_random, period, seed, command=_command())
+    _finish(console, result, out, t0, as_json)
+
+
+@heads.command("retrieval")
+def heads_retrieval(
+    lengths: str = typer.Option("600,1200", help="Context lengths in tokens (SmolLM2 reads up to 8k)."),
+    depths: str = typer.Option("0,50,100", help="Needle depths, percent of the context."),
+    ks: str = typer.Option("5,15", help="Numbers of heads to mask: top-k by score against k random heads."),
+    n_random: int = typer.Option(1, help="Random draws per k."),
+    max_new_tokens: int = typer.Option(30, help="Greedy answer length (stops at a newline)."),
+    model: str = MODEL, device: str = DEVICE, dtype: str = DTYPE,
+    out: Path = typer.Option(None, help="Run folder (default runs/retrieval-<time>)."),
+    as_json: bool = AS_JSON, seed: int = SEED,
+) -> None:
+    """Retrieval heads: which heads copy the needle while the model answers, and does masking them break recall?"""
+    from circuits.runs import retrieval_run
+
+    length_list, depth_list, k_list = numbers(lengths, "--lengths", int), numbers(depths, "--depths"), numbers(ks, "--ks", int)
+    if not length_list or not depth_list or any(x < 1 for x in length_list) or any(not 0 <= d <= 100 for d in depth_list):
+        raise InterpError("--lengths must be positive token counts and --depths percentages from 0 to 100")
+    out = _out(out, "retrieval")
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    m = load_model(console, model, "torch", device, dtype)
+    with console.status("decoding needle-in-a-haystack prompts"):
+        result = retrieval_run(m, length_list, depth_list, k_list, n_random, max_new_tokens, seed, _command())
     _finish(console, result, out, t0, as_json)
 
 

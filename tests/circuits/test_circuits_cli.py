@@ -75,3 +75,12 @@ def test_bad_input_is_one_line(args, expected):
     assert proc.returncode == 2 and "Traceback" not in message and message.count("\n") == 0, proc.stderr
     for part in expected:
         assert part in message, message
+
+
+def test_heads_retrieval_writes_scores(tmp_path):
+    _ok(interp_cli("heads", "retrieval", *TINY, "--lengths", "160", "--depths", "0,100", "--ks", "1", "--max-new-tokens", "3",
+                   "--out", tmp_path / "r"))
+    run = load_run(tmp_path / "r")
+    assert run.scores["retrieval/head_score"].shape == (2, 4)
+    assert run.scores["retrieval/test_recall"].shape == (6,)  # 3 needles x 1 length x 2 depths
+    assert run.manifest["parameters"]["n_tests"] == 6 and len(run.manifest["responses"]) == 6
