@@ -176,6 +176,7 @@ def circuit_faithfulness(
     n_prompts: int = typer.Option(16, help="Prompts to measure on."),
     metric: str = typer.Option("logit_diff", help="logit_diff, norm_logit_diff, answer_prob or kl."),
     reference: str = typer.Option("clean", help="Mean-ablation means from the clean, corrupt or both prompt sets."),
+    keep_mlps: bool = typer.Option(False, help="Keep every MLP (a head circuit with MLPs intact, as in the IOI paper)."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
     out: Path = typer.Option(None, help="Run folder (default runs/faithfulness-<time>)."),
     as_json: bool = AS_JSON, seed: int = SEED,
@@ -191,5 +192,5 @@ def circuit_faithfulness(
     m = load_model(console, model, backend, device, dtype)
     prompts = _prompts(m, task, n_prompts, seed)
     with console.status("ablating outside the circuit"):
-        result = circuit_faithfulness_run(m, str(circuit_path), prompts, metric, reference, seed, command=_command())
+        result = circuit_faithfulness_run(m, str(circuit_path), prompts, metric, reference, keep_mlps, seed, command=_command())
     _finish(console, result, out, t0, as_json)

@@ -123,10 +123,15 @@ def circuit_overlap_run(a: str, b: str, command: str = "circuit overlap") -> Run
 
 
 def circuit_faithfulness_run(model: Model, circuit_path: str, prompts: PromptSet, metric: str = "logit_diff",
-                             reference: str = "clean", seed: int = 0, backend: str | None = None,
+                             reference: str = "clean", keep_mlps: bool = False, seed: int = 0, backend: str | None = None,
                              command: str = "circuit faithfulness") -> RunResult:
-    """The metric with everything outside the circuit mean-ablated, against the full and the empty model."""
+    """The metric with everything outside the circuit mean-ablated, against the full and the empty model.
+
+    ``keep_mlps`` adds every MLP to the circuit (a head circuit with the MLPs left intact, as in the IOI paper).
+    """
     circuit = Circuit.load(circuit_path)
+    if keep_mlps:
+        circuit = Circuit(circuit.nodes | {f"mlp.{layer}": 0.0 for layer in range(model.n_layers)}, circuit.edges, circuit.provenance)
     t0 = time.perf_counter()
     result = faithfulness(model, circuit, prompts, metric, reference, backend)
     per_prompt = torch.stack([result.full, result.circuit, result.empty], dim=1).float()
@@ -137,7 +142,8 @@ def circuit_faithfulness_run(model: Model, circuit_path: str, prompts: PromptSet
     kinds = sorted({parse_node(n).kind for n in circuit.nodes})
     manifest = {**run_header(model, command, seed, backend), "metric": metric, "method": "circuit faithfulness",
                 "prompt_set": {"name": prompts.name, "n_prompts": len(prompts), "fingerprint": prompts.fingerprint()},
-                "parameters": {"circuit": str(circuit_path), "reference": reference, "node_kinds": kinds, "n_nodes": len(circuit)},
+                "parameters": {"circuit": str(circuit_path), "reference": reference, "keep_mlps": keep_mlps, "node_kinds": kinds,
+                               "n_nodes": len(circuit)},
                 "faithfulness": {"full": float(means[0]), "circuit": float(means[1]), "empty": float(means[2]),
                                  "fraction": result.fraction, "normalized": result.normalized, "n_ablated": result.n_ablated},
                 "notes": [{"title": "Faithfulness", "text": text}],

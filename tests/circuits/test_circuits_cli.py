@@ -50,6 +50,9 @@ def test_build_overlap_and_faithfulness(patch_run, tmp_path):
     full, circuit, empty = run.scores["circuit/faithfulness"].tolist()
     assert run.manifest["faithfulness"]["fraction"] == pytest.approx(circuit / full, rel=1e-5)
     assert run.scores["circuit/faithfulness/per_prompt"].shape == (3, 3)
+    for flag, n_ablated in (("--no-keep-mlps", 4), ("--keep-mlps", 2)):  # 3 heads kept: 2 head sites + 2 MLPs, or heads only
+        _ok(interp_cli("circuit", "faithfulness", tmp_path / "b", *TINY, "--n-prompts", "3", flag, "--out", tmp_path / flag))
+        assert load_run(tmp_path / flag).manifest["faithfulness"]["n_ablated"] == n_ablated, flag
 
 
 def test_heads_detect_and_voids(tmp_path):
