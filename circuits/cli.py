@@ -17,6 +17,8 @@ from interp.errors import InterpError
 
 heads = typer.Typer(help="Head scores: induction, previous-token and duplicate-token detectors, direct logit attribution.",
                     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+neurons = typer.Typer(help="Relation-specific neurons: which MLP neurons carry a relation's facts?", no_args_is_help=True,
+                      pretty_exceptions_enable=False, add_completion=False)
 circuit = typer.Typer(help="Circuits: build one from a patching run, compare two, measure faithfulness.",
                       no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
@@ -102,6 +104,40 @@ def heads_retrieval(
     m = load_model(console, model, "torch", device, dtype)
     with console.status("decoding needle-in-a-haystack prompts"):
         result = retrieval_run(m, length_list, depth_list, k_list, n_random, max_new_tokens, seed, _command())
+    _finish(console, result, out, t0, as_json)
+
+
+@neurons.command("relation")
+def neurons_relation(
+    relations: str = typer.Option("", help="Relations to use (default: all built-in), e.g. capital_of,plural_of."),
+    k: int = typer.Option(100, help="Neurons zeroed per relation (its top-k by average precision)."),
+    sweep: str = typer.Option(None, help="Also sweep k for this relation (cumulativity)."),
+    ks: str = typer.Option("10,30,100,300", help="The k values of the sweep."),
+    n_identification: int = typer.Option(12, help="Facts per relation used to score neurons; the rest are test facts."),
+    keep_correct: bool = typer.Option(True, help="Test only on facts the unedited model gets right."),
+    model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    out: Path = typer.Option(None, help="Run folder (default runs/neurons-<time>)."),
+    as_json: bool = AS_JSON, seed: int = SEED,
+) -> None:
+    """Score every MLP neuron per relation (AP), zero each relation's top-k, and measure every relation's accuracy."""
+    from circuits.relations import RELATIONS
+    from circuits.runs import neurons_run
+
+    names = split(relations) or None
+    unknown = [r for r in (names or []) + ([sweep] if sweep else []) if r not in RELATIONS]
+    if unknown:
+        raise InterpError(f"unknown relation {unknown[0]!r}: use one of {', '.join(RELATIONS)}")
+    if sweep and names and sweep not in names:
+        raise InterpError(f"--sweep {sweep} is not among --relations {relations}")
+    k_list = numbers(ks, "--ks", int)
+    if k < 1 or any(x < 1 for x in k_list):
+        raise InterpError("--k and every --ks value must be at least 1")
+    out = _out(out, "neurons")
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    m = load_model(console, model, backend, device, dtype)
+    with console.status("scoring neurons and zeroing them"):
+        result = neurons_run(m, names, k, sweep, k_list, n_identification, keep_correct, seed, command=_command())
     _finish(console, result, out, t0, as_json)
 
 

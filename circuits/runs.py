@@ -191,3 +191,53 @@ def retrieval_run(model: Model, context_lengths: Sequence[int], depths: Sequence
                 "lines": lines, "tensors": tensors,
                 "timings": {"detect_s": round(t_detect, 3), "run_s": round(time.perf_counter() - t0, 3)}}
     return RunResult(manifest=manifest, scores=scores)
+
+
+def neurons_run(model: Model, relations: Sequence[str] | None = None, k: int = 100, sweep: str | None = None,
+                ks: Sequence[int] = (10, 30, 100, 300), n_identification: int = 12, keep_correct: bool = True, seed: int = 0,
+                backend: str | None = None, command: str = "neurons relation") -> RunResult:
+    """Relation-specific neurons: AP per mlp_act unit, the deactivation matrix with its random control, overlap, a k sweep."""
+    from circuits.neurons import deactivation_matrix, k_sweep, layer_histogram, neuron_expertise, relation_prompt_sets, topk_overlap
+
+    t0 = time.perf_counter()
+    sets = relation_prompt_sets(model, relations, n_identification, seed, keep_correct, backend)
+    expertise = neuron_expertise(model, sets, "mlp_act", backend)
+    matrix = deactivation_matrix(model, expertise, sets, k, seed, True, backend)
+    names = list(sets.relations)
+    pair = {"relation": names, "evaluated": names}
+    scores = {"neurons/acc_change": matrix.acc_change, "neurons/random_change": matrix.random_change,
+              "neurons/baseline": matrix.baseline, "neurons/overlap": topk_overlap(expertise, k).float(),
+              "neurons/layers": layer_histogram(expertise, k).float(), "neurons/best_ap": expertise.ap.flatten(1).max(1).values}
+    tensors = {"neurons/acc_change": describe_tensor("neurons/acc_change", matrix.acc_change, ["relation", "evaluated"], pair)
+               | {"note": f"accuracy change on each evaluated relation after zeroing the deactivated relation's top-{k} neurons"},
+               "neurons/random_change": describe_tensor("neurons/random_change", matrix.random_change, ["relation", "evaluated"], pair),
+               "neurons/baseline": describe_tensor("neurons/baseline", matrix.baseline, ["relation"], {"relation": names}),
+               "neurons/overlap": describe_tensor("neurons/overlap", scores["neurons/overlap"], ["relation", "other"],
+                                                  {"relation": names, "other": names}),
+               "neurons/layers": describe_tensor("neurons/layers", scores["neurons/layers"], ["relation", "layer"], {"relation": names}),
+               "neurons/best_ap": describe_tensor("neurons/best_ap", scores["neurons/best_ap"], ["relation"], {"relation": names})}
+    own = matrix.acc_change.diagonal()
+    others = (matrix.acc_change.sum() - own.sum()) / max(len(names) * (len(names) - 1), 1)
+    text = [f"top-{k} neurons zeroed: mean change on the relation itself {float(own.mean()):+.3f}, on the others "
+            f"{float(others):+.3f}; random-{k} on the relation itself {float(matrix.random_change.diagonal().mean()):+.3f}",
+            *(f"{name}: {int(n)} test prompts, own change {float(c):+.3f}" for name, n, c in zip(names, sets.n_test, own))]
+    lines = []
+    if sweep:
+        curve = k_sweep(model, expertise, sets, sweep, list(ks), seed, backend)
+        i = names.index(sweep)
+        rest = [j for j in range(len(names)) if j != i]
+        scores |= {"neurons/k": torch.tensor(curve.ks, dtype=torch.float32), "neurons/sweep_own": curve.acc[:, i],
+                   "neurons/sweep_own_random": curve.random_acc[:, i], "neurons/sweep_others": curve.acc[:, rest].mean(1),
+                   "neurons/sweep_others_random": curve.random_acc[:, rest].mean(1)}
+        for name in ("neurons/k", "neurons/sweep_own", "neurons/sweep_own_random", "neurons/sweep_others", "neurons/sweep_others_random"):
+            tensors[name] = describe_tensor(name, scores[name], ["k"], {"k": [str(x) for x in curve.ks]})
+        lines.append({"title": f"Accuracy against k: {sweep}'s top-k neurons zeroed (random-k for contrast)", "x": "neurons/k",
+                      "ys": ["neurons/sweep_own", "neurons/sweep_own_random", "neurons/sweep_others", "neurons/sweep_others_random"],
+                      "x_title": "k", "y_title": "accuracy"})
+    manifest = {**run_header(model, command, seed, backend), "method": "relation-specific neurons (AP expertise)",
+                "metric": "accuracy (first answer token is the argmax)", "relations": names,
+                "parameters": {"k": k, "sweep": sweep, "ks": list(ks), "n_identification": n_identification,
+                               "keep_correct": keep_correct, "n_test": [int(n) for n in sets.n_test]},
+                "notes": [{"title": "Relation neurons", "text": "\n".join(text)}], "lines": lines, "tensors": tensors,
+                "timings": {"run_s": round(time.perf_counter() - t0, 3)}}
+    return RunResult(manifest=manifest, scores=scores)

@@ -87,3 +87,15 @@ def test_heads_retrieval_writes_scores(tmp_path):
     assert run.scores["retrieval/head_score"].shape == (2, 4)
     assert run.scores["retrieval/test_recall"].shape == (6,)  # 3 needles x 1 length x 2 depths
     assert run.manifest["parameters"]["n_tests"] == 6 and len(run.manifest["responses"]) == 6
+
+
+def test_neurons_relation_matrix_and_sweep(tmp_path):
+    _ok(interp_cli("neurons", "relation", *TINY, "--relations", "capital_of,plural_of", "--no-keep-correct", "--k", "5",
+                   "--sweep", "plural_of", "--ks", "2,5", "--n-identification", "6", "--out", tmp_path / "n"))
+    run = load_run(tmp_path / "n")
+    assert run.manifest["relations"] == ["capital_of", "plural_of"]
+    assert run.scores["neurons/acc_change"].shape == (2, 2)
+    assert run.tensor_info("neurons/acc_change")["labels"]["relation"] == ["capital_of", "plural_of"]
+    assert run.scores["neurons/layers"].sum(1).tolist() == [5.0, 5.0]  # each relation's top-5 neurons, counted by layer
+    assert run.scores["neurons/k"].tolist() == [2.0, 5.0] and run.scores["neurons/sweep_own"].shape == (2,)
+    assert bool(((run.scores["neurons/best_ap"] > 0) & (run.scores["neurons/best_ap"] <= 1)).all())
