@@ -175,19 +175,27 @@ def circuit_build(
     components: str = typer.Option("", help="Components to take nodes from, e.g. head_out,mlp_out (default: all in the run)."),
     top_k: int = typer.Option(10, help="Keep the k nodes with the largest |effect| (0: no limit)."),
     min_abs: float = typer.Option(None, help="Keep only nodes with |effect| at least this."),
+    edges: bool = typer.Option(False, help="Add edges between the circuit's heads (and to the logits) by path patching, "
+                                           "on the run's own prompts."),
+    model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
     out: Path = typer.Option(None, help="Folder for circuit.json and its report (default runs/circuit-<time>)."),
     as_json: bool = AS_JSON,
 ) -> None:
     """Build a circuit by thresholding a patching run's node scores; writes circuit.json."""
-    from circuits.runs import circuit_build_run
+    from circuits.runs import add_path_edges, circuit_build_run
 
     if top_k < 0:
         raise InterpError("--top-k must be 0 (no limit) or more")
     out = _out(out, "circuit")
+    console = Console(stderr=True)
     t0 = time.perf_counter()
     result, built = circuit_build_run(str(run), method, split(components) or None, top_k or None, min_abs, _command())
+    if edges:
+        m = load_model(console, model, backend, device, dtype)
+        with console.status("path patching between the circuit's heads"):
+            add_path_edges(m, built, result, str(run))
     built.save(out)
-    _finish(Console(stderr=True), result, out, t0, as_json)
+    _finish(console, result, out, t0, as_json)
 
 
 @circuit.command("overlap")

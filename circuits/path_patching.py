@@ -151,3 +151,22 @@ def path_patching(
             values[:, s_layer, s_head] = vals[j * n:(j + 1) * n]
     return PathPatchingResult(values=values, clean=clean_metric.float().cpu(), corrupt=corrupt_metric.float().cpu(),
                               receivers=receivers, metric=metric_name)
+
+
+def circuit_edges(model: Model, heads: Sequence[Head], prompts: PromptSet | TokenizedPrompts, metric: str | Callable = "logit_diff",
+                  backend: str | None = None) -> list[tuple[str, str, float]]:
+    """Edges among a circuit's ``heads``: (sender, receiver, mean metric change) for each earlier head into each later
+    head, and for each head into ``"logits"`` (node names as in `circuits.graph`: ``head.L.H``)."""
+    heads = sorted({(int(layer), int(head)) for layer, head in heads})
+    if not heads:
+        raise InterpError("the circuit has no head nodes to connect")
+    edges: list[tuple[str, str, float]] = []
+    for receiver in ["logits", *heads]:
+        receivers = "logits" if receiver == "logits" else [receiver]
+        senders = [h for h in heads if receiver == "logits" or h[0] < receiver[0]]
+        if not senders:
+            continue
+        effect = path_patching(model, prompts, receivers, senders, metric, backend=backend).effect
+        name = "logits" if receiver == "logits" else f"head.{receiver[0]}.{receiver[1]}"
+        edges += [(f"head.{layer}.{head}", name, float(effect[layer, head])) for layer, head in senders]
+    return edges

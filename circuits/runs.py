@@ -241,3 +241,30 @@ def neurons_run(model: Model, relations: Sequence[str] | None = None, k: int = 1
                 "notes": [{"title": "Relation neurons", "text": "\n".join(text)}], "lines": lines, "tensors": tensors,
                 "timings": {"run_s": round(time.perf_counter() - t0, 3)}}
     return RunResult(manifest=manifest, scores=scores)
+
+
+def add_path_edges(model: Model, circuit: Circuit, result: RunResult, run_folder: str) -> None:
+    """Path-patching edges among the circuit's heads, on the prompts the patching run used (regenerated and checked)."""
+    from circuits.path_patching import circuit_edges
+    from interp.errors import InterpError
+    from interp.results import load_run
+    from interp.tasks import load_prompt_set
+
+    manifest = load_run(run_folder).manifest
+    if manifest.get("model") != model.name:
+        raise InterpError(f"{run_folder} was run on {manifest.get('model')}, not {model.name}; pass --model {manifest.get('model')}")
+    info = manifest.get("prompt_set", {})
+    if info.get("name") not in ("ioi", "colored_objects"):
+        raise InterpError(f"edges need the run's prompts, and {run_folder} used '{info.get('name')}', which is not a built-in task")
+    for corruption in ("swap", "three_names", "order"):  # the manifest keeps the prompts' fingerprint, not the corruption
+        prompts = load_prompt_set(info["name"], model.tokenizer, n=info.get("n_prompts"), seed=manifest.get("seed", 0),
+                                  corruption=corruption)
+        if prompts.fingerprint() == info.get("fingerprint"):
+            break
+    else:
+        raise InterpError(f"could not regenerate the prompts of {run_folder} (no fingerprint matches); edges need the same prompts")
+    circuit.add_edges(circuit_edges(model, circuit.heads(), prompts, manifest.get("metric", "logit_diff")
+                                    if isinstance(manifest.get("metric"), str) else "logit_diff"))
+    result.manifest["circuit"] = circuit.to_json()
+    result.manifest["notes"].append({"title": "Edges (path patching: change in the metric)",
+                                     "text": "\n".join(f"{e.sender} -> {e.receiver}: {e.score:+.4f}" for e in circuit.edges)})

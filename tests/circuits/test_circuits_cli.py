@@ -99,3 +99,21 @@ def test_neurons_relation_matrix_and_sweep(tmp_path):
     assert run.scores["neurons/layers"].sum(1).tolist() == [5.0, 5.0]  # each relation's top-5 neurons, counted by layer
     assert run.scores["neurons/k"].tolist() == [2.0, 5.0] and run.scores["neurons/sweep_own"].shape == (2,)
     assert bool(((run.scores["neurons/best_ap"] > 0) & (run.scores["neurons/best_ap"] <= 1)).all())
+
+
+def test_build_with_path_patching_edges(patch_run, tmp_path, tiny_llama):
+    from circuits.path_patching import path_patching
+    from interp.tasks import load_prompt_set
+
+    _ok(interp_cli("circuit", "build", "--run", patch_run, "--top-k", "3", "--components", "head_out", "--edges", *TINY,
+                   "--out", tmp_path / "e"))
+    built = Circuit.load(tmp_path / "e")
+    heads = built.heads()
+    expected = len(heads) + sum(1 for s in heads for r in heads if s[0] < r[0])  # every head to the logits, earlier to later
+    assert len(built.edges) == expected
+    prompts = load_prompt_set("ioi", tiny_llama.tokenizer, n=2, seed=0)  # the patch run's own prompts
+    direct = path_patching(tiny_llama, prompts, "logits", heads).effect
+    for edge in built.edges:
+        if edge.receiver == "logits":
+            layer, head = map(int, edge.sender.split(".")[1:])
+            assert edge.score == pytest.approx(float(direct[layer, head]), abs=1e-5)
