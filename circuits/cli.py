@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import json
-import shlex
-import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from interp.cli_support import load_model, numbers, split
+from interp.cli_support import (
+    AS_JSON,
+    BACKEND,
+    DEVICE,
+    DTYPE,
+    MODEL,
+    SEED,
+    command_line,
+    default_out,
+    finish,
+    load_model,
+    numbers,
+    split,
+)
 from interp.errors import InterpError
 
 heads = typer.Typer(help="Head scores: induction, previous-token and duplicate-token detectors, direct logit attribution.",
@@ -21,33 +30,6 @@ neurons = typer.Typer(help="Relation-specific neurons: which MLP neurons carry a
                       pretty_exceptions_enable=False, add_completion=False)
 circuit = typer.Typer(help="Circuits: build one from a patching run, compare two, measure faithfulness.",
                       no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-
-MODEL = typer.Option("smollm2-135m", help="Model name (see `interp models`), HF id or local path.")
-BACKEND = typer.Option("lens", help="lens (TransformerLens bridge), nnsight or torch.")
-DEVICE = typer.Option("cpu", help="cpu, cuda, cuda:1, mps.")
-DTYPE = typer.Option("float32", help="float32, bfloat16 or float16.")
-SEED = typer.Option(0, help="Seed for generated prompts.")
-AS_JSON = typer.Option(False, "--json", help="Print the manifest as JSON on stdout.")
-
-
-def _command() -> str:
-    return "interp " + shlex.join(sys.argv[1:])
-
-
-def _out(out: Path | None, name: str) -> Path:
-    return out or Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def _finish(console: Console, result, out: Path, t0: float, as_json: bool) -> None:
-    result.manifest.setdefault("timings", {})["total_s"] = round(time.perf_counter() - t0, 3)
-    result.save(out)
-    if as_json:
-        print(json.dumps(result.manifest, indent=2))
-    else:
-        for note in result.manifest.get("notes", [])[:1]:
-            console.print(note["text"], highlight=False)
-        console.print(f"report: {(Path(out) / 'report.html').resolve()}")
-
 
 def _prompts(model, task: str, n: int, seed: int):
     from interp.tasks import check_task, load_prompt_set
@@ -71,14 +53,14 @@ def heads_detect(
 
     if n_random < 1 or period < 2 or n_prompts < 1:
         raise InterpError("--n-random and --n-prompts must be at least 1, --period at least 2")
-    out = _out(out, "heads")
+    out = default_out(out, "heads")
     console = Console(stderr=True)
     t0 = time.perf_counter()
     m = load_model(console, model, backend, device, dtype)
     prompts = None if task == "none" else _prompts(m, task, n_prompts, seed)
     with console.status("scoring heads"):
-        result = heads_run(m, prompts, n_random, period, seed, command=_command())
-    _finish(console, result, out, t0, as_json)
+        result = heads_run(m, prompts, n_random, period, seed, command=command_line())
+    finish(console, result, out, t0, as_json)
 
 
 @heads.command("retrieval")
@@ -98,13 +80,13 @@ def heads_retrieval(
     length_list, depth_list, k_list = numbers(lengths, "--lengths", int), numbers(depths, "--depths"), numbers(ks, "--ks", int)
     if not length_list or not depth_list or any(x < 1 for x in length_list) or any(not 0 <= d <= 100 for d in depth_list):
         raise InterpError("--lengths must be positive token counts and --depths percentages from 0 to 100")
-    out = _out(out, "retrieval")
+    out = default_out(out, "retrieval")
     console = Console(stderr=True)
     t0 = time.perf_counter()
     m = load_model(console, model, "torch", device, dtype)
     with console.status("decoding needle-in-a-haystack prompts"):
-        result = retrieval_run(m, length_list, depth_list, k_list, n_random, max_new_tokens, seed, _command())
-    _finish(console, result, out, t0, as_json)
+        result = retrieval_run(m, length_list, depth_list, k_list, n_random, max_new_tokens, seed, command_line())
+    finish(console, result, out, t0, as_json)
 
 
 @neurons.command("relation")
@@ -132,13 +114,13 @@ def neurons_relation(
     k_list = numbers(ks, "--ks", int)
     if k < 1 or any(x < 1 for x in k_list):
         raise InterpError("--k and every --ks value must be at least 1")
-    out = _out(out, "neurons")
+    out = default_out(out, "neurons")
     console = Console(stderr=True)
     t0 = time.perf_counter()
     m = load_model(console, model, backend, device, dtype)
     with console.status("scoring neurons and zeroing them"):
-        result = neurons_run(m, names, k, sweep, k_list, n_identification, keep_correct, seed, command=_command())
-    _finish(console, result, out, t0, as_json)
+        result = neurons_run(m, names, k, sweep, k_list, n_identification, keep_correct, seed, command=command_line())
+    finish(console, result, out, t0, as_json)
 
 
 def voids(
@@ -159,13 +141,13 @@ def voids(
         raise InterpError(f"--alpha must be in (0, 1], got {alpha}")
     if max_new_tokens < 1:
         raise InterpError("--max-new-tokens must be at least 1")
-    out = _out(out, "voids")
+    out = default_out(out, "voids")
     console = Console(stderr=True)
     t0 = time.perf_counter()
     m = load_model(console, model, "torch", device, dtype)
     with console.status("measuring layer usage"):
-        result = voids_run(m, list(prompt), max_new_tokens, alpha, chat, mc, command=_command())
-    _finish(console, result, out, t0, as_json)
+        result = voids_run(m, list(prompt), max_new_tokens, alpha, chat, mc, command=command_line())
+    finish(console, result, out, t0, as_json)
 
 
 @circuit.command("build")
@@ -186,16 +168,16 @@ def circuit_build(
 
     if top_k < 0:
         raise InterpError("--top-k must be 0 (no limit) or more")
-    out = _out(out, "circuit")
+    out = default_out(out, "circuit")
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    result, built = circuit_build_run(str(run), method, split(components) or None, top_k or None, min_abs, _command())
+    result, built = circuit_build_run(str(run), method, split(components) or None, top_k or None, min_abs, command_line())
     if edges:
         m = load_model(console, model, backend, device, dtype)
         with console.status("path patching between the circuit's heads"):
             add_path_edges(m, built, result, str(run))
     built.save(out)
-    _finish(console, result, out, t0, as_json)
+    finish(console, result, out, t0, as_json)
 
 
 @circuit.command("overlap")
@@ -208,9 +190,9 @@ def circuit_overlap(
     """Shared nodes of two circuits: intersection over union and over each."""
     from circuits.runs import circuit_overlap_run
 
-    out = _out(out, "overlap")
+    out = default_out(out, "overlap")
     t0 = time.perf_counter()
-    _finish(Console(stderr=True), circuit_overlap_run(str(a), str(b), _command()), out, t0, as_json)
+    finish(Console(stderr=True), circuit_overlap_run(str(a), str(b), command_line()), out, t0, as_json)
 
 
 @circuit.command("faithfulness")
@@ -230,11 +212,11 @@ def circuit_faithfulness(
 
     if reference not in ("clean", "corrupt", "both"):
         raise InterpError(f"unknown --reference '{reference}': use clean, corrupt or both")
-    out = _out(out, "faithfulness")
+    out = default_out(out, "faithfulness")
     console = Console(stderr=True)
     t0 = time.perf_counter()
     m = load_model(console, model, backend, device, dtype)
     prompts = _prompts(m, task, n_prompts, seed)
     with console.status("ablating outside the circuit"):
-        result = circuit_faithfulness_run(m, str(circuit_path), prompts, metric, reference, keep_mlps, seed, command=_command())
-    _finish(console, result, out, t0, as_json)
+        result = circuit_faithfulness_run(m, str(circuit_path), prompts, metric, reference, keep_mlps, seed, command=command_line())
+    finish(console, result, out, t0, as_json)

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from interp.errors import InterpError
 
@@ -42,3 +56,35 @@ def progress_bar(console: Console) -> Progress:
     """A rich progress bar with a description, bar, count and time remaining."""
     return Progress(TextColumn("{task.description:<13}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=console, transient=False)
+
+
+# Options and helpers of the commands that write one run folder (interp steer ..., heads, neurons, voids, circuit).
+MODEL = typer.Option("smollm2-135m", help="Model name (see `interp models`), HF id or local path.")
+BACKEND = typer.Option("lens", help="lens (TransformerLens bridge), nnsight or torch.")
+DEVICE = typer.Option("cpu", help="cpu, cuda, cuda:1, mps.")
+DTYPE = typer.Option("float32", help="float32, bfloat16 or float16.")
+SEED = typer.Option(0, help="Seed for generated prompts, sampling and splits.")
+AS_JSON = typer.Option(False, "--json", help="Print the manifest as JSON on stdout.")
+
+
+def command_line() -> str:
+    """The command as typed, for the manifest."""
+    return "interp " + shlex.join(sys.argv[1:])
+
+
+def default_out(out: Path | None, name: str) -> Path:
+    """``out``, or ``runs/<name>-<time>``."""
+    return out or Path("runs") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def finish(console: Console, result, out: Path, t0: float, as_json: bool, summary: str | None = None) -> None:
+    """Save the run (with its total time), then print the manifest as JSON or a summary and the report's path."""
+    result.manifest.setdefault("timings", {})["total_s"] = round(time.perf_counter() - t0, 3)
+    result.save(out)
+    if as_json:
+        print(json.dumps(result.manifest, indent=2))
+        return
+    if summary is None:
+        summary = next((note["text"] for note in result.manifest.get("notes", [])), "")
+    console.print(summary, highlight=False)
+    console.print(f"report: {(Path(out) / 'report.html').resolve()}")

@@ -2,47 +2,30 @@
 
 from __future__ import annotations
 
-import json
-import shlex
-import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from interp.cli_support import load_model, numbers, progress_bar
+from interp.cli_support import (
+    AS_JSON,
+    BACKEND,
+    DEVICE,
+    DTYPE,
+    MODEL,
+    SEED,
+    command_line,
+    default_out,
+    finish,
+    load_model,
+    numbers,
+    progress_bar,
+)
 from interp.errors import InterpError
 
 app = typer.Typer(help="Steering: build control vectors, sweep them, generate, attack, and EAST.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
-
-MODEL = typer.Option("smollm2-135m", help="Model name (see `interp models`), HF id or local path.")
-BACKEND = typer.Option("lens", help="lens (TransformerLens bridge), nnsight or torch.")
-DEVICE = typer.Option("cpu", help="cpu, cuda, cuda:1, mps.")
-DTYPE = typer.Option("float32", help="float32, bfloat16 or float16.")
-SEED = typer.Option(0, help="Seed for prompts, sampling and splits.")
-AS_JSON = typer.Option(False, "--json", help="Print the manifest as JSON on stdout.")
-
-
-def _command() -> str:
-    return "interp " + shlex.join(sys.argv[1:])
-
-
-def _out(out: Path | None, name: str) -> Path:
-    return out or Path("runs") / f"steer-{name}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def _finish(console: Console, result, out: Path, t0: float, as_json: bool, summary: str) -> None:
-    result.manifest.setdefault("timings", {})["total_s"] = round(time.perf_counter() - t0, 3)
-    result.save(out)
-    if as_json:
-        print(json.dumps(result.manifest, indent=2))
-    else:
-        console.print(summary)
-        console.print(f"report: {(Path(out) / 'report.html').resolve()}")
-
 
 def _where(text: str) -> str | int:
     if text in ("all", "prompt", "generated"):
@@ -88,13 +71,13 @@ def build(
         raise InterpError("--n must be at least 1")
     layer_list = numbers(layers, "--layers", int) or None
     pos = _position(position)
-    out = _out(out, "build")
+    out = default_out(out, "steer-build")
     console = Console(stderr=True)
     t0 = time.perf_counter()
     m = load_model(console, model, backend, device, dtype)
     with console.status(f"building {method} vectors from {task}"):
         result, vectors = build_run(m, task, method, layer_list, pos, n, only_correct, contrast, n_rules, seed,
-                                    command=_command())
+                                    command=command_line())
     vectors.save(out / "vectors")
     summary = f"{method} vectors for layers {vectors.layers[0]}..{vectors.layers[-1]}: {out / 'vectors'}.safetensors"
     if export_gguf:
@@ -102,7 +85,7 @@ def build(
 
         write_gguf(vectors.select([layer for layer in vectors.layers if layer >= 1]), export_gguf)
         summary += f"; llama.cpp GGUF: {export_gguf}"
-    _finish(console, result, out, t0, as_json, summary)
+    finish(console, result, out, t0, as_json, summary)
 
 
 @app.command("eval")
@@ -129,13 +112,13 @@ def evaluate(
     if n < 1:
         raise InterpError("--n must be at least 1")
     where = positions if positions in ("all", "last") else _where(positions)
-    out = _out(out, "eval")
+    out = default_out(out, "steer-eval")
     console = Console(stderr=True)
     t0 = time.perf_counter()
     m = load_model(console, model, backend, device, dtype)
     with console.status(f"sweeping {len(coeffs)} coefficients"):
-        result = eval_run(m, str(vectors), layer_list, task, coeffs, n, keep_norm, where, n_rules, seed, command=_command())
-    _finish(console, result, out, t0, as_json, result.manifest["notes"][0]["text"])
+        result = eval_run(m, str(vectors), layer_list, task, coeffs, n, keep_norm, where, n_rules, seed, command=command_line())
+    finish(console, result, out, t0, as_json, result.manifest["notes"][0]["text"])
 
 
 @app.command()
@@ -167,15 +150,15 @@ def attack(
     if not 0 < fpr < 1 or not 0 < test_fraction < 1:
         raise InterpError("--fpr and --test-fraction must be between 0 and 1")
     layers = search if search in ("half", "all") else numbers(search, "--search", int)
-    out = _out(out, "attack")
+    out = default_out(out, "steer-attack")
     console = Console(stderr=True)
     t0 = time.perf_counter()
     m = load_model(console, model, backend, device, dtype)
     with console.status(f"attacking {behaviour}"):
         result, vectors = attack_run(m, behaviour, n, test_fraction, layers, js_variant, layer, multiplier, reference_doubling,
-                                     system, pair_tokens, max_new_tokens, fpr, seed, command=_command())
+                                     system, pair_tokens, max_new_tokens, fpr, seed, command=command_line())
     save_attack(result, vectors, out)
-    _finish(console, result, out, t0, as_json, result.manifest["notes"][0]["text"])
+    finish(console, result, out, t0, as_json, result.manifest["notes"][0]["text"])
 
 
 @app.command()
@@ -204,16 +187,16 @@ def east(
         raise InterpError("--episodes, --steps and --k must be at least 1")
     if any(t <= 0 for t in temperature_list):
         raise InterpError(f"--temperatures must be positive, got {temperatures}")
-    out = _out(out, "east")
+    out = default_out(out, "steer-east")
     console = Console(stderr=True)
     t0 = time.perf_counter()
     m = load_model(console, model, backend, device, dtype)
     with progress_bar(console) as bar:
         task = bar.add_task("EAST", total=1 + len(beta_list) + len(temperature_list))
         result = east_run(m, layer, agent, beta_list, temperature_list, episodes, steps, k, center,
-                          str(vector_file) if vector_file else None, seed, out, _command(), lambda: bar.advance(task))
+                          str(vector_file) if vector_file else None, seed, out, command_line(), lambda: bar.advance(task))
     lines = result.manifest["notes"][0]["text"].replace("\n", "; ")
-    _finish(console, result, out, t0, as_json, lines + ("" if result.manifest["status"] == "complete" else " (interrupted)"))
+    finish(console, result, out, t0, as_json, lines + ("" if result.manifest["status"] == "complete" else " (interrupted)"))
 
 
 @app.command()
@@ -235,15 +218,15 @@ def generate(
     from steering.runs import generate_run
 
     where_value = _where(where)
-    out = _out(out, "generate")
+    out = default_out(out, "steer-generate")
     console = Console(stderr=True)
     t0 = time.perf_counter()
     m = load_model(console, model, backend, device, dtype)
     with console.status("generating"):
         result = generate_run(m, list(prompt), str(vectors) if vectors else None, numbers(layers, "--layers", int), coeff,
-                              where_value, keep_norm, chat, max_new_tokens, temperature, seed, _command())
+                              where_value, keep_norm, chat, max_new_tokens, temperature, seed, command_line())
     rows = result.manifest["generations"]
     text = "\n".join(f"{r['prompt']!r}\n  unsteered: {r['unsteered']!r}" + (f"\n  steered:   {r['steered']!r}" if "steered" in r else "")
                      for r in rows)
-    _finish(console, result, out, t0, as_json, text)
+    finish(console, result, out, t0, as_json, text)
 
