@@ -20,18 +20,11 @@ import time
 import torch
 
 import interp
-from steering.attack import (
-    attack_vectors,
-    contrast_pairs,
-    default_set,
-    effective_coeff,
-    evaluate_attack,
-    split_rows,
-)
-from steering.behaviour_sets import HARMLESS, SYSTEM_PROMPTS, chat_prompt, detector_pool
+from interp.chat import chat_prompt
+from steering.attack import attack_vectors, contrast_pairs, default_set, effective_coeff, evaluate_attack, split_rows
+from steering.behaviour_sets import HARMLESS, SYSTEM_PROMPTS, detector_pool
 from steering.detector import detection_rates, fit_detector
 
-SYSTEMS = SYSTEM_PROMPTS
 
 
 def fmt_scores(layers: list[int], scores: list[float]) -> str:
@@ -45,7 +38,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=0, help="rows per behaviour set (0: all)")
     parser.add_argument("--test-fraction", type=float, default=0.5)
     parser.add_argument("--behaviours", default="truthfulness,refusal")
-    parser.add_argument("--system", action="append", choices=sorted(SYSTEMS),
+    parser.add_argument("--system", action="append", choices=sorted(SYSTEM_PROMPTS),
                         help="system prompts to try (repeatable); default: 'default' for truthfulness, 'safe' for refusal "
                              "(SmolLM2 with its own system prompt barely refuses)")
     parser.add_argument("--layers", default="half", help="'half', 'all' or a comma list of layers to search")
@@ -72,7 +65,7 @@ def main() -> None:
         train, test = split_rows(rows, args.test_fraction, args.seed)
         for system_name in args.system or ["default" if behaviour == "truthfulness" else "safe"]:
             t = time.perf_counter()
-            pairs = contrast_pairs(model, behaviour, train, SYSTEMS[system_name], "greedy", args.pair_tokens, args.backend)
+            pairs = contrast_pairs(model, behaviour, train, SYSTEM_PROMPTS[system_name], "greedy", args.pair_tokens, args.backend)
             layers = args.layers if args.layers in ("half", "all") else [int(x) for x in args.layers.split(",")]
             vectors = attack_vectors(model, pairs, layers, args.js_variant, args.backend)
             meta = vectors.meta
@@ -114,7 +107,7 @@ def main() -> None:
             # detector: calibrate on clean chat prompts, held-out clean for FPR, the same held-out steered for TPR
             pool = detector_pool()
             random.Random(args.seed).shuffle(pool)
-            prompts = [chat_prompt(model, p, SYSTEMS[system_name]) for p in pool]
+            prompts = [chat_prompt(model, p, SYSTEM_PROMPTS[system_name]) for p in pool]
             calib, held = prompts[: len(prompts) // 2], prompts[len(prompts) // 2:]
             det_layers = [meta["layer"]] + [int(x) for x in args.also_layers.split(",") if x and int(x) != meta["layer"]]
             for layer in det_layers:

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from circuits.voids import chat_prompt, generate_with_voids, void_map
+from circuits.voids import generate_with_voids, void_map
+from interp.chat import chat_prompt
 from interp.errors import InterpError
 from interp.model import Model
 

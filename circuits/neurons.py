@@ -46,20 +46,6 @@ def answer_first_tokens(model: Model, prompt: RelationPrompt) -> list[int]:
     return firsts
 
 
-def _length_groups(model: Model, texts: Sequence[str]) -> list[tuple[list[int], torch.Tensor]]:
-    """Row indices and token ids per (token length, chunk of at most BATCH rows): no padding needed."""
-    ids = [model.tokenizer(t)["input_ids"] for t in texts]
-    groups: dict[int, list[int]] = {}
-    for i, row in enumerate(ids):
-        groups.setdefault(len(row), []).append(i)
-    out = []
-    for rows in groups.values():
-        for start in range(0, len(rows), BATCH):
-            chunk = rows[start:start + BATCH]
-            out.append((chunk, torch.tensor([ids[i] for i in chunk], dtype=torch.long)))
-    return out
-
-
 def correct_mask(model: Model, prompts: Sequence[RelationPrompt], interventions: Sequence[Intervention] = (),
                  backend: str | None = None) -> torch.Tensor:
     """Bool ``[n]``: whether the next-token argmax is the first token of an accepted answer."""
@@ -67,7 +53,7 @@ def correct_mask(model: Model, prompts: Sequence[RelationPrompt], interventions:
         raise InterpError("no prompts to score: give at least one")
     hits = torch.zeros(len(prompts), dtype=torch.bool)
     with torch.no_grad():
-        for rows, tokens in _length_groups(model, [p.text for p in prompts]):
+        for rows, tokens in model.length_groups([p.text for p in prompts], BATCH):
             pred = model.run(tokens, list(interventions), backend=backend).logits[:, -1].argmax(-1).cpu()
             for row, p in zip(rows, pred.tolist()):
                 hits[row] = p in answer_first_tokens(model, prompts[row])
@@ -133,7 +119,7 @@ def pooled_responses(model: Model, texts: Sequence[str], kind: str = "mlp_act", 
     sites = [f"{kind}.{layer}" for layer in range(model.n_layers)]
     out: torch.Tensor | None = None
     with torch.no_grad():
-        for rows, tokens in _length_groups(model, texts):
+        for rows, tokens in model.length_groups(texts, BATCH):
             acts = model.run(tokens, read=sites, backend=backend).acts
             pooled = torch.stack([acts[s].float().mean(1).flatten(1).cpu() for s in sites], 1)
             if out is None:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from interp.chat import chat_prompt
 from interp.errors import InterpError
 from interp.interventions import Intervention
 from interp.model import Model
@@ -244,11 +245,3 @@ def void_usage(model: Model, prompts: Sequence[str], max_new_tokens: int = 16, a
     usage_pp = torch.cat([g.prompt.activated for g in gens]).float().mean(0)
     usage_rg = torch.cat([g.response.activated for g in gens]).float().mean(0)
     return VoidUsage(alpha, usage_pp, usage_rg, gens)
-
-
-def chat_prompt(model: Model, user: str) -> str:
-    """``user`` wrapped in the model's chat template, ending where the assistant's reply starts."""
-    if not getattr(model.tokenizer, "chat_template", None):
-        raise InterpError(f"model '{model.name}' has no chat template; use chat=False")
-    return model.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                               add_generation_prompt=True)

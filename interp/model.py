@@ -93,6 +93,25 @@ class Model:
             raise InterpError(f"prompts tokenize to different lengths {sorted({len(i) for i in ids})}; run them separately or make them equal")
         return torch.tensor(ids, dtype=torch.long, device=self.device)
 
+    def length_groups(self, texts: Sequence[str], max_rows: int | None = None) -> list[tuple[list[int], torch.Tensor]]:
+        """Texts grouped by token length, so each group runs as one batch with no padding.
+
+        Returns (row indices, token ids [rows, length]) per group, in at most ``max_rows`` rows each.
+        """
+        if isinstance(texts, str) or not texts:
+            raise InterpError("give a non-empty list of texts")
+        ids = [self.tokenizer(t)["input_ids"] for t in texts]
+        groups: dict[int, list[int]] = {}
+        for i, row in enumerate(ids):
+            groups.setdefault(len(row), []).append(i)
+        out = []
+        for rows in groups.values():
+            step = max_rows or len(rows)
+            for start in range(0, len(rows), step):
+                chunk = rows[start:start + step]
+                out.append((chunk, torch.tensor([ids[i] for i in chunk], dtype=torch.long, device=self.device)))
+        return out
+
     @property
     def device(self) -> torch.device:
         return next(self.hf.parameters()).device

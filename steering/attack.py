@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from interp.chat import chat_prompt
 from interp.errors import InterpError
 from interp.interventions import Add
 from interp.model import Model
-from steering.behaviour_sets import (chat_prompt, harmless_set, refusal_rate, refusal_set, replies, truthfulness_scores,
+from steering.behaviour_sets import (harmless_set, refusal_rate, refusal_set, replies, truthfulness_scores,
                                      truthfulness_set)
 from steering.vectors import VectorSet, contrast_vectors, read_activations
 

@@ -21,12 +21,13 @@ from typing import Sequence
 
 import torch
 
+from interp.chat import chat_prompt
 from interp.errors import InterpError
 from interp.model import Model
 from interp.results import RunResult, describe_tensor, run_header
 from steering.attack import (BEHAVIOURS, attack_vectors, contrast_pairs, default_set, effective_coeff, evaluate_attack,
                              split_rows)
-from steering.behaviour_sets import SYSTEM_PROMPTS, chat_prompt, detector_pool, harmless_set
+from steering.behaviour_sets import SYSTEM_PROMPTS, detector_pool, harmless_set
 from steering.detector import SCORES, detection_rates, fit_detector
 from steering.vectors import VectorSet
 

@@ -12,7 +12,7 @@ The text of every set is written by this project (the facts are ordinary facts):
   ``request``) for false-refusal checks. Scored by refusal phrases in the greedy reply
   (`is_refusal`, `refusal_rate`).
 
-Prompts are chat-formatted with the tokenizer's own template (`chat_prompt`); SmolLM2's template
+Prompts are chat-formatted with the tokenizer's own template (`interp.chat.chat_prompt`); SmolLM2's template
 adds its default system prompt when none is given.
 
 >>> is_refusal("I'm sorry, but I can't help with that.")
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from interp.chat import chat_prompt
 from interp.errors import InterpError
 from interp.interventions import Add
 from interp.model import Model
@@ -194,23 +195,6 @@ def harmless_set() -> "datasets.Dataset":
     import datasets
 
     return datasets.Dataset.from_dict({"request": list(HARMLESS)})
-
-
-def chat_prompt(model: Model, message: str, system: str | None = None) -> str:
-    """``message`` as one user turn in the model's chat template, ready for the assistant's reply.
-
-    ``system=None`` keeps the template's own default (SmolLM2: "You are a helpful AI assistant
-    named SmolLM..."). A leading BOS text is dropped when the tokenizer adds BOS itself.
-    """
-    tok = model.tokenizer
-    if not getattr(tok, "chat_template", None):
-        raise InterpError(f"{model.name}'s tokenizer has no chat template; use an instruction-tuned model such as smollm2-135m")
-    turns = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": message}]
-    text = tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    bos = tok.bos_token
-    if bos and text.startswith(bos) and tok("a")["input_ids"][:1] == [tok.bos_token_id]:
-        text = text[len(bos):]
-    return text
 
 
 def is_refusal(reply: str) -> bool:

@@ -99,13 +99,8 @@ def site_activations(model: Model, prompts: Sequence[str], site: str, edits: Seq
     """The activation ``[pos, d]`` at ``site`` for every prompt (run in groups of equal length)."""
     if not prompts:
         raise InterpError("no prompts to read activations from")
-    ids = [model.tokenizer(p)["input_ids"] for p in prompts]
-    out: list[torch.Tensor | None] = [None] * len(ids)
-    groups: dict[int, list[int]] = {}
-    for i, row in enumerate(ids):
-        groups.setdefault(len(row), []).append(i)
-    for rows in groups.values():
-        tokens = torch.tensor([ids[i] for i in rows], device=model.device)
+    out: list[torch.Tensor | None] = [None] * len(prompts)
+    for rows, tokens in model.length_groups(prompts):
         with torch.no_grad():
             acts = model.run(tokens, list(edits), read=[site], backend=backend).acts[site]
         for j, i in enumerate(rows):

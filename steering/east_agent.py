@@ -76,13 +76,8 @@ def agent_steps(model: Model, prompts: list[str], k: int = 8, temperature: float
         raise InterpError(f"temperature must be positive for a sampled thought, got {temperature}")
     layer = model.n_layers // 2 if layer is None else model.site(f"resid_post.{layer}").layer
     gen = generator or torch.Generator().manual_seed(0)
-    ids = [model.tokenizer(p)["input_ids"] for p in prompts]
-    by_length: dict[int, list[int]] = {}
-    for i, row in enumerate(ids):
-        by_length.setdefault(len(row), []).append(i)
     steps: list[AgentStep | None] = [None] * len(prompts)
-    for rows in by_length.values():
-        tokens = torch.tensor([ids[i] for i in rows], device=model.device)
+    for rows, tokens in model.length_groups(prompts):
         for i, step in zip(rows, _think_and_act(model, tokens, k, temperature, layer, vector, beta, max_thought_tokens, gen)):
             steps[i] = step
     return steps
@@ -214,13 +209,22 @@ def entropy_sweep(model: Model, vector: torch.Tensor, layer: int, betas: list[fl
     Ctrl-C ends the sweep early and returns the settings finished so far (``complete=False``).
     """
     sweep = EntropySweep(list(betas), [], list(temperatures), [])
-    settings = [("beta", b) for b in betas] + [("temperature", t) for t in temperatures]
+    unsteered: dict[float, Rollout] = {}  # beta 0 at temperature 1 is the unsteered run at temperature 1: played once
     try:
-        for kind, value in settings:
-            if kind == "beta":
-                sweep.beta_rollouts.append(play(model, agent, layer=layer, vector=vector, beta=value, temperature=1.0, **options))
+        for beta in betas:
+            if beta == 0 and 1.0 in unsteered:
+                rollout = unsteered[1.0]
             else:
-                sweep.temperature_rollouts.append(play(model, agent, layer=layer, temperature=value, **options))
+                rollout = play(model, agent, layer=layer, vector=vector, beta=beta, temperature=1.0, **options)
+            if beta == 0:
+                unsteered[1.0] = rollout
+            sweep.beta_rollouts.append(rollout)
+            if progress:
+                progress()
+        for temperature in temperatures:
+            if temperature not in unsteered:
+                unsteered[temperature] = play(model, agent, layer=layer, temperature=temperature, **options)
+            sweep.temperature_rollouts.append(unsteered[temperature])
             if progress:
                 progress()
     except KeyboardInterrupt:

@@ -23,15 +23,12 @@ from interp.model import Model
 from interp.results import RunResult, describe_tensor, run_header
 from steering.east import east_vector
 from steering.east_agent import AGENTS, entropy_sweep, play
-from steering.vectors import VectorSet
+from steering.vectors import VectorSet, load_vector_set
 
 
 def _vector(model: Model, layer: int, vector_file: str | None, center: bool, rollout_options: dict, agent: str) -> tuple[VectorSet, dict]:
     if vector_file:
-        vectors = VectorSet.load(vector_file)
-        if vectors.model != model.name:
-            raise InterpError(f"{vector_file} was built on {vectors.model}, not {model.name}; build one on this model")
-        return vectors.select([layer]), {"vector_file": str(vector_file)}
+        return load_vector_set(model, vector_file, [layer]), {"vector_file": str(vector_file)}
     collected = play(model, agent, layer=layer, **rollout_options)
     u = east_vector(collected.acts.flatten(0, 1), collected.entropy.flatten(), center=center)
     meta = {"agent": agent, "center": center, "collection_entropy": round(float(collected.entropy.mean()), 4),

@@ -59,13 +59,9 @@ def generate(model: Model, prompts: str | Sequence[str], steer: dict[str, torch.
     for site in steer or {}:
         model.site(site)
     gen = torch.Generator().manual_seed(seed)
-    ids = [model.tokenizer(t)["input_ids"] for t in texts]
     out: list[str] = [""] * len(texts)
-    groups: dict[int, list[int]] = {}
-    for i, row in enumerate(ids):
-        groups.setdefault(len(row), []).append(i)
-    for prompt_len, rows in groups.items():
-        tokens = torch.tensor([ids[i] for i in rows], device=model.device)
+    for rows, tokens in model.length_groups(texts):
+        prompt_len = tokens.shape[1]
         step = _recompute_step(model, steer, coeff, where, keep_norm, prompt_len, backend) if backend else \
             _cached_step(model, steer, coeff, where, keep_norm, prompt_len)
         for _ in range(max_new_tokens):

@@ -16,27 +16,19 @@ from typing import Sequence
 
 import torch
 
+from interp.chat import chat_prompt
 from interp.errors import InterpError
 from interp.model import Model
 from interp.results import RunResult, describe_tensor, run_header
-from steering.behaviour_sets import chat_prompt
 from steering.generate import generate
 from steering.puzzles import PuzzleSet, load_puzzles
 from steering.reasoning import vectors_from_puzzles
 from steering.sweep import DEFAULT_COEFFICIENTS, coefficient_sweep
-from steering.vectors import VectorSet, build_vectors
+from steering.vectors import VectorSet, build_vectors, load_vector_set
 
 PUZZLE_TASKS = ("deduction", "ioi")
 BEHAVIOUR_TASKS = ("truthfulness", "refusal")
 TASK_HELP = "deduction, ioi, truthfulness, refusal, or a JSONL file"
-
-
-def load_vector_set(model: Model, path: str, layers: Sequence[int] = ()) -> VectorSet:
-    """A saved vector set built on ``model``, restricted to ``layers`` (empty: all of its layers)."""
-    vectors = VectorSet.load(path)
-    if vectors.model != model.name:
-        raise InterpError(f"{path} was built on {vectors.model}, not {model.name}; build a vector set on this model")
-    return vectors.select(layers) if layers else vectors
 
 
 def generate_run(model: Model, prompts: list[str], vector_file: str | None = None, layers: Sequence[int] = (), coeff: float = 1.0,

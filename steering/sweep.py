@@ -123,17 +123,6 @@ def candidate_ids(model: Model, candidates: torch.Tensor | Sequence[Sequence[str
     return ids
 
 
-def length_groups(model: Model, prompts: Sequence[str]) -> list[tuple[list[int], torch.Tensor]]:
-    """The prompts' row indices and token ids ``[rows, length]``, one group per token length."""
-    if isinstance(prompts, str) or not prompts:
-        raise InterpError("give a non-empty list of prompts")
-    ids = [model.tokenizer(p)["input_ids"] for p in prompts]
-    groups: dict[int, list[int]] = {}
-    for i, row in enumerate(ids):
-        groups.setdefault(len(row), []).append(i)
-    return [(rows, torch.tensor([ids[i] for i in rows], dtype=torch.long)) for rows in groups.values()]
-
-
 def last_logits(model: Model, tokens: torch.Tensor, edits: Sequence[Add] = (), backend: str | None = None) -> torch.Tensor:
     """Float32 logits ``[rows, vocab]`` at the last position (on the CPU)."""
     with torch.no_grad():
@@ -146,7 +135,7 @@ def candidate_hits(model: Model, prompts: Sequence[str], candidates: torch.Tenso
     cand = candidate_ids(model, candidates, len(prompts))
     right = _correct(correct, cand)
     hits = torch.zeros(len(prompts), dtype=torch.bool)
-    for rows, tokens in length_groups(model, prompts):
+    for rows, tokens in model.length_groups(prompts):
         logits = last_logits(model, tokens, backend=backend)
         hits[rows] = logits.gather(-1, cand[rows]).argmax(-1) == right[rows]
     return hits
@@ -188,7 +177,7 @@ def coefficient_sweep(model: Model, vectors: VectorSet | torch.Tensor, layers: i
     k, n = len(coefficients), len(prompts)
     kl, entropy, p_right, p_wrong = (torch.zeros(k, n) for _ in range(4))
     hits = torch.zeros(k, n, dtype=torch.bool)
-    for rows, tokens in length_groups(model, prompts):
+    for rows, tokens in model.length_groups(prompts):
         where = _positions(positions, tokens.shape[1])
         plain = last_logits(model, tokens, backend=backend)
         for i, coeff in enumerate(coefficients):

@@ -85,15 +85,11 @@ def read_activations(model: Model, prompts: Sequence[str], kind: str = "resid_po
         raise InterpError("no prompts to read activations from")
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     sites = [f"{kind}.{layer}" for layer in layers]
-    ids = [model.tokenizer(p)["input_ids"] for p in prompts]
     out = torch.empty(len(prompts), len(layers), model.d_model)
-    by_length: dict[int, list[int]] = {}
-    for i, row in enumerate(ids):
-        by_length.setdefault(len(row), []).append(i)
-    for length, rows in by_length.items():
+    for rows, tokens in model.length_groups(prompts):
+        length = tokens.shape[1]
         if position != "mean" and not -length <= position < length:
             raise InterpError(f"position {position} is outside a prompt of {length} tokens: {prompts[rows[0]]!r}")
-        tokens = torch.tensor([ids[i] for i in rows], device=model.device)
         with torch.no_grad():
             acts = model.run(tokens, read=sites, backend=backend).acts
         stacked = torch.stack([acts[s] for s in sites], dim=1)  # [rows, layers, pos, d]
@@ -150,3 +146,11 @@ def build_vectors(model: Model, positive: Sequence[str], negative: Sequence[str]
     vectors = contrast_vectors(pos, neg, method, seed)
     meta = {"n_positive": len(positive), "n_negative": len(negative or []), **(provenance or {})}
     return VectorSet(model.name, kind, layers, vectors, method, position, meta)
+
+
+def load_vector_set(model: Model, path: str, layers: Sequence[int] = ()) -> VectorSet:
+    """A saved vector set built on ``model``, restricted to ``layers`` (empty: all of its layers)."""
+    vectors = VectorSet.load(path)
+    if vectors.model != model.name:
+        raise InterpError(f"{path} was built on {vectors.model}, not {model.name}; build a vector set on this model")
+    return vectors.select(layers) if layers else vectors

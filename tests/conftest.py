@@ -5,6 +5,11 @@ not change their weights. A `Model` builds its backends lazily and caches them, 
 the lens, nnsight and torch backends alike (``model.run(..., backend="nnsight")``).
 """
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 import interp
@@ -32,3 +37,18 @@ def smollm2() -> interp.Model:
 def smollm2_tokenizer(smollm2):
     """SmolLM2's tokenizer (adds no BOS)."""
     return smollm2.tokenizer
+
+
+@pytest.fixture(scope="session")
+def interp_cli():
+    """Run the installed ``interp`` script as a subprocess: ``interp_cli("steer", "east", ...)`` -> CompletedProcess.
+
+    A wide plain terminal (no wrapping or colour codes) and one BLAS thread per process.
+    """
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb", "OMP_NUM_THREADS": "1"}
+    script = Path(sys.executable).parent / "interp"
+
+    def run(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+
+    return run

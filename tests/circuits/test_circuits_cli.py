@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,12 +11,6 @@ from circuits.graph import Circuit, node_scores, threshold
 from interp.results import load_run
 
 TINY = ["--model", "tiny-llama"]
-ENV = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb", "OMP_NUM_THREADS": "1"}
-
-
-def interp_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / "interp"), *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=300)
 
 
 def _ok(proc):
@@ -29,13 +19,13 @@ def _ok(proc):
 
 
 @pytest.fixture(scope="module")
-def patch_run(tmp_path_factory):
+def patch_run(tmp_path_factory, interp_cli):
     out = tmp_path_factory.mktemp("patch") / "run"
     _ok(interp_cli("patch", *TINY, "--n-prompts", "2", "--components", "head_out,mlp_out", "--out", out))
     return out
 
 
-def test_build_overlap_and_faithfulness(patch_run, tmp_path):
+def test_build_overlap_and_faithfulness(patch_run, tmp_path, interp_cli):
     _ok(interp_cli("circuit", "build", "--run", patch_run, "--top-k", "5", "--out", tmp_path / "a"))
     _ok(interp_cli("circuit", "build", "--run", patch_run, "--top-k", "3", "--components", "head_out", "--out", tmp_path / "b"))
     a, b = Circuit.load(tmp_path / "a"), Circuit.load(tmp_path / "b")
@@ -55,7 +45,7 @@ def test_build_overlap_and_faithfulness(patch_run, tmp_path):
         assert load_run(tmp_path / flag).manifest["faithfulness"]["n_ablated"] == n_ablated, flag
 
 
-def test_heads_detect_and_voids(tmp_path):
+def test_heads_detect_and_voids(tmp_path, interp_cli):
     _ok(interp_cli("heads", "detect", *TINY, "--n-prompts", "3", "--out", tmp_path / "h"))
     run = load_run(tmp_path / "h")
     for name in ("heads/induction", "heads/previous_token", "heads/duplicate_token", "dla/head_out"):
@@ -72,7 +62,7 @@ def test_heads_detect_and_voids(tmp_path):
     (["voids", *TINY, "--alpha", "2"], ["--alpha"]),
     (["heads", "detect", *TINY, "--task", "nope"], ["nope"]),
 ])
-def test_bad_input_is_one_line(args, expected):
+def test_bad_input_is_one_line(args, expected, interp_cli):
     proc = interp_cli(*args)
     message = proc.stderr.strip()
     assert proc.returncode == 2 and "Traceback" not in message and message.count("\n") == 0, proc.stderr
@@ -80,7 +70,7 @@ def test_bad_input_is_one_line(args, expected):
         assert part in message, message
 
 
-def test_heads_retrieval_writes_scores(tmp_path):
+def test_heads_retrieval_writes_scores(tmp_path, interp_cli):
     _ok(interp_cli("heads", "retrieval", *TINY, "--lengths", "160", "--depths", "0,100", "--ks", "1", "--max-new-tokens", "3",
                    "--out", tmp_path / "r"))
     run = load_run(tmp_path / "r")
@@ -89,7 +79,7 @@ def test_heads_retrieval_writes_scores(tmp_path):
     assert run.manifest["parameters"]["n_tests"] == 6 and len(run.manifest["responses"]) == 6
 
 
-def test_neurons_relation_matrix_and_sweep(tmp_path):
+def test_neurons_relation_matrix_and_sweep(tmp_path, interp_cli):
     _ok(interp_cli("neurons", "relation", *TINY, "--relations", "capital_of,plural_of", "--no-keep-correct", "--k", "5",
                    "--sweep", "plural_of", "--ks", "2,5", "--n-identification", "6", "--out", tmp_path / "n"))
     run = load_run(tmp_path / "n")
@@ -101,7 +91,7 @@ def test_neurons_relation_matrix_and_sweep(tmp_path):
     assert bool(((run.scores["neurons/best_ap"] > 0) & (run.scores["neurons/best_ap"] <= 1)).all())
 
 
-def test_build_with_path_patching_edges(patch_run, tmp_path, tiny_llama):
+def test_build_with_path_patching_edges(patch_run, tmp_path, tiny_llama, interp_cli):
     from circuits.path_patching import path_patching
     from interp.tasks import load_prompt_set
 

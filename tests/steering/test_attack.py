@@ -9,10 +9,11 @@ import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
 
+from interp.chat import chat_prompt
 from interp.errors import InterpError
-from steering.attack import (attack_edit, attack_steer, attack_vectors, contrast_pairs, effective_coeff, js_scores, random_vector,
-                             run_attack, search_layers, split_rows)
-from steering.behaviour_sets import (answer_logprobs, chat_prompt, cut_at_eos, harmless_set, is_refusal, refusal_set,
+from steering.attack import (attack_edit, attack_steer, attack_vectors, contrast_pairs, effective_coeff, js_scores,
+                             random_vector, run_attack, search_layers, split_rows)
+from steering.behaviour_sets import (answer_logprobs, cut_at_eos, harmless_set, is_refusal, refusal_set,
                                      truthfulness_scores, truthfulness_set)
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from interp.chat import chat_prompt
 from interp.errors import InterpError
-from steering.behaviour_sets import HARMLESS, TRUTHFULNESS, chat_prompt
+from steering.behaviour_sets import HARMLESS, TRUTHFULNESS
 from steering.detector import Detector, detection_rates, fit_detector, site_activations
 
 TEXTS = [q for q, _, _ in TRUTHFULNESS[:30]] + HARMLESS  # 50 plain prompts of varied length

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,12 +12,6 @@ from steering.puzzles import load_puzzles
 from steering.vectors import VectorSet
 
 TINY = ["--model", "tiny-llama"]
-ENV = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb", "OMP_NUM_THREADS": "1"}
-
-
-def interp_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / "interp"), *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=300)
 
 
 def _ok(proc):
@@ -30,7 +20,7 @@ def _ok(proc):
     return proc
 
 
-def test_east_writes_the_sweep_tensors(tmp_path):
+def test_east_writes_the_sweep_tensors(tmp_path, interp_cli):
     out = tmp_path / "east"
     _ok(interp_cli("steer", "east", *TINY, "--episodes", "2", "--steps", "2", "--k", "2", "--betas", "0,4",
                    "--temperatures", "1,2", "--out", out))
@@ -49,7 +39,7 @@ def test_east_writes_the_sweep_tensors(tmp_path):
     assert torch.equal(load_run(again).scores["east/vector"], run.scores["east/vector"])
 
 
-def test_generate_side_by_side(tmp_path):
+def test_generate_side_by_side(tmp_path, interp_cli):
     vectors = VectorSet("tiny-llama", "resid_post", [0, 1], torch.randn(2, 64, generator=torch.Generator().manual_seed(0)) * 20,
                         "R-C", -1)
     vectors.save(tmp_path / "v")
@@ -67,7 +57,7 @@ def test_generate_side_by_side(tmp_path):
     (["east", *TINY, "--temperatures", "0"], ["--temperatures must be positive"]),
     (["generate", *TINY, "-p", "Hi", "--where", "middle"], ["--where", "middle"]),
 ])
-def test_bad_input_is_one_line(args, expected):
+def test_bad_input_is_one_line(args, expected, interp_cli):
     proc = interp_cli("steer", *args)
     message = proc.stderr.strip()
     assert proc.returncode == 2 and "Traceback" not in message and message.count("\n") == 0, proc.stderr
@@ -75,13 +65,13 @@ def test_bad_input_is_one_line(args, expected):
         assert part in message, message
 
 
-def test_usage_errors_have_no_traceback():
+def test_usage_errors_have_no_traceback(interp_cli):
     for args in (["steer", "nothing"], ["steer", "build", "extra"]):
         proc = interp_cli(*args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and "Usage:" in proc.stderr, proc.stderr
 
 
-def test_build_then_eval_on_held_out_rows(tmp_path, tiny_llama):
+def test_build_then_eval_on_held_out_rows(tmp_path, tiny_llama, interp_cli):
     _ok(interp_cli("steer", "build", *TINY, "--task", "ioi", "--n", "6", "--no-only-correct", "--layers", "0,1",
                    "--out", tmp_path / "b"))
     built = load_run(tmp_path / "b")
@@ -100,7 +90,7 @@ def test_build_then_eval_on_held_out_rows(tmp_path, tiny_llama):
     assert run.manifest["prompt_set"]["example"] == ten.positives[6]
 
 
-def test_attack_reports_before_after_random_and_the_detector(tmp_path):
+def test_attack_reports_before_after_random_and_the_detector(tmp_path, interp_cli):
     out = tmp_path / "attack"
     _ok(interp_cli("steer", "attack", *TINY, "--n", "8", "--pair-tokens", "3", "--search", "0,1", "--layer", "1",
                    "--reference-doubling", "--out", out))

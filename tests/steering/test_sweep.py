@@ -9,14 +9,14 @@ from interp.errors import InterpError
 from interp.interventions import Add
 from steering.effects import answer_accuracy, answer_mass
 from steering.puzzles import deduction_puzzles
-from steering.sweep import SweepResult, coefficient_sweep, length_groups, sweep_figure
+from steering.sweep import SweepResult, coefficient_sweep, sweep_figure
 from steering.vectors import build_vectors
 
 
 @pytest.fixture(scope="module")
 def puzzles(tiny_llama):
     rows = deduction_puzzles(tiny_llama.tokenizer, 6, seed=0)
-    assert len(length_groups(tiny_llama, rows.prompts)) > 1  # the prompts do differ in token length
+    assert len(tiny_llama.length_groups(rows.prompts)) > 1  # the prompts do differ in token length
     return rows
 
 
@@ -87,7 +87,7 @@ def test_coefficient_zero_is_bit_identical_to_the_unsteered_run(tiny_llama, puzz
         result = coefficient_sweep(tiny_llama, vector, 1, puzzles.prompts, ids, coefficients=(0.0, 1.0), keep_norm=keep_norm)
         assert torch.equal(result.kl[0], torch.zeros(6)) and result.kl_mean[0] == 0.0 and result.kl_std[0] == 0.0
         assert (result.kl[1] > 0).all()
-    for rows, tokens in length_groups(tiny_llama, puzzles.prompts):
+    for rows, tokens in tiny_llama.length_groups(puzzles.prompts):
         plain = tiny_llama.run(tokens).logits
         for backend in ("lens", "nnsight"):  # an Add with coefficient 0 changes no bit either
             zero = tiny_llama.run(tokens, [Add("resid_post.1", vector, 0.0)], backend=backend).logits
