@@ -40,8 +40,8 @@ def heads_run(model: Model, prompts: PromptSet | None = None, n_random: int = 4,
             scores[name] = value
             axes = (["prompt"] if name.endswith("/per_prompt") else []) + (["layer", "head"] if "head" in name else ["layer"])
             tensors[name] = describe_tensor(name, value, axes)
-        top = dla.heads.mean(0).flatten().abs().topk(5).indices.tolist()
         grid = dla.heads.mean(0)
+        top = grid.flatten().abs().topk(5).indices.tolist()
         lines.append("DLA (logit diff " + f"{float(dla.logit_diff.mean()):.3f}): "
                      + ", ".join(f"L{i // grid.shape[1]}H{i % grid.shape[1]} {float(grid.flatten()[i]):+.3f}" for i in top))
         manifest |= {"metric": "logit_diff", "prompt_set": {"name": prompts.name, "n_prompts": len(prompts),

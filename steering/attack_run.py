@@ -86,7 +86,8 @@ def attack_run(model: Model, behaviour: str = "truthfulness", n: int = 0, test_f
         tensors[name]["plot"] = True  # bars in the report
     metric = "truthful rate (log p(true) > log p(false))" if behaviour == "truthfulness" else "refusal rate (refusal phrase in reply)"
     summary = {key: value for key, value in result.to_dict().items() if key != "detail"}
-    detail = {key: value for key, value in result.detail.items() if not isinstance(value, (tuple, dict)) or key != "before_raw"}
+    detail = {key: value for key, value in result.detail.items() if key != "before_raw"}
+    detail["before_detail"] = result.detail["before_raw"][1]  # its rate is "before" already
     text = [f"{metric}: before {result.before:.3f}, after {result.after:.3f}, random vector of the same norm {result.random:.3f}",
             f"layer {result.layer} (chosen by {'the given --layer' if layer is not None else js_variant}), coefficient "
             f"{result.coeff:+.2f}{' (reference doubling)' if reference_doubling else ''}, |v| = {result.vector_norm:.2f}; "
