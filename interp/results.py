@@ -18,6 +18,7 @@ import os
 import platform
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from importlib import metadata
 from itertools import product
 from pathlib import Path
@@ -42,7 +43,7 @@ _VERSIONED_PACKAGES = ("interp", "torch", "transformers", "transformer-lens", "n
 # Manifest keys shown, in this order, in the report's summary table.
 _SUMMARY_KEYS = (
     "command", "model", "backend", "dtype", "prompt_set", "metric", "methods", "components",
-    "parameters", "baselines", "seed", "status", "timings",
+    "parameters", "baselines", "seed", "status", "created", "timings",
 )
 
 
@@ -282,11 +283,12 @@ class RunResult:
         metric = _metric_name(self.manifest) or "value"
         return plots.scatter(dx, dy, f"{x} (change in {metric})", f"{y} (change in {metric})", f"{y} vs {x}", labels)
 
-    def report(self) -> str:
-        """The report.html text: a summary of the manifest, one heatmap per 2-D tensor (unless its
-        manifest entry says ``"plot": false``) and one bar chart per 1-D tensor whose entry says
-        ``"plot": true``, the manifest's
-        ``notes`` as text, its ``histograms``, its ``lines`` (series against an x tensor) and its ``comparisons`` (``{"x", "y", "stats"}``) as scatter plots."""
+    def sections(self) -> list[tuple[str, str, list[go.Figure]]]:
+        """The report's sections as (title, text, figures): a summary of the manifest, one heatmap per
+        2-D tensor (unless its manifest entry says ``"plot": false``) and one bar chart per 1-D tensor
+        whose entry says ``"plot": true``, the manifest's ``notes`` as text, its ``histograms``, its
+        ``lines`` (series against an x tensor) and its ``comparisons`` (``{"x", "y", "stats"}``) as
+        scatter plots. `report` writes them as HTML; the app shows them one by one."""
         from interp import plots
 
         sections = [("Run", _summary_text(self.manifest), [])]
@@ -316,14 +318,21 @@ class RunResult:
             lines = [f"{c['y']} vs {c['x']}: " + ", ".join(f"{k} {v}" for k, v in (c.get("stats") or {}).items())
                      for c in comparisons]
             sections.append(("Comparisons", "\n".join(lines) + "\n", [self.compare(c["x"], c["y"]) for c in comparisons]))
+        return sections
+
+    def report(self) -> str:
+        """The report.html text: the `sections` as one offline HTML page."""
+        from interp import plots
+
         command = str(self.manifest.get("command", "run"))
-        return plots.report_html(command if command.startswith("interp") else f"interp {command}", sections)
+        return plots.report_html(command if command.startswith("interp") else f"interp {command}", self.sections())
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write manifest.json, scores.safetensors and report.html into `folder` (created if needed)."""
         folder = Path(folder)
         if "schema_version" not in self.manifest:
             self.manifest = {"schema_version": SCHEMA_VERSION, **self.manifest}
+        self.manifest.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
         problem = _consistency_problem(self.manifest, self.scores)
         if problem is not None:
             raise ValueError(f"cannot save this run: {problem}; describe every tensor with describe_tensor")

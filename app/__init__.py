@@ -1,0 +1,1 @@
+"""The Streamlit circuit browser (`interp app`): reads run folders, draws their figures, launches runs."""

@@ -1,0 +1,45 @@
+"""`interp app [RUNS_DIR] [--port N]`: start the Streamlit circuit browser on localhost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+
+from interp.errors import InterpError
+
+MAIN = Path(__file__).with_name("main.py")
+
+
+def streamlit_command(runs_dir: Path, port: int, host: str) -> list[str]:
+    """The `streamlit run` command line for the app."""
+    return [sys.executable, "-m", "streamlit", "run", str(MAIN), "--server.address", host, "--server.port", str(port),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--global.developmentMode", "false"]
+
+
+def app(
+    runs_dir: Path = typer.Argument(Path("runs"), help="The folder that holds the run folders (default ./runs)."),
+    port: int = typer.Option(8501, help="Port to serve on."),
+    host: str = typer.Option("localhost", help="Address to bind; localhost keeps the app on this machine."),
+) -> None:
+    """Browse run folders in a local Streamlit app: heatmaps, head maps, circuits; launch patching runs."""
+    try:
+        import streamlit  # noqa: F401
+    except ImportError:
+        raise InterpError("the app needs Streamlit: pip install 'interp[app]'") from None
+    if not runs_dir.exists():
+        raise InterpError(f"runs directory {runs_dir} does not exist: run `make demo` or an `interp` command first, or pass the folder")
+    if not runs_dir.is_dir():
+        raise InterpError(f"{runs_dir} is a file: pass the folder that holds the run folders")
+    if not 0 < port < 65536:
+        raise InterpError(f"--port {port} is not a port number: use 1-65535")
+    env = {**os.environ, "INTERP_RUNS_DIR": str(runs_dir.resolve())}
+    print(f"interp app: {runs_dir.resolve()} at http://{host}:{port} (Ctrl-C stops it)", flush=True)
+    try:
+        code = subprocess.call(streamlit_command(runs_dir, port, host), env=env)
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)

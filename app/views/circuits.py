@@ -1,0 +1,111 @@
+"""Circuits: the graph of a circuit (nodes sized by score, path-patching edges) with node details, the
+overlap of two circuits, and faithfulness runs."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.catalog import RunEntry
+from app.widgets import entry_label, pick_run, run_header, show_figure, show_notes
+from circuits.figures import circuit_figure, edges_of
+from circuits.graph import Circuit, overlap, parse_node
+from interp.errors import RunFolderError
+
+
+def _load(entry: RunEntry) -> Circuit | None:
+    try:
+        return Circuit.load(entry.path)
+    except RunFolderError as exc:
+        st.error(str(exc))
+        return None
+
+
+def node_table(circuit: Circuit) -> list[dict]:
+    """One row per node, largest |score| first."""
+    rows = []
+    for name, score in sorted(circuit.nodes.items(), key=lambda item: -abs(item[1])):
+        node = parse_node(name)
+        incoming, outgoing = edges_of(circuit, name)
+        rows.append({"node": name, "kind": node.kind, "layer": node.layer, "unit": node.unit, "pos": node.pos,
+                     "score": round(score, 5), "edges in": len(incoming), "edges out": len(outgoing)})
+    return rows
+
+
+def _graph(entries: list[RunEntry]) -> None:
+    picked = pick_run(entries, ("circuit",), key="circuit-run")
+    if picked is None:
+        return
+    entry, run = picked
+    run_header(entry, run)
+    circuit = _load(entry)
+    if circuit is None:
+        return
+    names = list(circuit.nodes)
+    chosen = st.selectbox("Node", ["(none)"] + names, key="circuit-node")
+    highlight = None if chosen == "(none)" else chosen
+    show_figure(circuit_figure(circuit, title=entry.name, highlight=highlight), key=f"graph-{entry.path}", name=f"{entry.name}_graph")
+    if highlight is not None:
+        node = parse_node(highlight)
+        incoming, outgoing = edges_of(circuit, highlight)
+        st.markdown(f"**{highlight}**: {node.kind}, layer {node.layer}"
+                    + ("" if node.unit is None else f", unit {node.unit}") + ("" if node.pos is None else f", position {node.pos}")
+                    + f"; score {circuit.nodes[highlight]:+.4f} (change in {run.manifest.get('metric') or 'the metric'} when patched)")
+        cols = st.columns(2)
+        cols[0].markdown("Edges in")
+        cols[0].dataframe([{"from": e.sender, "score": round(e.score, 5)} for e in incoming], hide_index=True)
+        cols[1].markdown("Edges out")
+        cols[1].dataframe([{"to": e.receiver, "score": round(e.score, 5)} for e in outgoing], hide_index=True)
+    if not circuit.edges:
+        st.caption("No edges: build with `interp circuit build --edges` to add path-patching edges.")
+    st.dataframe(node_table(circuit), hide_index=True, width="stretch")
+    st.caption(f"built from {circuit.provenance.get('run', '—')} with {circuit.provenance.get('method', '—')}")
+
+
+def _overlap(entries: list[RunEntry]) -> None:
+    circuits = [e for e in entries if e.ok and e.kind == "circuit"]
+    stored = [e for e in entries if e.ok and e.kind == "overlap"]
+    if len(circuits) < 2:
+        st.info("Overlap needs two circuit runs in this folder (`interp circuit build`).")
+    else:
+        cols = st.columns(2)
+        a = cols[0].selectbox("Circuit A", range(len(circuits)), format_func=lambda i: entry_label(circuits[i]), key="overlap-a")
+        b = cols[1].selectbox("Circuit B", range(len(circuits)), index=1, format_func=lambda i: entry_label(circuits[i]),
+                              key="overlap-b")
+        ca, cb = _load(circuits[a]), _load(circuits[b])
+        if ca is not None and cb is not None:
+            result = overlap(ca, cb)
+            m = st.columns(3)
+            m[0].metric("intersection over union", f"{result.iou:.3f}")
+            m[1].metric("share of A", f"{result.over_a:.3f}")
+            m[2].metric("share of B", f"{result.over_b:.3f}")
+            st.dataframe([{"shared": ", ".join(result.shared), "only A": ", ".join(result.only_a),
+                           "only B": ", ".join(result.only_b)}], hide_index=True, width="stretch")
+            cols = st.columns(2)
+            for col, entry, circuit, tag in ((cols[0], circuits[a], ca, "a"), (cols[1], circuits[b], cb, "b")):
+                with col:
+                    show_figure(circuit_figure(circuit, title=entry.name), key=f"overlap-{tag}-{entry.path}", name=f"{entry.name}_graph")
+    if stored:
+        st.subheader("Saved overlap runs")
+        picked = pick_run(entries, ("overlap",), key="overlap-run")
+        if picked is not None:
+            show_notes(picked[1])
+
+
+def _faithfulness(entries: list[RunEntry]) -> None:
+    picked = pick_run(entries, ("faithfulness",), key="faithfulness-run")
+    if picked is None:
+        return
+    entry, run = picked
+    run_header(entry, run)
+    f = run.manifest.get("faithfulness", {})
+    cols = st.columns(3)
+    cols[0].metric("fraction of the full metric", f"{f.get('fraction', float('nan')):.3f}")
+    cols[1].metric("normalized (empty = 0, full = 1)", f"{f.get('normalized', float('nan')):.3f}")
+    cols[2].metric("components mean-ablated", f.get("n_ablated", "—"))
+    show_figure(run.plot("circuit/faithfulness"), key="faithfulness", name="faithfulness")
+
+
+def render(entries: list[RunEntry]) -> None:
+    st.header("Circuits")
+    mode = st.radio("Show", ["Graph", "Overlap of two circuits", "Faithfulness"], horizontal=True, key="circuits-mode")
+    {"Graph": _graph, "Overlap of two circuits": _overlap, "Faithfulness": _faithfulness}[mode](entries)

@@ -1,0 +1,130 @@
+"""A new `interp patch` run from the browser: a form, the run as a subprocess with a progress bar read from
+its checkpoint file, and the result shown when it finishes.
+
+The run is the ordinary CLI writing an ordinary run folder under the runs directory, so it can be stopped
+(Ctrl-C semantics: finished patches are kept; `interp patch --resume` completes it) and reopened later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import streamlit as st
+
+from app.catalog import PROGRESS, read_entry
+from app.loading import read_run
+from app.views.patching import show_patching_run
+from interp.errors import RunFolderError
+
+COMPONENTS = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out"]
+METHODS = {"activation": "activation patching", "atp": "AtP", "relp": "RelP", "ig": "integrated gradients"}
+LOG_DIR = ".logs"  # beside the run folders; hidden, so the runs list skips it
+
+
+def interp_executable() -> str:
+    """The `interp` script of this environment."""
+    beside = Path(sys.executable).parent / "interp"
+    return str(beside) if beside.exists() else (shutil.which("interp") or "interp")
+
+
+def patch_command(model: str, task: str, n_prompts: int, components: list[str], methods: list[str], out: Path) -> list[str]:
+    """The `interp patch` command line the form runs."""
+    return [interp_executable(), "patch", "--model", model, "--task", task, "--n-prompts", str(n_prompts),
+            "--components", ",".join(components), "--method", ",".join(methods), "--out", str(out)]
+
+
+def _progress(out: Path) -> float | None:
+    try:
+        saved = json.loads((out / PROGRESS).read_text(encoding="utf-8"))
+        return sum(saved["done"].values()) / max(1, sum(saved["total"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _start(root: Path, command: list[str], out: Path) -> None:
+    logs = root / LOG_DIR
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{out.name}.log"
+    with open(log, "w", encoding="utf-8") as handle:
+        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+    st.session_state["launched"] = {"proc": proc, "out": str(out), "log": str(log), "command": command, "t0": time.time()}
+
+
+def _form(root: Path) -> None:
+    with st.form("new-patch-run"):
+        cols = st.columns(3)
+        model = cols[0].text_input("Model", value="smollm2-135m", help="A name from `interp models`, or a local path")
+        task = cols[1].selectbox("Task", ["ioi", "colored_objects"])
+        n_prompts = int(cols[2].number_input("Prompts", min_value=1, max_value=256, value=8))
+        components = st.multiselect("Components", COMPONENTS, default=["resid_pre", "head_out"])
+        methods = st.multiselect("Methods", list(METHODS), default=["activation", "atp"], format_func=METHODS.get)
+        name = st.text_input("Run folder name", value=f"patch-{datetime.now():%Y%m%d-%H%M%S}")
+        submitted = st.form_submit_button("Start the run")
+    if not submitted:
+        return
+    out = root / name.strip()
+    if not name.strip() or "/" in name or name.startswith("."):
+        st.error("Give the run folder a plain name (no '/' and not starting with '.').")
+    elif not components or not methods:
+        st.error("Choose at least one component and one method.")
+    elif out.exists():
+        st.error(f"{out} already exists: choose another run folder name.")
+    else:
+        _start(root, patch_command(model.strip(), task, n_prompts, components, methods, out), out)
+
+
+def _follow() -> None:
+    launched = st.session_state["launched"]
+    proc, out, log = launched["proc"], Path(launched["out"]), Path(launched["log"])
+    st.code(" ".join(launched["command"][1:]).replace(str(Path(launched["command"][0]).parent) + "/", ""), language="bash")
+    if proc.poll() is None and st.button("Stop the run", key="launch-stop"):
+        proc.send_signal(signal.SIGINT)  # the CLI keeps finished patches; `interp patch --resume` completes them
+    bar = st.progress(0.0, text="loading the model…")
+    while proc.poll() is None:
+        done = _progress(out)
+        elapsed = time.time() - launched["t0"]
+        if done is not None:
+            bar.progress(min(1.0, done), text=f"{done:.0%} of the activation patches · {elapsed:.0f} s")
+        else:
+            bar.progress(0.0, text=f"loading the model and running the baselines… {elapsed:.0f} s")
+        time.sleep(0.5)
+    if proc.returncode != 0:
+        bar.empty()
+        st.error(f"The run stopped (exit {proc.returncode}): {_last_line(log) or 'no message'}")
+        if (out / PROGRESS).exists():
+            st.caption(f"Finished patches are kept in {out}; complete them with `interp patch ... --out {out} --resume`.")
+        return
+    bar.progress(1.0, text=f"finished in {time.time() - launched['t0']:.0f} s")
+    try:
+        run = read_run(out)
+    except RunFolderError as exc:
+        st.error(str(exc))
+        return
+    st.success(f"Finished: {out}")
+    st.session_state["run"] = str(out)
+    show_patching_run(read_entry(out), run, key="launched")
+
+
+def render(root: Path) -> None:
+    st.header("New patching run")
+    st.caption("Runs `interp patch` on this machine and writes the run folder into the runs directory.")
+    _form(root)
+    if "launched" in st.session_state:
+        _follow()

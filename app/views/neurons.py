@@ -1,0 +1,35 @@
+"""Relation neurons (`interp neurons relation`): accuracy change when each relation's top-k neurons are
+zeroed, evaluated on every relation, beside the random-k control; overlap of the neuron sets and their layers."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.catalog import RunEntry
+from app.widgets import pick_run, run_header, show_figure, show_lines, show_notes
+
+MATRICES = {"neurons/acc_change": "accuracy change (top-k zeroed)", "neurons/random_change": "accuracy change (random-k zeroed)",
+            "neurons/overlap": "overlap of the neuron sets (Jaccard)", "neurons/layers": "top-k neurons by layer"}
+
+
+def render(entries: list[RunEntry]) -> None:
+    st.header("Relation neurons")
+    picked = pick_run(entries, ("neurons",), key="neurons-run")
+    if picked is None:
+        return
+    entry, run = picked
+    run_header(entry, run)
+    names = [n for n in MATRICES if n in run.scores]
+    name = st.radio("Matrix", names, horizontal=True, key="neurons-matrix", format_func=lambda n: MATRICES[n])
+    show_figure(run.plot(name), key=f"neurons-{name}", name=name.replace("/", "_"))
+    if "neurons/acc_change" in run.scores:
+        change = run.scores["neurons/acc_change"].float()
+        own = float(change.diagonal().mean())
+        others = float((change.sum() - change.diagonal().sum()) / max(1, change.numel() - change.shape[0]))
+        cols = st.columns(3)
+        cols[0].metric("own relation", f"{own:+.3f}")
+        cols[1].metric("other relations", f"{others:+.3f}")
+        if "neurons/random_change" in run.scores:
+            cols[2].metric("random-k, own relation", f"{float(run.scores['neurons/random_change'].float().diagonal().mean()):+.3f}")
+    show_lines(run, key="neurons")
+    show_notes(run)

@@ -1,0 +1,47 @@
+"""Subspace patching (`interp subspace`): the illusion check as a table (direction, its readable and
+unreadable parts, the full site) with the verdict, and the projection histograms."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.catalog import RunEntry
+from app.widgets import pick_run, run_header, show_sections
+
+PARTS = ("direction", "readable", "unreadable", "full")
+PART_TITLES = {"direction": "the direction v", "readable": "its readable part (in the row space of W_out)",
+               "unreadable": "its unreadable part (in the null space)", "full": "the whole site"}
+
+
+def illusion_rows(illusion: dict) -> list[dict]:
+    """One row per patched part: what was patched and its logit diff, FLDD and interchange accuracy."""
+    rows = []
+    for part in PARTS:
+        if isinstance(illusion.get(part), dict):
+            rows.append({"patched": PART_TITLES[part], **illusion[part]})
+    return rows
+
+
+def render(entries: list[RunEntry]) -> None:
+    st.header("Subspace patching and the illusion check")
+    picked = pick_run(entries, ("subspace",), key="subspace-run")
+    if picked is None:
+        return
+    entry, run = picked
+    run_header(entry, run)
+    illusion = run.manifest.get("illusion")
+    if not isinstance(illusion, dict):
+        st.info("This run has no illusion check (it patched a given direction without one).")
+    else:
+        cols = st.columns(3)
+        cols[0].metric("site", str(illusion.get("site", run.manifest.get("site", "—"))))
+        cols[1].metric("base logit diff", f"{illusion.get('base_logit_diff', float('nan')):.4f}")
+        cols[2].metric("illusion", "yes" if illusion.get("illusion") else "no", help=str(illusion.get("signature", "")))
+        (st.warning if illusion.get("illusion") else st.success)(str(illusion.get("verdict", "")))
+        st.dataframe(illusion_rows(illusion), hide_index=True, width="stretch")
+        norms = illusion.get("norms")
+        if isinstance(norms, dict):
+            st.caption("norms of the parts: " + ", ".join(f"{k} {v}" for k, v in norms.items()))
+    titles = tuple(str(h.get("title", "")) for h in run.manifest.get("histograms", []))
+    if titles:
+        show_sections(run, key="subspace", only=titles)

@@ -1,0 +1,38 @@
+"""Void layers (`interp voids`): the share of tokens each layer is active for, in the prompt and the response,
+and the token x layer activation maps of each generation (LAC, L2 adaptive computation)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.catalog import RunEntry
+from app.widgets import pick_run, run_header, show_figure, show_notes
+
+
+def render(entries: list[RunEntry]) -> None:
+    st.header("Void layers")
+    picked = pick_run(entries, ("voids",), key="voids-run")
+    if picked is None:
+        return
+    entry, run = picked
+    run_header(entry, run)
+    cols = st.columns(2)
+    for col, name in zip(cols, ("voids/usage_prompt", "voids/usage_response")):
+        if name in run.scores:
+            with col:
+                show_figure(run.plot(name), key=name, name=name.replace("/", "_"))
+    maps = sorted({n.split(".")[-1] for n in run.scores if n.startswith("voids/prompt_map.")}, key=int)
+    if maps:
+        prompts = run.manifest.get("parameters", {}).get("prompts", [])
+        generations = run.manifest.get("generations", [])
+        index = st.selectbox("Prompt", maps, key="voids-prompt",
+                             format_func=lambda i: f"prompt {i}" + (f": {prompts[int(i)][:70]}" if int(i) < len(prompts) else ""))
+        if int(index) < len(generations):
+            st.caption(f"response: “{generations[int(index)]}”")
+        cols = st.columns(2)
+        for col, phase in zip(cols, ("prompt", "response")):
+            name = f"voids/{phase}_map.{index}"
+            if name in run.scores:
+                with col:
+                    show_figure(run.plot(name), key=name, name=name.replace("/", "_"))
+    show_notes(run)
