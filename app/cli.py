@@ -17,7 +17,8 @@ MAIN = Path(__file__).with_name("main.py")
 def streamlit_command(runs_dir: Path, port: int, host: str) -> list[str]:
     """The `streamlit run` command line for the app."""
     return [sys.executable, "-m", "streamlit", "run", str(MAIN), "--server.address", host, "--server.port", str(port),
-            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--global.developmentMode", "false"]
+            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--global.developmentMode", "false",
+            "--client.toolbarMode", "minimal"]
 
 
 def app(

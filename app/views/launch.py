@@ -68,14 +68,17 @@ def _start(root: Path, command: list[str], out: Path) -> None:
 
 
 def _form(root: Path) -> None:
+    st.session_state.setdefault("launch-name", f"patch-{datetime.now():%Y%m%d-%H%M%S}")
     with st.form("new-patch-run"):
         cols = st.columns(3)
-        model = cols[0].text_input("Model", value="smollm2-135m", help="A name from `interp models`, or a local path")
-        task = cols[1].selectbox("Task", ["ioi", "colored_objects"])
-        n_prompts = int(cols[2].number_input("Prompts", min_value=1, max_value=256, value=8))
-        components = st.multiselect("Components", COMPONENTS, default=["resid_pre", "head_out"])
-        methods = st.multiselect("Methods", list(METHODS), default=["activation", "atp"], format_func=METHODS.get)
-        name = st.text_input("Run folder name", value=f"patch-{datetime.now():%Y%m%d-%H%M%S}")
+        model = cols[0].text_input("Model", value="smollm2-135m", key="launch-model",
+                                   help="A name from `interp models`, or a local path")
+        task = cols[1].selectbox("Task", ["ioi", "colored_objects"], key="launch-task")
+        n_prompts = int(cols[2].number_input("Prompts", min_value=1, max_value=256, value=8, key="launch-prompts"))
+        components = st.multiselect("Components", COMPONENTS, default=["resid_pre", "head_out"], key="launch-components")
+        methods = st.multiselect("Methods", list(METHODS), default=["activation", "atp"], format_func=METHODS.get,
+                                 key="launch-methods")
+        name = st.text_input("Run folder name", key="launch-name")
         submitted = st.form_submit_button("Start the run")
     if not submitted:
         return

@@ -22,7 +22,8 @@ def patching_grid(run: RunResult) -> dict[str, list[str]]:
         if len(parts) == 2 and parts[0] in METHOD_TITLES:
             grid.setdefault(parts[1], []).append(parts[0])
     order = list(METHOD_TITLES)
-    return {c: sorted(ms, key=order.index) for c, ms in grid.items()}
+    listed = [c for c in run.manifest.get("components", []) if c in grid]  # the order the run was asked for
+    return {c: sorted(grid[c], key=order.index) for c in listed + [c for c in grid if c not in listed]}
 
 
 def side_by_side(run: RunResult, component: str, methods: list[str]):
