@@ -135,7 +135,8 @@ def show_sections(run: RunResult, key: str, only: tuple[str, ...] | None = None)
     for i, (title, text, figures) in enumerate(run.sections()):
         if (only is None and title == "Run") or (only is not None and not title.startswith(only)):
             continue
-        st.markdown(f"**{title}**")
+        if not figures:  # a figure carries its own title
+            st.markdown(f"**{title}**")
         if text and not figures:
             st.code(text, language=None)
         elif text:

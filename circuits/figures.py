@@ -79,7 +79,7 @@ def circuit_figure(circuit: Circuit, title: str = "Circuit", highlight: str | No
                                  marker={"size": 16, "symbol": "square", "color": "#555"}, hoverinfo="text",
                                  hovertext=["logits"], showlegend=False, name="logits"))
     fig.update_layout(title=f"{title}: {len(circuit.nodes)} nodes, {len(circuit.edges)} edges",
-                      xaxis={"title": "layer", "zeroline": False}, yaxis={"visible": False},
+                      xaxis={"title": "layer", "zeroline": False, "dtick": 1}, yaxis={"visible": False},
                       plot_bgcolor="white", height=max(360, 60 * max((len(c) for c in _columns(positions)), default=1)))
     return fig
 
