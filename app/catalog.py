@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from interp.errors import RunFolderError
@@ -69,7 +69,7 @@ def _created(manifest: dict, folder: Path) -> str:
     created = manifest.get("created")
     if isinstance(created, str) and created:
         return created.replace("T", " ").replace("+00:00", " UTC")
-    stamp = datetime.fromtimestamp((folder / MANIFEST).stat().st_mtime, tz=timezone.utc)
+    stamp = datetime.fromtimestamp((folder / MANIFEST).stat().st_mtime, tz=UTC)
     return stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
@@ -95,7 +95,7 @@ def read_entry(folder: Path) -> RunEntry:
         run = load_run(folder)
     except RunFolderError as exc:
         return RunEntry(folder, folder.name, kind="broken", error=str(exc))
-    except Exception as exc:  # a damaged safetensors file, unreadable permissions, ...
+    except Exception as exc:  # noqa: BLE001 (a damaged file of any kind must not break the page)
         return RunEntry(folder, folder.name, kind="broken", error=f"cannot read {folder}: {type(exc).__name__}: {exc}")
     m = run.manifest
     return RunEntry(folder, folder.name, str(m.get("command", "")), str(m.get("model", "")), _created(m, folder),

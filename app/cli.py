@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,8 +38,5 @@ def app(
         raise InterpError(f"--port {port} is not a port number: use 1-65535")
     env = {**os.environ, "INTERP_RUNS_DIR": str(runs_dir.resolve())}
     print(f"interp app: {runs_dir.resolve()} at http://{host}:{port} (Ctrl-C stops it)", flush=True)
-    try:
-        code = subprocess.call(streamlit_command(runs_dir, port, host), env=env)
-    except KeyboardInterrupt:
-        code = 0
-    raise typer.Exit(code)
+    command = streamlit_command(runs_dir, port, host)
+    os.execve(command[0], command, env)  # become the server: signals (Ctrl-C, SIGTERM) reach Streamlit itself

@@ -10,7 +10,19 @@ from pathlib import Path
 import streamlit as st
 
 from app.loading import default_runs_dir, list_runs
-from app.views import attention, circuits, heads, launch, neurons, patching, report, runs, steering, subspace, voids
+from app.views import (
+    attention,
+    circuits,
+    heads,
+    launch,
+    neurons,
+    patching,
+    report,
+    runs,
+    steering,
+    subspace,
+    voids,
+)
 from interp.errors import RunFolderError
 
 PAGES = {

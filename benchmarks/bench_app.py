@@ -6,6 +6,7 @@ plotly figure is on screen (the
 first visit to a page reads its run folder; later visits come from the cache). The attention page loads
 the model once per server, so its first visit includes the load and its second does not.
 
+    make demo && .venv/bin/interp circuit build --run runs/demo --components head_out --top-k 8 --edges --out runs/demo-circuit
     .venv/bin/python benchmarks/bench_app.py runs [--port 8650] [--model smollm2-135m]
 """
 
@@ -24,7 +25,7 @@ from playwright.sync_api import sync_playwright
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
-PAGES = ["Patching", "Heads", "Circuits", "Report", "Patching"]
+PAGES = ["Patching", "Circuits", "Report", "Patching"]  # RUNS_DIR needs a patching and a circuit run
 
 
 def _wait_health(url: str, proc: subprocess.Popen, limit: float = 120) -> None:

@@ -78,8 +78,10 @@ def circuit_figure(circuit: Circuit, title: str = "Circuit", highlight: str | No
         fig.add_trace(go.Scatter(x=[x], y=[y], mode="markers+text", text=["logits"], textposition="top center",
                                  marker={"size": 16, "symbol": "square", "color": "#555"}, hoverinfo="text",
                                  hovertext=["logits"], showlegend=False, name="logits"))
+    ys = [y for _, y in positions.values()] or [0.0]
     fig.update_layout(title=f"{title}: {len(circuit.nodes)} nodes, {len(circuit.edges)} edges",
-                      xaxis={"title": "layer", "zeroline": False, "dtick": 1}, yaxis={"visible": False},
+                      xaxis={"title": "layer", "zeroline": False, "dtick": 1},
+                      yaxis={"visible": False, "range": [min(ys) - 0.8, max(ys) + 0.8]},  # room for the labels
                       plot_bgcolor="white", height=max(360, 60 * max((len(c) for c in _columns(positions)), default=1)))
     return fig
 

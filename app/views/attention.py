@@ -9,7 +9,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app.catalog import RunEntry
-from app.loading import attention_patterns, model as cached_model, read_run
+from app.loading import attention_patterns, read_run
+from app.loading import model as cached_model
 from app.widgets import show_figure
 from interp import plots
 from interp.errors import InterpError

@@ -20,4 +20,5 @@ COMMANDS = {  # folder -> arguments of `interp`
     "east": ["steer", "east", *TINY, "--episodes", "2", "--steps", "2", "--k", "2", "--betas", "0,4", "--temperatures", "1,2"],
     "attack": ["steer", "attack", *TINY, "--n", "8", "--pair-tokens", "3", "--search", "0,1", "--layer", "1"],
 }
-BROKEN = {"damaged": "is not valid JSON", "newer": "newer interp", "stray": "has no manifest.json"}
+BROKEN = {"damaged": "is not valid JSON", "newer": "newer interp", "stray": "has no manifest.json",
+          "badscores": "cannot be read as safetensors"}

@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from app_runs import COMMANDS
 from typer.testing import CliRunner
-
-from app_runs import BROKEN, COMMANDS
 
 
 def _interp_app():
@@ -47,6 +46,10 @@ def app_runs(tmp_path_factory) -> Path:
     newer.mkdir()
     manifest = json.loads((runs / "heads" / "manifest.json").read_text())
     (newer / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 99}))
+    badscores = runs / "badscores"
+    badscores.mkdir()
+    (badscores / "manifest.json").write_text(json.dumps(manifest))
+    (badscores / "scores.safetensors").write_bytes(b"\x00" * 64)
     stray = runs / "stray"
     stray.mkdir()
     (stray / "notes.txt").write_text("not a run")

@@ -54,6 +54,8 @@ def app_url(app_runs):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+    with pytest.raises(OSError):  # stopping `interp app` stops the server itself: nothing is left on the port
+        urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
 
 
 @pytest.fixture(scope="module")

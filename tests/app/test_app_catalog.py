@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import io
+import json
 import zipfile
 
 import pytest
+from app_runs import BROKEN, COMMANDS
 
 from app.catalog import read_entry, scan_runs
 from app.widgets import folder_zip
 from interp.errors import RunFolderError
-from app_runs import BROKEN, COMMANDS
 
 KINDS = {"patch": "patching", "circuit_a": "circuit", "circuit_b": "circuit", "overlap": "overlap", "faithfulness": "faithfulness",
          "subspace": "subspace", "heads": "heads", "retrieval": "retrieval", "neurons": "neurons", "voids": "voids",
