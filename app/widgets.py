@@ -150,3 +150,11 @@ def show_lines(run: RunResult, key: str) -> None:
     titles = tuple(str(line.get("title", "")) for line in run.manifest.get("lines", []))
     if titles:
         show_sections(run, key=key, only=titles)
+
+
+def open_run(entries: list[RunEntry], kinds: tuple[str, ...], key: str) -> tuple[RunEntry, RunResult] | None:
+    """`pick_run`, then the chosen run's header (command, model, status, zip download); None if there is none."""
+    picked = pick_run(entries, kinds, key)
+    if picked is not None:
+        run_header(*picked)
+    return picked

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.catalog import RunEntry
-from app.widgets import entry_label, pick_run, run_header, show_figure, show_notes
+from app.widgets import entry_label, open_run, pick_run, show_figure, show_notes
 from circuits.figures import circuit_figure, edges_of
 from circuits.graph import Circuit, overlap, parse_node
 from interp.errors import RunFolderError
@@ -32,11 +32,10 @@ def node_table(circuit: Circuit) -> list[dict]:
 
 
 def _graph(entries: list[RunEntry]) -> None:
-    picked = pick_run(entries, ("circuit",), key="circuit-run")
+    picked = open_run(entries, ("circuit",), key="circuit-run")
     if picked is None:
         return
     entry, run = picked
-    run_header(entry, run)
     circuit = _load(entry)
     if circuit is None:
         return
@@ -92,11 +91,10 @@ def _overlap(entries: list[RunEntry]) -> None:
 
 
 def _faithfulness(entries: list[RunEntry]) -> None:
-    picked = pick_run(entries, ("faithfulness",), key="faithfulness-run")
+    picked = open_run(entries, ("faithfulness",), key="faithfulness-run")
     if picked is None:
         return
-    entry, run = picked
-    run_header(entry, run)
+    _, run = picked
     f = run.manifest.get("faithfulness", {})
     cols = st.columns(3)
     cols[0].metric("fraction of the full metric", f"{f.get('fraction', float('nan')):.3f}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.catalog import RunEntry
-from app.widgets import pick_run, run_header, show_figure, show_lines, show_notes
+from app.widgets import open_run, show_figure, show_lines, show_notes
 from interp.results import RunResult
 
 MAP_TITLES = {"heads/induction": "induction", "heads/previous_token": "previous token", "heads/duplicate_token": "duplicate token",
@@ -24,11 +24,10 @@ def top_heads(run: RunResult, name: str, k: int = 10) -> list[dict]:
 
 def render(entries: list[RunEntry]) -> None:
     st.header("Heads: induction, retrieval and other head maps")
-    picked = pick_run(entries, ("heads", "retrieval"), key="heads-run")
+    picked = open_run(entries, ("heads", "retrieval"), key="heads-run")
     if picked is None:
         return
-    entry, run = picked
-    run_header(entry, run)
+    _, run = picked
     maps = [n for n in MAP_TITLES if n in run.scores]
     name = st.radio("Map", maps, horizontal=True, key="heads-map", format_func=lambda n: MAP_TITLES[n])
     left, right = st.columns([3, 1])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.catalog import RunEntry
-from app.widgets import pick_run, run_header, show_figure, show_lines, show_notes
+from app.widgets import open_run, show_figure, show_lines, show_notes
 
 MATRICES = {"neurons/acc_change": "accuracy change (top-k zeroed)", "neurons/random_change": "accuracy change (random-k zeroed)",
             "neurons/overlap": "overlap of the neuron sets (Jaccard)", "neurons/layers": "top-k neurons by layer"}
@@ -14,11 +14,10 @@ MATRICES = {"neurons/acc_change": "accuracy change (top-k zeroed)", "neurons/ran
 
 def render(entries: list[RunEntry]) -> None:
     st.header("Relation neurons")
-    picked = pick_run(entries, ("neurons",), key="neurons-run")
+    picked = open_run(entries, ("neurons",), key="neurons-run")
     if picked is None:
         return
-    entry, run = picked
-    run_header(entry, run)
+    _, run = picked
     names = [n for n in MATRICES if n in run.scores]
     name = st.radio("Matrix", names, horizontal=True, key="neurons-matrix", format_func=lambda n: MATRICES[n])
     show_figure(run.plot(name), key=f"neurons-{name}", name=name.replace("/", "_"))

@@ -6,16 +6,15 @@ from __future__ import annotations
 import streamlit as st
 
 from app.catalog import KIND_TITLES, RunEntry
-from app.widgets import pick_run, run_header, show_sections
+from app.widgets import open_run, show_sections
 
 
 def render(entries: list[RunEntry]) -> None:
     st.header("Report")
-    picked = pick_run(entries, tuple(KIND_TITLES), key="report-run")
+    picked = open_run(entries, tuple(KIND_TITLES), key="report-run")
     if picked is None:
         return
-    entry, run = picked
-    run_header(entry, run)
+    _, run = picked
     show_sections(run, key="report")
     with st.expander("manifest.json"):
         st.json(run.manifest, expanded=False)

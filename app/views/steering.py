@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.catalog import RunEntry
-from app.widgets import pick_run, run_header, show_figure, show_lines, show_notes
+from app.widgets import open_run, show_figure, show_lines, show_notes
 
 _BARS = {"attack/rate": "truthful or refusal rate: before, after, random vector", "detector/tpr": "detector true-positive rate",
          "detector/fpr": "detector false-positive rate", "vectors/norm": "vector norm by layer"}
@@ -14,11 +14,10 @@ _BARS = {"attack/rate": "truthful or refusal rate: before, after, random vector"
 
 def render(entries: list[RunEntry]) -> None:
     st.header("Steering")
-    picked = pick_run(entries, ("sweep", "east", "attack", "vectors"), key="steering-run")
+    picked = open_run(entries, ("sweep", "east", "attack", "vectors"), key="steering-run")
     if picked is None:
         return
-    entry, run = picked
-    run_header(entry, run)
+    _, run = picked
     sweep = run.manifest.get("sweep") or {}
     if isinstance(sweep, dict) and sweep:
         st.caption(", ".join(f"{k}: {v}" for k, v in sweep.items() if not isinstance(v, (list, dict))))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app.catalog import RunEntry
-from app.widgets import pick_run, run_header, show_sections
+from app.widgets import open_run, show_sections
 
 PARTS = ("direction", "readable", "unreadable", "full")
 PART_TITLES = {"direction": "the direction v", "readable": "its readable part (in the row space of W_out)",
@@ -24,11 +24,10 @@ def illusion_rows(illusion: dict) -> list[dict]:
 
 def render(entries: list[RunEntry]) -> None:
     st.header("Subspace patching and the illusion check")
-    picked = pick_run(entries, ("subspace",), key="subspace-run")
+    picked = open_run(entries, ("subspace",), key="subspace-run")
     if picked is None:
         return
-    entry, run = picked
-    run_header(entry, run)
+    _, run = picked
     illusion = run.manifest.get("illusion")
     if not isinstance(illusion, dict):
         st.info("This run has no illusion check (it patched a given direction without one).")

@@ -6,16 +6,15 @@ from __future__ import annotations
 import streamlit as st
 
 from app.catalog import RunEntry
-from app.widgets import pick_run, run_header, show_figure, show_notes
+from app.widgets import open_run, show_figure, show_notes
 
 
 def render(entries: list[RunEntry]) -> None:
     st.header("Void layers")
-    picked = pick_run(entries, ("voids",), key="voids-run")
+    picked = open_run(entries, ("voids",), key="voids-run")
     if picked is None:
         return
-    entry, run = picked
-    run_header(entry, run)
+    _, run = picked
     cols = st.columns(2)
     for col, name in zip(cols, ("voids/usage_prompt", "voids/usage_response")):
         if name in run.scores:
