@@ -20,7 +20,8 @@ Direct logit attribution (`direct_logit_attribution`) splits the final residual 
 into what each head, MLP and the embedding wrote, and projects each part through the final norm
 (with the run's own cached RMS scale, as TransformerLens does) onto W_U[answer] - W_U[wrong]. The
 parts sum exactly to the logit difference on architectures whose sublayer outputs enter the
-residual unnormalised (Llama); Gemma 3's post-norms make per-head terms non-additive, so it is refused.
+residual unnormalised through an RMSNorm with linear logits (Llama, Mistral, Qwen...); post-norms (Gemma,
+OLMo-2), LayerNorm, soft-capped or scaled logits make the terms non-additive, so those are refused.
 
 >>> pattern = torch.eye(3)[None, None].roll(-1, dims=-1).tril()  # every query on its predecessor
 >>> float(previous_token_scores(pattern)[0])
@@ -176,7 +177,7 @@ class DirectLogitAttribution:
 
 def logit_diff_directions(model: Model, answer: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
     """[n, d_model]: final-norm gain * (W_U[:, answer] - W_U[:, wrong]), the direction DLA projects on."""
-    gain = model.hf.get_submodule(model.table.final_norm).weight + model.table.norm_offset
+    gain = model.adapter.final_gain(model.hf)
     w_u = model.W_U
     return gain * (w_u[:, answer] - w_u[:, wrong]).T
 
@@ -188,10 +189,17 @@ def direct_logit_attribution(model: Model, tokens: torch.Tensor, answer: torch.T
     Head h of layer L contributes ``(z_h @ W_O[L][h]) / scale · (gain * (W_U[a] - W_U[w]))`` with
     ``scale`` the final norm's cached RMS divisor of this run.
     """
-    if model.table.name != "llama":
+    adapter = model.adapter
+    if not adapter.sublayers_add_linearly():
         raise InterpError(f"direct logit attribution needs sublayer outputs that add to the residual unnormalised; "
-                          f"{model.table.name} normalises them (post-norms): use a Llama-type model")
-    if model.hf.get_submodule(f"{model.table.layers}.0.self_attn.o_proj").bias is not None:
+                          f"{adapter.family} normalises them ({adapter.block} norms)")
+    if adapter.norm.kind != "rms":
+        raise InterpError(f"direct logit attribution here splits an RMSNorm's output; {adapter.family} uses LayerNorm, "
+                          "whose mean and bias terms it does not split yet")
+    if adapter.logit_post or adapter.unembed_bias(model.hf) is not None:
+        raise InterpError(f"direct logit attribution needs logits linear in the final residual; {adapter.family}'s are "
+                          f"{adapter.logit_post or 'shifted by an unembedding bias'}")
+    if adapter.attn_out_bias(model.hf, 0) is not None:
         raise InterpError("direct logit attribution per head does not support an attention output bias")
     answer, wrong = torch.as_tensor(answer).reshape(-1), torch.as_tensor(wrong).reshape(-1)
     if len(answer) != tokens.shape[0] or len(wrong) != tokens.shape[0]:

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from interp.architectures import table_for
+from interp.adapters import Adapter, adapter_for
 from interp.backends import BACKENDS
 from interp.backends.steps import plan_steps
 from interp.errors import InterpError
@@ -44,15 +44,10 @@ class Model:
         if backend not in BACKENDS:
             raise InterpError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
         self.name, self.hf, self.tokenizer, self.backend_name = name, hf, tokenizer, backend
-        cfg = hf.config
-        self.table = table_for(cfg.model_type)
-        self.n_layers: int = cfg.num_hidden_layers
-        self.n_heads: int = cfg.num_attention_heads
-        self.n_kv_heads: int = cfg.num_key_value_heads
-        self.d_model: int = cfg.hidden_size
-        self.d_mlp: int = cfg.intermediate_size
-        self.d_head: int = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.d_vocab: int = cfg.vocab_size
+        self.adapter: Adapter = adapter_for(hf.config)
+        a = self.adapter
+        self.n_layers, self.n_heads, self.n_kv_heads = a.n_layers, a.n_heads, a.n_kv_heads
+        self.d_model, self.d_mlp, self.d_head, self.d_vocab = a.d_model, a.d_mlp, a.d_head, a.d_vocab
         self._backends: dict[str, object] = {}
 
     def __repr__(self) -> str:
@@ -67,23 +62,25 @@ class Model:
             if name == "lens":
                 from interp.backends.lens import LensBackend
 
-                self._backends[name] = LensBackend(self.hf, self.tokenizer, self.table, self.name, self.n_heads)
+                self._backends[name] = LensBackend(self.hf, self.tokenizer, self.adapter, self.name)
             elif name == "nnsight":
                 from interp.backends.nnsight_backend import NNsightBackend
 
-                self._backends[name] = NNsightBackend(self.hf, self.tokenizer, self.table, self.n_heads)
+                self._backends[name] = NNsightBackend(self.hf, self.tokenizer, self.adapter)
             elif name == "torch":
                 from interp.backends.torch_backend import TorchBackend
 
-                self._backends[name] = TorchBackend(self.hf, self.table, self.n_heads)
+                self._backends[name] = TorchBackend(self.hf, self.adapter)
             else:
                 raise InterpError(f"unknown backend '{name}': use one of {', '.join(BACKENDS)}")
         return self._backends[name]
 
     # ----------------------------------------------------------------- running
     def site(self, name: str | Site) -> Site:
-        """Parse and range-check a site name for this model."""
-        return parse_site(name, self.n_layers)
+        """Parse and range-check a site name for this model (one that this architecture has)."""
+        site = parse_site(name, self.n_layers)
+        self.adapter.check_site(site)
+        return site
 
     def to_tokens(self, text: str | Sequence[str]) -> torch.Tensor:
         """Token ids [batch, pos] with the tokenizer's own defaults (SmolLM2 adds no BOS)."""
@@ -120,7 +117,7 @@ class Model:
         edits: dict[Site, list[Intervention]] = defaultdict(list)
         for iv in interventions:
             edits[self.site(iv.site)].append(iv)
-        return plan_steps(self.table, dict(edits), [self.site(s) for s in read], acts, grad)
+        return plan_steps(self.adapter, dict(edits), [self.site(s) for s in read], acts, grad)
 
     def run(
         self,
@@ -144,7 +141,7 @@ class Model:
         steps = self._plan(interventions, read, acts, grad)
         active = parse_rules(rules) if rules else ()
         if active:
-            steps = sorted(steps + rule_steps(active, self.table, self.hf, self.n_layers), key=lambda s: s.order)
+            steps = sorted(steps + rule_steps(active, self.adapter, self.hf), key=lambda s: s.order)
         with attention_rules(active, self.n_layers):
             logits = self.backend(backend).run(tokens.to(self.device), steps, grad)
         return RunOutput(logits=logits, acts=acts)
@@ -168,26 +165,22 @@ class Model:
         return self.run(tokens, read=sites, backend=backend)
 
     # ----------------------------------------------------------------- weights
-    def _layer(self, layer: int) -> torch.nn.Module:
-        return self.hf.get_submodule(f"{self.table.layers}.{layer}")
-
     @property
     def W_U(self) -> torch.Tensor:
         """Unembedding [d_model, d_vocab]."""
-        return self.hf.get_submodule(self.table.unembed).weight.T
+        return self.adapter.W_U(self.hf)
 
     def W_out(self, layer: int) -> torch.Tensor:
-        """MLP down projection [d_mlp, d_model] (neuron i writes row i)."""
-        return self._layer(layer).mlp.down_proj.weight.T
+        """MLP output weights [d_mlp, d_model] (neuron i writes row i), times any residual multiplier."""
+        return self.adapter.W_out(self.hf, layer)
 
     def W_O(self, layer: int) -> torch.Tensor:
-        """Attention output weights [n_heads, d_head, d_model]."""
-        return self._layer(layer).self_attn.o_proj.weight.T.reshape(self.n_heads, self.d_head, self.d_model)
+        """Attention output weights [n_heads, d_head, d_model], times any residual multiplier."""
+        return self.adapter.W_O(self.hf, layer)
 
     def W_Q(self, layer: int) -> torch.Tensor:
-        """Query weights [n_heads, d_model, d_head]."""
-        w = self._layer(layer).self_attn.q_proj.weight  # [n_heads * d_head, d_model]
-        return w.reshape(self.n_heads, self.d_head, self.d_model).transpose(1, 2)
+        """Query weights [n_heads, d_model, d_head] (cut out of a fused q/k/v projection where there is one)."""
+        return self.adapter.W_Q(self.hf, layer)
 
 
 def load(name: str | None = None, backend: str = "lens", device: str = "cpu", dtype: torch.dtype = torch.float32) -> Model:

@@ -11,16 +11,17 @@ equals ``out`` in value (the second term is exactly zero) and sends ``c * grad``
 ========  =============  ==========================================  ================================
 rule      layer type     backward                                    from
 ========  =============  ==========================================  ================================
-ln        norm           RMS divisor held constant: g / rms(x)       LN-rule (Ali et al. 2022)
+ln        norm           divisor (and LayerNorm's mean) constant     LN-rule (Ali et al. 2022)
 identity  activation     d act(x) / dx := act(x) / x                 Identity-rule (Jafari et al. 2024)
 half      gated_product  each factor of act(gate) * up gets half     Half-rule (Arras et al. 2019)
 ah        attention      the attention pattern is a constant         AH-rule (Ali et al. 2022)
 ========  =============  ==========================================  ================================
 
 What a rule does and where it applies are separate (zennit's rule / composite split): a `Rule`
-says how to edit one module of its layer type; the architecture table (`ArchTable.rule_points`)
+says how to edit one module of its layer type; the architecture adapter (`Adapter.rule_points`)
 says which modules have that type; `rule_steps` pairs them into steps that every backend runs at
-the right place. The AH-rule edits no module output: while the forward pass runs, every softmax
+the right place. A rule whose layer type a model lacks (``half`` on a plain GELU MLP) has nothing
+to edit and is a no-op there. The AH-rule edits no module output: while the forward pass runs, every softmax
 (in these architectures only the attention's) returns a detached pattern.
 
 >>> model.run(tokens, read=["mlp_out.3"], grad=True, rules=RELP_RULES)   # doctest: +SKIP
@@ -34,8 +35,9 @@ from typing import Callable, ClassVar, Iterator, Sequence
 import torch
 from torch.overrides import TorchFunctionMode
 
-from interp.architectures import ArchTable
-from interp.backends.steps import RuleStep, norm_eps
+from interp.adapters import Adapter, norm_eps
+from interp.backends.steps import RuleStep
+from interp.backends.torch_backend import find_module
 from interp.errors import InterpError
 
 Edit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -57,7 +59,7 @@ class Rule:
     name: ClassVar[str]
     layer_type: ClassVar[str]
 
-    def edit(self, module: torch.nn.Module, table: ArchTable) -> Edit:
+    def edit(self, module: torch.nn.Module, table: Adapter) -> Edit:
         """The function ``(module input, module output) -> output`` to run at ``module``."""
         raise NotImplementedError
 
@@ -66,17 +68,22 @@ class Rule:
 
 
 class LNRule(Rule):
-    """RMSNorm as the linear map it is once its divisor is frozen: d out / dx = gain / rms(x)."""
+    """A norm as the linear map it is once its divisor is frozen: d out / dx = gain / divisor(x).
+
+    For LayerNorm the subtracted mean is held constant too (Ali et al.), so the map is the same
+    diagonal one; a norm without a weight has gain 1.
+    """
 
     name, layer_type = "ln", "norm"
 
-    def edit(self, module: torch.nn.Module, table: ArchTable) -> Edit:
-        gain = module.weight.detach().float() + table.norm_offset
+    def edit(self, module: torch.nn.Module, table: Adapter) -> Edit:
+        weight = getattr(module, "weight", None)
+        gain = 1.0 if weight is None else weight.detach().float() + table.norm_offset
         eps = norm_eps(module)
 
         def ln_rule(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-            inv_rms = torch.rsqrt(x.detach().float().pow(2).mean(-1, keepdim=True) + eps)
-            return through(out, x, (inv_rms * gain).to(x.dtype))
+            inv = 1.0 / table.norm.divisor(x.detach().float(), eps)
+            return through(out, x, (inv * gain).to(x.dtype))
 
         return ln_rule
 
@@ -86,7 +93,7 @@ class IdentityRule(Rule):
 
     name, layer_type = "identity", "activation"
 
-    def edit(self, module: torch.nn.Module, table: ArchTable) -> Edit:
+    def edit(self, module: torch.nn.Module, table: Adapter) -> Edit:
         def identity_rule(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
             return through(out, x, out.detach() / stabilize(x.detach()))
 
@@ -98,7 +105,7 @@ class HalfRule(Rule):
 
     name, layer_type = "half", "gated_product"
 
-    def edit(self, module: torch.nn.Module, table: ArchTable) -> Edit:
+    def edit(self, module: torch.nn.Module, table: Adapter) -> Edit:
         def half_rule(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
             return through(out, out, 0.5)
 
@@ -111,6 +118,7 @@ class AHRule(Rule):
     name, layer_type = "ah", "attention"
 
 
+LAYER_TYPES = ("norm", "activation", "gated_product", "attention")
 RULES: dict[str, type[Rule]] = {r.name: r for r in (LNRule, IdentityRule, HalfRule, AHRule)}
 RELP_RULES: tuple[str, ...] = ("ln", "identity", "half")  # the RelP reference code's default
 
@@ -132,20 +140,24 @@ def parse_rules(rules: str | Sequence[str | Rule]) -> tuple[Rule, ...]:
     return tuple(parsed)
 
 
-def rule_steps(rules: Sequence[Rule], table: ArchTable, hf: torch.nn.Module, n_layers: int) -> list[RuleStep]:
+def rule_steps(rules: Sequence[Rule], table: Adapter, hf: torch.nn.Module) -> list[RuleStep]:
     """One `RuleStep` per module of every layer type a rule covers, in any order (they carry their own)."""
     steps = []
-    types = {point.layer_type for point in table.rule_points} | {AHRule.layer_type}
+    refused = dict(table.rule_refusals)
     for rule in rules:
-        if rule.layer_type not in types:
-            raise InterpError(f"rule '{rule.name}' edits layers of type '{rule.layer_type}', which the {table.name} "
-                              f"table does not list (it has {', '.join(sorted(types))})")
+        if rule.layer_type not in LAYER_TYPES:
+            raise InterpError(f"rule '{rule.name}' edits layers of type '{rule.layer_type}', which no architecture has "
+                              f"(layer types: {', '.join(LAYER_TYPES)})")
+        if rule.layer_type in refused:
+            raise InterpError(f"rule '{rule.name}' cannot be applied: {refused[rule.layer_type]}")
         for point in table.rule_points:
             if point.layer_type != rule.layer_type:
                 continue
-            for layer in (range(n_layers) if point.per_layer else [None]):
+            for layer in (range(table.n_layers) if point.per_layer else [None]):
+                if point.only is not None and (layer in table.moe_layers) != (point.only == "moe"):
+                    continue
                 path = point.module.format(L=layer)
-                steps.append(RuleStep(path, rule.edit(hf.get_submodule(path), table), table.rule_key(point, layer)))
+                steps.append(RuleStep(path, rule.edit(find_module(hf, path), table), table.rule_key(point, layer)))
     return steps
 
 

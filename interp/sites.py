@@ -2,7 +2,7 @@
 
 A site is a string such as ``"resid_pre.3"`` (kind ``resid_pre``, layer 3) or
 ``"norm_scale.final"``. The same names work on every backend and architecture; the architecture
-tables (`interp.architectures`) say where each site lives in TransformerLens and in the HF module
+adapters (`interp.adapters`) say where each site lives in TransformerLens and in the HF module
 tree that nnsight wraps.
 
 Layouts (batch first, as every backend returns them):
@@ -18,10 +18,17 @@ mlp_out.L          [batch, pos, d_model]              what the MLP adds to the r
 head_out.L         [batch, pos, n_heads, d_head]      per-head attention output z (before W_O)
 mlp_act.L          [batch, pos, d_mlp]                neurons: act(gate) * up for gated MLPs
 attn_pattern.L     [batch, n_heads, q_pos, k_pos]     attention probabilities (read only)
-norm_scale.L.ln1   [batch, pos, 1]                    RMS divisor of the pre-attention norm (read only)
-norm_scale.L.ln2   [batch, pos, 1]                    RMS divisor of the pre-MLP norm (read only)
-norm_scale.final   [batch, pos, 1]                    RMS divisor of the final norm (read only)
+norm_scale.L.ln1   [batch, pos, 1]                    divisor of the pre-attention norm (read only)
+norm_scale.L.ln2   [batch, pos, 1]                    divisor of the pre-MLP norm (read only)
+norm_scale.final   [batch, pos, 1]                    divisor of the final norm (read only)
+router_logits.L    [batch, pos, n_experts]            MoE router logits (read only, MoE layers)
+expert_out.L       [batch, pos, n_experts, d_model]   each expert's weighted output; sums to mlp_out
 =================  =================================  ==========================================
+
+The meanings hold for every block shape: ``attn_out``/``mlp_out`` are exactly what each sublayer
+adds to the residual stream (after any post-norm or residual multiplier), ``resid_mid`` exists
+only where attention and MLP run one after the other, and ``mlp_act`` only on dense MLP layers.
+The norm divisor is sqrt(mean(x**2) + eps) for RMSNorm and sqrt(var(x) + eps) for LayerNorm.
 
 Writing ``resid_mid.L`` replaces the residual stream itself (what the MLP *and* later layers see),
 not only the MLP's norm input.
@@ -47,8 +54,10 @@ LAYER_KINDS = (
     "head_out",
     "mlp_act",
     "attn_pattern",
+    "router_logits",
+    "expert_out",
 )
-READ_ONLY_KINDS = ("attn_pattern", "norm_scale")
+READ_ONLY_KINDS = ("attn_pattern", "norm_scale", "router_logits", "expert_out")
 NORMS = ("ln1", "ln2")
 ALL_KINDS = LAYER_KINDS + ("norm_scale",)
 

@@ -120,24 +120,35 @@ def run_hooks_engine(model: Model, component: str, base: torch.Tensor, source_ac
 
 
 class BatchedEngine:
-    """Runs many patches per forward, starting at the patched layer, from the base run's caches."""
+    """Runs many patches per forward, starting at the patched layer, from the base run's caches.
+
+    Layers before the patched one are swapped for stand-ins that return the base run's cached
+    residual, so the HF model computes everything else itself (embedding scale, position
+    embeddings, masks per layer type, ALiBi, routing, logit soft-capping and scaling): whatever the
+    family, a patched forward is the model's own forward with the patch applied.
+    """
 
     def __init__(self, model: Model, base: torch.Tensor, max_rows: int = 16, skip_noops: bool = True):
         self.model, self.base, self.max_rows, self.skip_noops = model, base, max_rows, skip_noops
-        hf = model.hf
+        hf, adapter = model.hf, model.adapter
         n_layers = model.n_layers
         sites = [f"resid_pre.{layer}" for layer in range(n_layers)] + [f"resid_post.{n_layers - 1}"]
         self._base_acts: dict[str, torch.Tensor] = {}
         self.skipped = 0  # patches found to change nothing (source == base activation), not run
-        types = getattr(hf.config, "layer_types", None) or ["full_attention"] * n_layers
-        window = getattr(hf.config, "sliding_window", None)
-        # Prefix reuse needs every layer to see the whole past. Sliding-window layers do when
-        # the prompt fits in the window; otherwise patched runs recompute from position 0.
-        self.reuse_prefix = all(t == "full_attention" for t in types) or (window is not None and base.shape[1] <= window)
+        # Prefix reuse needs every layer to see the whole past: true unless a sliding window is
+        # shorter than the prompt; then patched runs recompute from position 0.
+        window = adapter.max_window()
+        self.reuse_prefix = window is None or base.shape[1] <= window
         acts: dict[str, torch.Tensor] = {}
-        steps = plan_steps(model.table, {}, [model.site(s) for s in sites], acts, False)
-        with torch.no_grad(), installed_steps(hf, model.table, steps, model.n_heads):
-            out = hf(input_ids=base, use_cache=self.reuse_prefix)  # one base forward: residuals and keys/values
+        steps = plan_steps(adapter, {}, [model.site(s) for s in sites], acts, False)
+        outputs: list[object] = []
+        first = adapter.layer_list(hf)[0].register_forward_hook(lambda m, a, out: outputs.append(out))
+        try:
+            with torch.no_grad(), installed_steps(hf, adapter, steps):
+                out = hf(input_ids=base, use_cache=self.reuse_prefix)  # one base forward: residuals and keys/values
+        finally:
+            first.remove()
+        self._layer_returns_tuple = isinstance(outputs[0], tuple)
         self.resid = [acts[f"resid_pre.{layer}"] for layer in range(n_layers)] + [acts[sites[-1]]]
         self.base_logits = out.logits[:, -1]
         self.kv = None
@@ -158,16 +169,13 @@ class BatchedEngine:
 
     def forward_from(self, start: int, a: int, reps: int, steps) -> torch.Tensor:
         """Last-position logits of layers ``start..`` on the base residual (positions ``a..``), ``reps`` copies."""
-        hf, inner = self.model.hf, self.model.hf.model
+        hf = self.model.hf
+        tokens = self.base[:, a:].repeat(reps, 1)
         resid = self.resid[start][:, a:].repeat(reps, 1, 1)
-        kwargs = {}
-        if a > 0:
-            kwargs["past_key_values"] = self._prefix_cache(start, a, reps)
-            kwargs["use_cache"] = True
-        else:
-            kwargs["use_cache"] = False
-        with installed_steps(hf, self.model.table, steps, self.model.n_heads), _layers_from(inner, start):
-            return hf(inputs_embeds=resid, logits_to_keep=1, **kwargs).logits[:, -1]
+        kwargs = {"past_key_values": self._prefix_cache(start, a, reps), "use_cache": True} if a > 0 else {"use_cache": False}
+        layers = self.model.adapter.layer_list(hf)
+        with installed_steps(hf, self.model.adapter, steps), _start_at(layers, start, resid, self._layer_returns_tuple):
+            return hf(input_ids=tokens, logits_to_keep=1, **kwargs).logits[:, -1]
 
     def run(self, component: str, source_acts: dict[str, torch.Tensor], todo: list[Patch], metric,
             ctx: MetricContext) -> Iterator[tuple[list[Patch], torch.Tensor]]:
@@ -235,26 +243,46 @@ class BatchedEngine:
         if chunk[0].pos is None:  # whole-sequence patches: only positions a.. are in the run
             value = value[:, a:]
         replace = Replace(site, value, index=dst)
-        steps = plan_steps(self.model.table, {Site(kind, layer): [replace]}, [], {}, False)
+        steps = plan_steps(self.model.adapter, {Site(kind, layer): [replace]}, [], {}, False)
         with torch.no_grad():
             logits = self.forward_from(layer, a, reps, steps)
         return metric(logits, ctx.rows(n * reps))
 
 
+class _CachedResidual(torch.nn.Module):
+    """Stands in for a decoder layer that need not run: returns ``resid`` (or passes its input on).
+
+    Non-module attributes (``attention_type``...) are read from the layer it replaces, which the
+    model's forward may consult.
+    """
+
+    def __init__(self, layer: torch.nn.Module, resid: torch.Tensor | None, as_tuple: bool):
+        super().__init__()
+        object.__setattr__(self, "_layer", layer)  # not a submodule: no parameters, no hooks
+        self._resid, self._as_tuple = resid, as_tuple
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_layer"), name)
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        out = hidden_states if self._resid is None else self._resid
+        return (out, None) if self._as_tuple else out
+
+
 @contextmanager
-def _layers_from(inner: torch.nn.Module, start: int) -> Iterator[None]:
-    """Temporarily make the HF decoder run only layers ``start..`` (and their per-layer config)."""
-    layers, config = inner.layers, inner.config
-    layer_types = getattr(config, "layer_types", None)
+def _start_at(layers: torch.nn.ModuleList, start: int, resid: torch.Tensor, as_tuple: bool) -> Iterator[None]:
+    """Temporarily replace layers ``0..start-1`` so the model's forward enters layer ``start`` with ``resid``."""
+    originals = [layers[i] for i in range(start)]
     try:
-        inner.layers = torch.nn.ModuleList(list(layers)[start:])
-        if layer_types is not None:
-            config.layer_types = layer_types[start:]
+        for i, layer in enumerate(originals):
+            layers[i] = _CachedResidual(layer, resid if i == start - 1 else None, as_tuple)
         yield
     finally:
-        inner.layers = layers
-        if layer_types is not None:
-            config.layer_types = layer_types
+        for i, layer in enumerate(originals):
+            layers[i] = layer
 
 
 def _chunk_index(chunk: list[Patch], n: int, shift: int):

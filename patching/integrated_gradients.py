@@ -77,7 +77,7 @@ def integrated_gradients(
             alpha = alphas.to(start).reshape(-1, *([1] * start.ndim))
             path = (start[:, a:] + alpha * delta[:, a:]).reshape(steps * n, *start[:, a:].shape[1:]).requires_grad_(True)
             if runner is not None:
-                plan = plan_steps(model.table, {Site(kind, layer): [Replace(site, path)]}, [], {}, True)
+                plan = plan_steps(model.adapter, {Site(kind, layer): [Replace(site, path)]}, [], {}, True)
                 logits = runner.forward_from(layer, a, steps, plan)
             else:
                 logits = model.run(tokens, [Replace(site, path)], grad=True, backend=backend).logits[:, -1]

@@ -1,10 +1,11 @@
 """The ``lens`` backend: TransformerLens's TransformerBridge.
 
 The bridge is booted from a private copy of the loaded HF model (booting rewires the module tree
-it is given) and the plan's steps become ``run_with_hooks`` forward hooks on the bridge's canonical
-hook names, which TransformerLens removes when the run ends, also when it raises. Backward rules
-are PyTorch hooks on the HF modules the bridge wraps (so they act before the bridge's own output
-hooks), removed the same way.
+it is given). A site whose adapter point names a bridge hook (``blocks.L.hook_resid_pre``...)
+becomes a ``run_with_hooks`` forward hook there, which TransformerLens removes when the run ends,
+also when it raises. Sites without a bridge hook of the same meaning (MoE router logits and expert
+outputs) and backward rules are PyTorch hooks on the HF modules the bridge wraps, removed the same
+way. A family the bridge cannot boot is refused with the bridge's reason in one line.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import logging
 
 import torch
 
-from interp.architectures import ArchTable
+from interp.adapters import Adapter
 from interp.backends.steps import RuleStep, Step
 from interp.backends.torch_backend import installed_steps
+from interp.errors import InterpError
 
 
 class LensBackend:
@@ -24,15 +26,20 @@ class LensBackend:
 
     name = "lens"
 
-    def __init__(self, hf: torch.nn.Module, tokenizer, table: ArchTable, model_name: str, n_heads: int):
+    def __init__(self, hf: torch.nn.Module, tokenizer, adapter: Adapter, model_name: str):
         from transformer_lens.model_bridge import TransformerBridge
 
         private = copy.deepcopy(hf)
         if not getattr(private.config, "architectures", None):
             private.config.architectures = [type(private).__name__]
         logging.getLogger("transformer_lens").setLevel(logging.ERROR)
-        self.bridge = TransformerBridge.boot_transformers(model_name, hf_model=private, tokenizer=tokenizer)
-        self.table, self.n_heads = table, n_heads
+        try:
+            self.bridge = TransformerBridge.boot_transformers(model_name, hf_model=private, tokenizer=tokenizer)
+        except Exception as e:  # the bridge's own refusal, in one line
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise InterpError(f"TransformerLens's bridge cannot wrap this {adapter.family} model ({type(e).__name__}: "
+                              f"{first[:200]}); use --backend nnsight or torch") from e
+        self.adapter = adapter
 
     def _hook(self, step: Step):
         def hook(x, hook):
@@ -41,11 +48,11 @@ class LensBackend:
 
         return hook
 
-    def hook_name(self, step: Step) -> str:
-        return self.table.point(step.location).lens_name(step.location.layer)
+    def hook_name(self, step: Step) -> str | None:
+        return self.adapter.point(step.location).lens_name(step.location.layer)
 
     def run(self, tokens: torch.Tensor, steps: list[Step | RuleStep], grad: bool) -> torch.Tensor:
-        hooks = [(self.hook_name(s), self._hook(s)) for s in steps if isinstance(s, Step)]
-        rules = [s for s in steps if isinstance(s, RuleStep)]
-        with torch.set_grad_enabled(grad), installed_steps(self.bridge.original_model, self.table, rules, self.n_heads):
+        hooks = [(self.hook_name(s), self._hook(s)) for s in steps if isinstance(s, Step) and self.hook_name(s)]
+        on_modules = [s for s in steps if isinstance(s, RuleStep) or not self.hook_name(s)]
+        with torch.set_grad_enabled(grad), installed_steps(self.bridge.original_model, self.adapter, on_modules):
             return self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, reset_hooks_end=True)

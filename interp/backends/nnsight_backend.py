@@ -3,8 +3,9 @@
 nnsight 0.8 serves a module's ``.input``/``.output`` only in the order the forward pass reaches
 them, so the plan's steps (already in execution order) are grouped by module and each module is
 read, edited and written back once. A backward rule (`RuleStep`) edits a module's output from
-its input and output, before any site step reads that output. nnsight installs its interleaving
-for the length of the ``trace`` block only.
+its input and output, before any site step reads that output. The logits are the model's own
+output (after any soft-capping or logit scaling the HF forward applies), not ``lm_head``'s.
+nnsight installs its interleaving for the length of the ``trace`` block only.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from itertools import groupby
 
 import torch
 
-from interp.architectures import ArchTable
-from interp.backends.steps import RuleStep, Step, norm_eps, rms_scale
+from interp.adapters import Adapter
+from interp.backends.steps import RuleStep, Step
+from interp.backends.torch_backend import apply_step
 
 
 class NNsightBackend:
@@ -22,11 +24,11 @@ class NNsightBackend:
 
     name = "nnsight"
 
-    def __init__(self, hf: torch.nn.Module, tokenizer, table: ArchTable, n_heads: int):
+    def __init__(self, hf: torch.nn.Module, tokenizer, adapter: Adapter):
         from nnsight.modeling.transformers import TransformersModel
 
         self.lm = TransformersModel(hf, task="text-generation", tokenizer=tokenizer)
-        self.hf, self.table, self.n_heads = hf, table, n_heads
+        self.hf, self.adapter = hf, adapter
 
     def _envoy(self, path: str):
         envoy = self.lm
@@ -37,26 +39,12 @@ class NNsightBackend:
     def _where(self, step: Step | RuleStep) -> tuple[str, str]:
         if isinstance(step, RuleStep):
             return step.module, "output"
-        point = self.table.point(step.location)
+        point = self.adapter.point(step.location)
         return point.module_path(step.location.layer), point.io
 
-    def _apply(self, step: Step, value):
-        """Run one step on a module's input/output ``value``; return the (possibly new) value."""
-        point = self.table.point(step.location)
-        kind = step.location.kind
-        if kind == "norm_scale":
-            eps = norm_eps(self.hf.get_submodule(point.module_path(step.location.layer)))
-            step.fn(rms_scale(value, eps))
-            return value
-        is_tuple = isinstance(value, tuple)
-        i = point.index or 0
-        x = value[i] if is_tuple else value
-        view = x.unflatten(-1, (self.n_heads, -1)) if kind == "head_out" else x
-        new = step.fn(view)
-        if step.read_only:
-            return value
-        new = new.flatten(-2) if kind == "head_out" else new
-        return value[:i] + (new,) + value[i + 1 :] if is_tuple else new
+    def _apply(self, step: Step, path: str, value):
+        point = self.adapter.point(step.location)
+        return apply_step(step, point, self.hf.get_submodule(path), value)
 
     def run(self, tokens: torch.Tensor, steps: list[Step | RuleStep], grad: bool) -> torch.Tensor:
         groups = [(where, list(group)) for where, group in groupby(steps, key=self._where)]
@@ -70,7 +58,10 @@ class NNsightBackend:
                     value = envoy.output if io == "output" else envoy.input
                     new = value
                     for step in group:
-                        new = step.fn(inputs[path], new) if isinstance(step, RuleStep) else self._apply(step, new)
+                        if isinstance(step, RuleStep):
+                            new = _rule_output(step, inputs[path], new)
+                        else:
+                            new = self._apply(step, path, new)
                     if io == "input":
                         inputs[path] = new
                     if new is not value:
@@ -78,5 +69,11 @@ class NNsightBackend:
                             envoy.output = new
                         else:
                             envoy.input = new
-                logits = self.lm.lm_head.output.save()
+                logits = self.lm.output.logits.save()
         return logits
+
+
+def _rule_output(step: RuleStep, module_input, out):
+    if isinstance(out, tuple):
+        return (step.fn(module_input, out[0]),) + out[1:]
+    return step.fn(module_input, out)

@@ -8,7 +8,8 @@ same thing everywhere:
 - a plain site: apply its interventions, then record the value that flows on;
 - a write to ``resid_mid.L``: record ``resid_pre.L``, then at ``attn_out.L`` add
   ``new_mid - old_mid`` to what attention writes, which replaces the residual stream itself;
-- ``norm_scale`` sites are read only (backends give the step the RMS divisor).
+- read-only sites (``norm_scale``, ``attn_pattern``, MoE ``router_logits`` / ``expert_out``) record
+  what the backend gives them (derived sites: the value `Point.derive` computes from the module input).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from interp.architectures import ArchTable
+from interp.adapters import Adapter
 from interp.errors import InterpError
 from interp.interventions import Intervention, apply_all
 from interp.sites import Site
@@ -31,7 +32,7 @@ class Step:
     location: Site
     fn: Callable[[torch.Tensor], torch.Tensor]
     read_only: bool = False
-    order: tuple[int, ...] = ()  # when the forward pass reaches it (`ArchTable.order_key`)
+    order: tuple[int, ...] = ()  # when the forward pass reaches it (`Adapter.order_key`)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class RuleStep:
 
 
 def plan_steps(
-    table: ArchTable,
+    table: Adapter,
     edits: dict[Site, list[Intervention]],
     reads: list[Site],
     acts: dict[str, torch.Tensor],
@@ -107,16 +108,3 @@ def plan_steps(
             steps.append(Step(site, edit, read_only=not ivs and not grad))
     # stable sort: steps at the same place keep the order above (a site's own edits first)
     return sorted((replace(s, order=table.order_key(s.location)) for s in steps), key=lambda s: s.order)
-
-
-def rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """The RMS divisor ``sqrt(mean(x**2) + eps)`` an RMSNorm applies to ``x`` (shape [..., 1])."""
-    return (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt().to(x.dtype)
-
-
-def norm_eps(module: torch.nn.Module) -> float:
-    """The epsilon of an HF RMSNorm module (Llama: ``variance_epsilon``, Gemma: ``eps``)."""
-    for attr in ("variance_epsilon", "eps"):
-        if hasattr(module, attr):
-            return float(getattr(module, attr))
-    raise InterpError(f"cannot read the epsilon of norm module {type(module).__name__}")

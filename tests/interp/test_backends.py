@@ -127,7 +127,7 @@ class Case:
 
     @property
     def llama(self) -> bool:
-        return self.model.table.name == "llama"
+        return self.model.adapter.family == "llama"
 
     @property
     def eps(self) -> float:

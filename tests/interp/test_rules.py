@@ -7,7 +7,9 @@ import torch
 from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from interp.architectures import GEMMA3, LLAMA
+from transformers import Gemma3TextConfig, LlamaConfig
+
+from interp.adapters import adapter_for
 from interp.errors import InterpError
 from interp.model import Model
 from interp.rules import RELP_RULES, AHRule, HalfRule, IdentityRule, LNRule, parse_rules, stabilize
@@ -57,6 +59,10 @@ def _grad_through(edit, x, out, weight):
     x = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad((edit(x, out(x)) * weight).sum(), [x])
     return grad
+
+
+LLAMA = adapter_for(LlamaConfig(hidden_size=8, num_attention_heads=2, num_hidden_layers=1, intermediate_size=16))
+GEMMA3 = adapter_for(Gemma3TextConfig(hidden_size=8, num_attention_heads=2, num_hidden_layers=1, intermediate_size=16))
 
 
 @pytest.mark.parametrize("norm_cls,table", [(LlamaRMSNorm, LLAMA), (Gemma3RMSNorm, GEMMA3)])
@@ -173,7 +179,7 @@ def test_a_custom_rule_plugs_in_by_layer_type(tiny_llama):
     class Nowhere(Rule):
         name, layer_type = "nowhere", "conv"
 
-    with pytest.raises(InterpError, match="'conv', which the llama table does not list"):
+    with pytest.raises(InterpError, match="'conv', which no architecture has"):
         tiny_llama.run(_tokens(tiny_llama), grad=True, rules=[Nowhere()])
 
 

@@ -31,7 +31,7 @@ def test_fields():
 
 def test_kinds_and_writability():
     assert set(ALL_KINDS) == set(LAYER_KINDS) | {"norm_scale"}
-    assert set(READ_ONLY_KINDS) == {"attn_pattern", "norm_scale"}
+    assert set(READ_ONLY_KINDS) == {"attn_pattern", "norm_scale", "router_logits", "expert_out"}
     for kind in LAYER_KINDS:
         assert parse_site(f"{kind}.0").writable == (kind != "attn_pattern")
     assert not parse_site("norm_scale.0.ln1").writable

@@ -1,0 +1,295 @@
+"""`Layout`: a family's declarative description, and `build`, which turns it plus an HF config into an `Adapter`.
+
+A family declares only what the config cannot tell: module names, the block shape, the norm kind,
+how q/k/v are stored, the MLP kind and which scalars the forward applies. `build` derives the rest
+(dimensions, per-layer windows, MoE layers, multiplier values) and lays out every site's `Point`
+on one order scale, so steps sort into the order a forward pass reaches them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from interp.adapters.adapter import Adapter, NormSpec, norm_eps
+from interp.adapters.points import Point, RulePoint
+from interp.errors import InterpError
+
+QKV_LAYOUTS = ("separate", "fused", "per_head", "conv1d", "grouped", "multi_query")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a family keeps things (paths relative to the layer, except the first four) and how they compute."""
+
+    layers: str = "model.layers"
+    embed: str = "model.embed_tokens"
+    final_norm: str = "model.norm"
+    unembed: str = "lm_head"
+    block: str = "sequential"
+    norm: NormSpec = NormSpec("rms")
+    attn: str = "self_attn"
+    q: str = "q_proj"  # the query projection, or the fused q/k/v projection (see qkv)
+    qkv: str = "separate"  # separate | fused [Q|K|V] | per_head [q,k,v]*h | conv1d (GPT-2) | grouped | multi_query
+    o: str = "o_proj"
+    q_norm: str | None = None  # relative to attn
+    k_norm: str | None = None
+    qk_norm_per_head_modules: bool = False  # StableLM: a LayerNorm per head under q_norm.norms.{h}
+    mlp: str = "mlp"
+    act: str = "act_fn"  # relative to mlp
+    up: str | None = "up_proj"  # None: plain MLP; the act's input is then the first linear's output
+    gate_up_fused: bool = False  # Phi-3: one gate_up_proj, gate first
+    down: str = "down_proj"
+    ln1: str | None = "input_layernorm"
+    ln2: str | None = "post_attention_layernorm"  # pre-MLP norm
+    attn_post_norm: str | None = None  # sandwich / post-norm: what normalises the attention output
+    mlp_post_norm: str | None = None
+    moe: str | None = None  # "qwen3_moe" or "mixtral": routing rule of the MoE blocks
+    conv1d: bool = False  # weights stored [in, out] (GPT-2's Conv1D)
+    residual_multiplier: float = 1.0
+    layer_output_tuple: bool = False
+    windows_all_layers: bool = False  # config.sliding_window applies to every layer (Mistral, Mixtral)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+# ---------------------------------------------------------------- config facts
+
+
+def _first(cfg, *names, default=None):
+    for name in names:
+        value = getattr(cfg, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def dims(cfg, layout: Layout) -> dict[str, int]:
+    """n_layers, n_heads, n_kv_heads, d_model, d_head, d_mlp, d_vocab from a (text) config."""
+    d_model = _first(cfg, "hidden_size", "n_embd")
+    n_heads = _first(cfg, "num_attention_heads", "n_head")
+    if layout.qkv == "multi_query":
+        n_kv = 1
+    elif layout.qkv == "grouped":
+        n_kv = _first(cfg, "num_kv_heads", default=n_heads)
+    else:
+        n_kv = _first(cfg, "num_key_value_heads", default=n_heads)
+    d_head = _first(cfg, "head_dim", default=d_model // n_heads)
+    if layout.moe == "mixtral":
+        d_mlp = cfg.intermediate_size
+    else:
+        d_mlp = _first(cfg, "intermediate_size", "n_inner", "ffn_hidden_size", default=4 * d_model)
+    return dict(n_layers=_first(cfg, "num_hidden_layers", "n_layer"), n_heads=n_heads, n_kv_heads=n_kv,
+                d_model=d_model, d_head=d_head, d_mlp=d_mlp, d_vocab=cfg.vocab_size)
+
+
+def windows(cfg, layout: Layout, n_layers: int) -> tuple[int | None, ...]:
+    """The sliding window of each layer (None: full attention), as the HF masks apply them."""
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if window is None:
+        return (None,) * n_layers
+    if types:
+        return tuple(window if t == "sliding_attention" else None for t in types)
+    return (window,) * n_layers if layout.windows_all_layers else (None,) * n_layers
+
+
+def moe_layers(cfg, layout: Layout, n_layers: int) -> frozenset[int]:
+    if layout.moe == "mixtral":
+        return frozenset(range(n_layers))
+    if layout.moe == "qwen3_moe":
+        step, dense = cfg.decoder_sparse_step, set(cfg.mlp_only_layers or ())
+        return frozenset(i for i in range(n_layers) if i not in dense and cfg.num_experts > 0 and (i + 1) % step == 0)
+    return frozenset()
+
+
+# ---------------------------------------------------------------- weights
+
+
+def _weight(hf: torch.nn.Module, path: str) -> torch.Tensor:
+    return hf.get_submodule(path).weight
+
+
+def _q_rows(layout: Layout, w: torch.Tensor, n: dict[str, int]) -> torch.Tensor:
+    """The query part [n_heads * d_head, d_model] of a (possibly fused) projection weight (Linear layout)."""
+    h, kv, d = n["n_heads"], n["n_kv_heads"], n["d_head"]
+    if layout.qkv in ("separate", "fused", "multi_query"):
+        return w[: h * d]
+    if layout.qkv == "per_head":  # [q_h, k_h, v_h] for each head h
+        return w.view(h, 3, d, -1)[:, 0].reshape(h * d, -1)
+    if layout.qkv == "grouped":  # [q.. (h / kv), k, v] for each kv head
+        return w.view(kv, h // kv + 2, d, -1)[:, : h // kv].reshape(h * d, -1)
+    raise InterpError(f"unknown q/k/v layout {layout.qkv!r}")
+
+
+def weight_fns(layout: Layout, n: dict[str, int]):
+    """W_Q, W_O, W_out accessors and the attention output bias, for this layout."""
+    h, d, m = n["n_heads"], n["d_head"], layout.residual_multiplier
+    layer = layout.layers + ".{L}."
+    attn = layer + layout.attn + "."
+
+    def w_q(hf, L):
+        w = _weight(hf, (attn + layout.q).format(L=L))
+        w = w.T if layout.conv1d else w  # Conv1D stores [in, out]
+        return _q_rows(layout, w, n).reshape(h, d, -1).transpose(1, 2)
+
+    def w_o(hf, L):
+        w = _weight(hf, (attn + layout.o).format(L=L))
+        w = w if layout.conv1d else w.T  # -> [n_heads * d_head, d_model]
+        w = w.reshape(h, d, -1)
+        return w * m if m != 1.0 else w
+
+    def w_out(hf, L):
+        w = _weight(hf, (layer + layout.mlp + "." + layout.down).format(L=L))
+        w = w if layout.conv1d else w.T
+        return w * m if m != 1.0 else w
+
+    def o_bias(hf, L):
+        bias = hf.get_submodule((attn + layout.o).format(L=L)).bias
+        return None if bias is None else (bias * m if m != 1.0 else bias)
+
+    return w_q, w_o, w_out, o_bias
+
+
+# ---------------------------------------------------------------- MoE (derived read-only sites)
+
+
+def _route(layout: Layout, cfg, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights, expert indices) [tokens, top_k], exactly as the family's router computes them."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    top, index = torch.topk(probs, cfg.num_experts_per_tok, dim=-1)
+    if layout.moe == "mixtral" or cfg.norm_topk_prob:
+        top = top / top.sum(-1, keepdim=True)
+    if layout.moe == "qwen3_moe":
+        top = top.to(logits.dtype)
+    return top, index
+
+
+def moe_derivers(layout: Layout, cfg) -> tuple[Callable, Callable]:
+    """Functions (MoE block, its input [b, p, d]) -> router logits [b, p, E] / expert outputs [b, p, E, d]."""
+    from transformers.activations import ACT2FN
+
+    act = ACT2FN[cfg.hidden_act]  # a fresh module: no hooks of ours or of a backend on it
+
+    def router_logits(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, block.gate.weight)
+
+    def expert_out(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        weights, index = _route(layout, cfg, F.linear(flat, block.gate.weight))
+        experts = block.experts
+        n_exp = experts.gate_up_proj.shape[0]
+        out = flat.new_zeros(flat.shape[0], n_exp, flat.shape[-1])
+        for e in range(n_exp):
+            rows, slot = torch.where(index == e)
+            if len(rows) == 0:
+                continue
+            gate, up = F.linear(flat[rows], experts.gate_up_proj[e]).chunk(2, dim=-1)
+            y = F.linear(act(gate) * up, experts.down_proj[e])
+            out[rows, e] = (y * weights[rows, slot, None]).to(out.dtype)
+        return out.view(*x.shape[:-1], n_exp, x.shape[-1])
+
+    return router_logits, expert_out
+
+
+# ---------------------------------------------------------------- points
+
+
+def _norm_divisor(norm: NormSpec) -> Callable:
+    def divisor(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return norm.divisor(x, norm_eps(module))
+
+    return divisor
+
+
+def logit_post(config, applies: bool = True) -> str | None:
+    """What the CausalLM forward applies to lm_head's output, in words (None: nothing)."""
+    cap = getattr(config, "final_logit_softcapping", None)
+    scale = getattr(config, "logits_scaling", None)
+    if not applies:
+        return None
+    if cap:
+        return f"soft-capped at {cap:g}"
+    if scale not in (None, 1, 1.0):
+        return f"divided by {scale:g}"
+    return None
+
+
+def build(family: str, layout: Layout, config, caps_logits: bool = True) -> Adapter:
+    """The `Adapter` of a model of ``family`` with HF ``config`` (its text config for multimodal models)."""
+    n = dims(config, layout)
+    layer = layout.layers + ".{L}"
+    attn, mlp = f"{layer}.{layout.attn}", f"{layer}.{layout.mlp}"
+    m, heads = layout.residual_multiplier, n["n_heads"]
+    lens = "blocks.{L}."
+    P = Point
+    points = {
+        "resid_pre": P(layer, "input", lens + "hook_resid_pre", order=0),
+        "head_out": P(f"{attn}.{layout.o}", "input", lens + "attn.hook_z", order=20, heads=heads),
+        "attn_pattern": P(attn, "output", lens + "attn.hook_pattern", index=1, order=30),
+        "mlp_act": P(f"{mlp}.{layout.down}", "input", lens + "mlp.hook_post", order=55),
+        "resid_post": P(layer, "output", lens + "hook_resid_post", index=0 if layout.layer_output_tuple else None, order=80),
+    }
+    if layout.attn_post_norm:  # sandwich / post-norm: the residual receives the post-norm's output
+        points["attn_out"] = P(f"{layer}.{layout.attn_post_norm}", "output", lens + "hook_attn_out", order=40)
+        points["mlp_out"] = P(f"{layer}.{layout.mlp_post_norm}", "output", lens + "hook_mlp_out", order=65)
+    else:
+        points["attn_out"] = P(attn, "output", lens + "hook_attn_out", index=0, order=30, scale=m)
+        points["mlp_out"] = P(mlp, "output", lens + "hook_mlp_out", order=60, scale=m,
+                              clone=layout.block == "parallel" and family == "falcon")
+    if layout.block == "post_norm":  # the MLP reads the residual directly
+        points["resid_mid"] = P(mlp, "input", lens + "hook_resid_mid", order=45)
+    elif layout.block != "parallel":
+        points["resid_mid"] = P(f"{layer}.{layout.ln2}", "input", lens + "hook_resid_mid", order=45)
+    if layout.moe:
+        router_logits, expert_out = moe_derivers(layout, config)
+        points["router_logits"] = P(mlp, "input", None, order=47, derive=router_logits)
+        points["expert_out"] = P(mlp, "input", None, order=48, derive=expert_out)
+
+    divisor = _norm_divisor(layout.norm)
+    norms = {"final": P(layout.final_norm, "input", "ln_final.hook_scale", order=0, derive=divisor)}
+    if layout.ln1:
+        norms["ln1"] = P(f"{layer}.{layout.ln1}", "input", lens + "ln1.hook_scale", order=10, derive=divisor)
+    if layout.ln2:
+        norms["ln2"] = P(f"{layer}.{layout.ln2}", "input", lens + "ln2.hook_scale", order=45, derive=divisor)
+
+    rules = [RulePoint(p.module, "norm", p.order) for p in norms.values()]
+    for i, name in enumerate((layout.q_norm, layout.k_norm)):
+        if name and layout.qk_norm_per_head_modules:
+            count = n["n_heads"] if i == 0 else n["n_kv_heads"]
+            rules += [RulePoint(f"{attn}.{name}.norms.{h}", "norm", 15 + i) for h in range(count)]
+        elif name:
+            rules.append(RulePoint(f"{attn}.{name}", "norm", 15 + i))
+    if layout.attn_post_norm:
+        rules += [RulePoint(f"{layer}.{layout.attn_post_norm}", "norm", 40),
+                  RulePoint(f"{layer}.{layout.mlp_post_norm}", "norm", 65)]
+    act = f"{mlp}.{layout.act}"
+    dense = "dense" if layout.moe else None
+    rules.append(RulePoint(act, "activation", 50, only=dense))
+    if layout.moe:
+        rules.append(RulePoint(f"{mlp}.experts.{layout.act}", "activation", 50, only="moe"))
+    if layout.gate_up_fused:
+        rules.append(RulePoint(f"{mlp}.{layout.up}", "gated_product", 49))
+    elif layout.up:
+        rules += [RulePoint(act, "gated_product", 50, only=dense), RulePoint(f"{mlp}.{layout.up}", "gated_product", 51, only=dense)]
+
+    w_q, w_o, w_out, o_bias = weight_fns(layout, n)
+    n_layers = n["n_layers"]
+    moe = moe_layers(config, layout, n_layers)
+    return Adapter(
+        family=family, block=layout.block, points=points, norms=norms, norm=layout.norm,
+        rule_points=tuple(sorted(rules, key=lambda r: (r.order, r.module))), layers=layout.layers,
+        final_norm=layout.final_norm, unembed=layout.unembed, embed=layout.embed, **n,
+        w_q=w_q, w_o=w_o, w_out=w_out, attn_out_bias=o_bias, windows=windows(config, layout, n_layers),
+        moe_layers=moe, n_experts=_first(config, "num_experts", "num_local_experts", default=0) if moe else 0,
+        notes=layout.notes, logit_post=logit_post(config, caps_logits),
+        rule_refusals=(("gated_product", f"the experts of {family} compute act(gate) * up inside one fused module, "
+                        "which no module hook can split; use --rules ln,identity"),) if moe else (),
+    )
+
+
+def with_paths(layout: Layout, prefix: str) -> Layout:
+    """The same layout with the backbone under ``prefix`` (multimodal wrappers keep the text model deeper)."""
+    return replace(layout, layers=f"{prefix}.layers", embed=f"{prefix}.embed_tokens", final_norm=f"{prefix}.norm")
