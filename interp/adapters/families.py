@@ -54,7 +54,7 @@ def _falcon(cfg) -> Layout:
     return Layout(layers="transformer.h", embed="transformer.word_embeddings", final_norm="transformer.ln_f",
                   norm=LAYER_NORM, block="parallel" if parallel else "sequential", attn="self_attention",
                   q="query_key_value", qkv=qkv, o="dense", act="act", up=None, down="dense_4h_to_h",
-                  ln1=ln1, ln2=ln2, layer_output_tuple=True)
+                  ln1=ln1, ln2=ln2, ln2_first=two_norms, layer_output_tuple=True)
 
 
 def _stablelm(cfg) -> Layout:

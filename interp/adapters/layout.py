@@ -45,6 +45,7 @@ class Layout:
     down: str = "down_proj"
     ln1: str | None = "input_layernorm"
     ln2: str | None = "post_attention_layernorm"  # pre-MLP norm
+    ln2_first: bool = False  # the pre-MLP norm runs before attention (Falcon's two parallel norms)
     attn_post_norm: str | None = None  # sandwich / post-norm: what normalises the attention output
     mlp_post_norm: str | None = None
     moe: str | None = None  # "qwen3_moe" or "mixtral": routing rule of the MoE blocks
@@ -253,7 +254,8 @@ def build(family: str, layout: Layout, config, caps_logits: bool = True) -> Adap
     if layout.ln1:
         norms["ln1"] = P(f"{layer}.{layout.ln1}", "input", lens + "ln1.hook_scale", order=10, derive=divisor)
     if layout.ln2:
-        norms["ln2"] = P(f"{layer}.{layout.ln2}", "input", lens + "ln2.hook_scale", order=45, derive=divisor)
+        norms["ln2"] = P(f"{layer}.{layout.ln2}", "input", lens + "ln2.hook_scale", order=11 if layout.ln2_first else 45,
+                         derive=divisor)
 
     rules = [RulePoint(p.module, "norm", p.order) for p in norms.values()]
     for i, name in enumerate((layout.q_norm, layout.k_norm)):

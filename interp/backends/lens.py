@@ -6,12 +6,18 @@ becomes a ``run_with_hooks`` forward hook there, which TransformerLens removes w
 also when it raises. Sites without a bridge hook of the same meaning (MoE router logits and expert
 outputs) and backward rules are PyTorch hooks on the HF modules the bridge wraps, removed the same
 way. A family the bridge cannot boot is refused with the bridge's reason in one line.
+
+Booting a multimodal checkpoint makes TransformerLens 4.3 fetch an image processor from the hub
+and, when that fails, ``pip install torchvision`` (which replaces the pinned CPU torch with a CUDA
+build). interp runs text only, so the boot runs with that step switched off (`_no_processor`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+from typing import Iterator
 
 import torch
 
@@ -34,7 +40,8 @@ class LensBackend:
             private.config.architectures = [type(private).__name__]
         logging.getLogger("transformer_lens").setLevel(logging.ERROR)
         try:
-            self.bridge = TransformerBridge.boot_transformers(model_name, hf_model=private, tokenizer=tokenizer)
+            with _no_processor():
+                    self.bridge = TransformerBridge.boot_transformers(model_name, hf_model=private, tokenizer=tokenizer)
         except Exception as e:  # the bridge's own refusal, in one line
             first = (str(e).strip().splitlines() or [""])[0]
             raise InterpError(f"TransformerLens's bridge cannot wrap this {adapter.family} model ({type(e).__name__}: "
@@ -56,3 +63,17 @@ class LensBackend:
         on_modules = [s for s in steps if isinstance(s, RuleStep) or not self.hook_name(s)]
         with torch.set_grad_enabled(grad), installed_steps(self.bridge.original_model, self.adapter, on_modules):
             return self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, reset_hooks_end=True)
+
+
+@contextlib.contextmanager
+def _no_processor() -> Iterator[None]:
+    """Boot without TransformerLens's modality-processor step (a hub fetch, then a torchvision pip install)."""
+    from transformer_lens.model_bridge.sources.transformers import helpers, source
+
+    saved = source.load_modality_processor, helpers._ensure_torchvision
+    source.load_modality_processor = lambda *args, **kwargs: None
+    helpers._ensure_torchvision = lambda: False
+    try:
+        yield
+    finally:
+        source.load_modality_processor, helpers._ensure_torchvision = saved
