@@ -25,7 +25,7 @@ from interp.backends import BACKENDS
 from interp.backends.steps import plan_steps
 from interp.errors import InterpError
 from interp.interventions import Intervention
-from interp.rules import Rule, attention_rules, parse_rules, rule_steps
+from interp.rules import Rule, forward_rules, parse_rules, rule_steps
 from interp.sites import Site, parse_site
 
 
@@ -142,7 +142,7 @@ class Model:
         active = parse_rules(rules) if rules else ()
         if active:
             steps = sorted(steps + rule_steps(active, self.adapter, self.hf), key=lambda s: s.order)
-        with attention_rules(active, self.n_layers):
+        with forward_rules(active, self.adapter):
             logits = self.backend(backend).run(tokens.to(self.device), steps, grad)
         return RunOutput(logits=logits, acts=acts)
 

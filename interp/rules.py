@@ -12,7 +12,7 @@ equals ``out`` in value (the second term is exactly zero) and sends ``c * grad``
 rule      layer type     backward                                    from
 ========  =============  ==========================================  ================================
 ln        norm           divisor (and LayerNorm's mean) constant     LN-rule (Ali et al. 2022)
-identity  activation     d act(x) / dx := act(x) / x                 Identity-rule (Jafari et al. 2024)
+identity  activation     d act(x) / dx := act(x) / x (and tanh caps)  Identity-rule (Jafari et al. 2024)
 half      gated_product  each factor of act(gate) * up gets half     Half-rule (Arras et al. 2019)
 ah        attention      the attention pattern is a constant         AH-rule (Ali et al. 2022)
 ========  =============  ==========================================  ================================
@@ -20,10 +20,10 @@ ah        attention      the attention pattern is a constant         AH-rule (Al
 What a rule does and where it applies are separate (zennit's rule / composite split): a `Rule`
 says how to edit one module of its layer type; the architecture adapter (`Adapter.rule_points`)
 says which modules have that type; `rule_steps` pairs them into steps that every backend runs at
-the right place. A rule whose layer type a model lacks (``half`` on a plain GELU MLP) has nothing
-to edit and is a no-op there. The AH-rule edits no module output: while the forward pass runs, every softmax
-(in these architectures only the attention's) returns a detached pattern.
-
+the right place. Two rules act on operations rather than modules, while the forward runs
+(`forward_rules`): the AH-rule detaches every softmax, and the identity rule also covers the tanh
+soft-caps some families apply to attention scores and final logits. A rule whose layer type a model lacks (``half`` on a plain GELU MLP) has nothing
+to edit and is a no-op there. 
 >>> model.run(tokens, read=["mlp_out.3"], grad=True, rules=RELP_RULES)   # doctest: +SKIP
 """
 
@@ -161,32 +161,50 @@ def rule_steps(rules: Sequence[Rule], table: Adapter, hf: torch.nn.Module) -> li
     return steps
 
 
-class _DetachedSoftmax(TorchFunctionMode):
-    """Makes every softmax return a detached result, and counts them."""
+class _ForwardRules(TorchFunctionMode):
+    """Rules on operations that are not modules: every softmax returns a detached result (AH-rule), every
+    ``torch.tanh`` passes the gradient as tanh(x)/x (the identity rule on tanh soft-caps). Counts both."""
 
     _softmax = (torch.nn.functional.softmax, torch.softmax, torch.Tensor.softmax)
+    _tanh = (torch.tanh, torch.Tensor.tanh)
 
-    def __init__(self) -> None:
+    def __init__(self, detach_softmax: bool, identity_tanh: bool) -> None:
         super().__init__()
-        self.calls = 0
+        self.detach_softmax, self.identity_tanh = detach_softmax, identity_tanh
+        self.softmaxes = self.tanhs = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func in self._softmax:
-            self.calls += 1
+        if self.detach_softmax and func in self._softmax:
+            self.softmaxes += 1
             return out.detach()
+        if self.identity_tanh and func in self._tanh:
+            self.tanhs += 1
+            x = args[0].detach()
+            tiny = x.abs() < 1e-12
+            return through(out, args[0], torch.where(tiny, torch.ones_like(x), out.detach() / torch.where(tiny, 1.0, x)))
         return out
 
 
 @contextmanager
-def attention_rules(rules: Sequence[Rule], n_layers: int) -> Iterator[None]:
-    """Apply the AH-rule (if among ``rules``) to the forward pass run inside the block."""
-    if not any(isinstance(r, AHRule) for r in rules):
+def forward_rules(rules: Sequence[Rule], adapter: Adapter) -> Iterator[None]:
+    """Apply the rules that act on operations rather than modules to the forward pass run inside the block.
+
+    - ``ah``: every softmax (attention, and an MoE router's) returns a detached pattern.
+    - ``identity`` on a model with tanh soft-caps (Gemma 2's attention scores and final logits): each
+      ``cap * tanh(z / cap)`` passes the gradient as its output over its input, like any activation.
+    """
+    ah = any(isinstance(r, AHRule) for r in rules)
+    caps = adapter.softcaps if any(isinstance(r, IdentityRule) for r in rules) else 0
+    if not ah and not caps:
         yield
         return
-    mode = _DetachedSoftmax()
+    mode = _ForwardRules(ah, bool(caps))
     with mode:
         yield
-    if mode.calls < n_layers:
-        raise InterpError(f"the AH-rule found {mode.calls} attention softmaxes for {n_layers} layers; "
+    if ah and mode.softmaxes < adapter.n_layers:
+        raise InterpError(f"the AH-rule found {mode.softmaxes} attention softmaxes for {adapter.n_layers} layers; "
+                          "it needs eager attention (load the model with attn_implementation='eager')")
+    if caps and mode.tanhs < caps:
+        raise InterpError(f"the identity rule found {mode.tanhs} of the model's {caps} tanh soft-caps; "
                           "it needs eager attention (load the model with attn_implementation='eager')")

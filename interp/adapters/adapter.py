@@ -84,6 +84,7 @@ class Adapter:
     moe_layers: frozenset[int] = frozenset()
     n_experts: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    softcaps: int = 0  # tanh soft-caps per forward (attention scores in every layer, final logits)
     logit_post: str | None = None  # what the HF forward does after lm_head ("soft-capped at 30", "divided by 8")
     rule_refusals: tuple[tuple[str, str], ...] = ()  # (layer type, why a rule of that type cannot be applied)
 

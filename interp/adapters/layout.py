@@ -287,6 +287,8 @@ def build(family: str, layout: Layout, config, caps_logits: bool = True) -> Adap
         w_q=w_q, w_o=w_o, w_out=w_out, attn_out_bias=o_bias, windows=windows(config, layout, n_layers),
         moe_layers=moe, n_experts=_first(config, "num_experts", "num_local_experts", default=0) if moe else 0,
         notes=layout.notes, logit_post=logit_post(config, caps_logits),
+        softcaps=(n_layers if getattr(config, "attn_logit_softcapping", None) else 0)
+        + (1 if caps_logits and getattr(config, "final_logit_softcapping", None) else 0),
         rule_refusals=(("gated_product", f"the experts of {family} compute act(gate) * up inside one fused module, "
                         "which no module hook can split; use --rules ln,identity"),) if moe else (),
     )

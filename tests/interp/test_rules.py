@@ -7,7 +7,7 @@ import torch
 from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from transformers import Gemma3TextConfig, LlamaConfig
+from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig
 
 from interp.adapters import adapter_for
 from interp.errors import InterpError
@@ -63,6 +63,48 @@ def _grad_through(edit, x, out, weight):
 
 LLAMA = adapter_for(LlamaConfig(hidden_size=8, num_attention_heads=2, num_hidden_layers=1, intermediate_size=16))
 GEMMA3 = adapter_for(Gemma3TextConfig(hidden_size=8, num_attention_heads=2, num_hidden_layers=1, intermediate_size=16))
+GPT2 = adapter_for(GPT2Config(n_embd=8, n_head=2, n_layer=1))
+
+
+def test_ln_rule_on_layernorm_holds_mean_and_divisor_constant():
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(8, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x, g = torch.randn(2, 3, 8) + 0.5, torch.randn(2, 3, 8)
+    got = _grad_through(LNRule().edit(norm, GPT2), x, norm, g)
+    std = (x.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    assert torch.allclose(got, g * norm.weight.detach() / std, atol=1e-5)  # closed form
+    xr = x.clone().requires_grad_(True)  # autograd with mean and divisor detached
+    frozen = (xr - xr.mean(-1, keepdim=True).detach()) / std * norm.weight.detach() + norm.bias.detach()
+    (want,) = torch.autograd.grad((frozen * g).sum(), [xr])
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, _grad_through(lambda x, out: out, x, norm, g), atol=1e-3)  # differs from the gradient
+
+
+def test_identity_rule_covers_tanh_soft_caps():
+    """On Gemma 2 with caps set, the final cap c*tanh(z/c) passes gradient out/z under the identity rule."""
+    from family_models import build, tokens
+
+    model = build("gemma2-caps")
+    assert model.adapter.softcaps == model.n_layers + 1
+    seen = {}
+    handle = model.hf.lm_head.register_forward_hook(lambda m, a, out: seen.__setitem__("z", out))
+    try:
+        for rules in ((), "identity"):
+            for backend in ("torch", "nnsight"):
+                out = model.run(tokens(model)[0], read=["resid_pre.0"], grad=True, backend=backend, rules=rules)
+                (g,) = torch.autograd.grad(out.logits.sum(), [seen["z"]])
+                z, y = seen["z"].detach(), out.logits.detach()
+                if rules:  # away from z = 0, where y / z loses its digits in float32
+                    far = z.abs() > 1e-2
+                    assert torch.allclose(g[far], (y / z)[far], atol=1e-5) and (g - 1).abs().max() < 1, backend
+                else:
+                    cap = model.hf.config.final_logit_softcapping
+                    assert torch.allclose(g, 1 - torch.tanh(z / cap) ** 2, atol=1e-5), backend
+    finally:
+        handle.remove()
 
 
 @pytest.mark.parametrize("norm_cls,table", [(LlamaRMSNorm, LLAMA), (Gemma3RMSNorm, GEMMA3)])
