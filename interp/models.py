@@ -417,6 +417,7 @@ def _load_other(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrai
             f"model {name!r} is not available offline: no local path and no files in the Hugging Face "
             f"cache; interp never downloads. Known names: {known}"
         )
+    extra.update(_check_architecture(name, source, extra))
     try:  # keep warnings: for a model we do not know, "weights newly initialized" matters
         with _quiet(logging.WARNING):
             model = AutoModelForCausalLM.from_pretrained(
@@ -433,6 +434,28 @@ def _load_other(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrai
     if extra and hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     return model, tokenizer
+
+
+def _check_architecture(name: str, source: str, extra: dict) -> dict:
+    """Refuse an unsupported architecture from its config alone, before any weights load.
+
+    Returns extra ``from_pretrained`` options: MoE models run their experts eagerly (the per-expert
+    loop whose weighted outputs the ``expert_out`` site reads), whatever kernel would dispatch.
+    """
+    from transformers import AutoConfig
+
+    from interp.adapters import check_config, text_config
+
+    try:
+        with _quiet(logging.WARNING):
+            config = AutoConfig.from_pretrained(source, local_files_only=True, **extra)
+    except Exception as e:
+        error = ModelNotAvailableError if isinstance(e, OSError) and not Path(source).exists() else InterpError
+        raise error(f"could not read the config of model {name!r}: {_one_line(e)}") from e
+    check_config(config)
+    text = text_config(config)
+    moe = getattr(text, "num_experts", None) or getattr(text, "num_local_experts", None)
+    return {"experts_implementation": "eager"} if moe else {}
 
 
 def _looks_like_path(name: str) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import interp
 from interp import models
 from interp.errors import InterpError, ModelNotAvailableError
 
@@ -239,3 +240,28 @@ def test_qwen_coder_cached_load_needs_no_packages(qwen, monkeypatch):
     assert torch.equal(ids, tokenizer("def fibonacci(n):", return_tensors="pt").input_ids)
     with torch.no_grad():
         assert torch.equal(again(ids).logits, model(ids).logits)
+
+
+def test_unsupported_architecture_is_refused_from_its_config_before_weights(tmp_path):
+    from transformers import BloomConfig
+
+    BloomConfig(n_layer=1, hidden_size=8, n_head=2).save_pretrained(tmp_path)  # a config, no weights at all
+    with pytest.raises(InterpError) as info:
+        models.load_hf(str(tmp_path))
+    message = str(info.value)
+    assert "architecture 'bloom' is not supported: interp supports" in message and "gpt2" in message
+    assert "\n" not in message
+
+
+def test_a_local_moe_model_runs_its_experts_eagerly(tmp_path):
+    from family_models import build, tokens
+
+    tiny = build("mixtral")
+    tiny.hf.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    loaded = interp.load(str(tmp_path), backend="torch")
+    assert loaded.hf.config._experts_implementation == "eager"
+    clean, _ = tokens(loaded)
+    out = loaded.run(clean, read=["expert_out.1", "mlp_out.1"])
+    torch.testing.assert_close(out.acts["expert_out.1"].sum(-2), out.acts["mlp_out.1"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.logits, tiny.hf(input_ids=clean).logits, atol=1e-5, rtol=0)
