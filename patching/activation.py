@@ -153,7 +153,7 @@ class BatchedEngine:
         self.base_logits = out.logits[:, -1]
         self.kv = None
         if self.reuse_prefix:
-            self.kv = [(out.past_key_values.layers[i].keys, out.past_key_values.layers[i].values) for i in range(n_layers)]
+            self.kv = [(out.cache.layers[i].keys, out.cache.layers[i].values) for i in range(n_layers)]
 
     def _prefix_cache(self, start: int, a: int, reps: int):
         from transformers import DynamicCache
@@ -172,7 +172,7 @@ class BatchedEngine:
         hf = self.model.hf
         tokens = self.base[:, a:].repeat(reps, 1)
         resid = self.resid[start][:, a:].repeat(reps, 1, 1)
-        kwargs = {"past_key_values": self._prefix_cache(start, a, reps), "use_cache": True} if a > 0 else {"use_cache": False}
+        kwargs = {"cache": self._prefix_cache(start, a, reps), "use_cache": True} if a > 0 else {"use_cache": False}
         layers = self.model.adapter.layer_list(hf)
         with installed_steps(hf, self.model.adapter, steps), _start_at(layers, start, resid, self._layer_returns_tuple):
             return hf(input_ids=tokens, logits_to_keep=1, **kwargs).logits[:, -1]

@@ -108,5 +108,5 @@ class TorchBackend:
     def run_cached(self, tokens: torch.Tensor, steps: list[Step], past) -> tuple[torch.Tensor, object]:
         """Last-position logits for ``tokens`` continuing the KV cache ``past`` (None: a new one), and the grown cache."""
         with installed_steps(self.hf, self.adapter, steps), torch.no_grad():
-            out = self.hf(input_ids=tokens, past_key_values=past, use_cache=True, logits_to_keep=1)
-        return out.logits, out.past_key_values
+            out = self.hf(input_ids=tokens, cache=past, use_cache=True, logits_to_keep=1)
+        return out.logits, out.cache

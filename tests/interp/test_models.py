@@ -265,3 +265,17 @@ def test_a_local_moe_model_runs_its_experts_eagerly(tmp_path):
     out = loaded.run(clean, read=["expert_out.1", "mlp_out.1"])
     torch.testing.assert_close(out.acts["expert_out.1"].sum(-2), out.acts["mlp_out.1"], atol=1e-5, rtol=0)
     torch.testing.assert_close(out.logits, tiny.hf(input_ids=clean).logits, atol=1e-5, rtol=0)
+
+
+def test_a_local_multimodal_gemma3_loads_as_its_text_decoder(tmp_path):
+    """The form every Gemma 3 from 4B up ships in (Gemma3ForConditionalGeneration) runs text-only."""
+    from family_models import build, tokens
+
+    tiny = build("gemma3-multimodal")
+    tiny.hf.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    loaded = interp.load(str(tmp_path), backend="nnsight")
+    assert type(loaded.hf).__name__ == "Gemma3ForConditionalGeneration"
+    assert loaded.adapter.layers == "model.language_model.layers" and loaded.n_layers == 3
+    clean, _ = tokens(loaded)
+    torch.testing.assert_close(loaded.run(clean).logits, tiny.hf(input_ids=clean).logits, atol=1e-5, rtol=0)
