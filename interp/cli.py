@@ -1,6 +1,6 @@
 """The ``interp`` command line.
 
-``interp models`` lives here; method commands (``interp patch``, ...) live in their packages and
+``interp models`` lives here (``interp doctor`` lives in `patching.doctor`: its engine check needs patching); method commands (``interp patch``, ...) live in their packages and
 are found through the ``interp.commands`` entry-point group, so ``interp`` never imports a method
 package. Every `InterpError` becomes one line on stderr and exit code 2, without a traceback.
 """
@@ -23,19 +23,47 @@ err = Console(stderr=True)
 
 
 @app.command()
-def models(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
-    """List the model names, whether each is available offline, and its size."""
+def models(
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
+    families: bool = typer.Option(False, "--families", help="Only the supported architecture families "
+                                  "(with --json: {\"families\": [{\"family\", \"model_types\"}, ...]})."),
+) -> None:
+    """List the model names, whether each is available offline, and its size; then the supported families."""
     from interp.models import list_models
 
-    infos = list_models()
+    supported = supported_families()
     if as_json:
-        print(json.dumps([info.__dict__ for info in infos], indent=2))
+        if families:
+            print(json.dumps({"families": supported}, indent=2))
+        else:  # a list of models, as it always was
+            print(json.dumps([info.__dict__ for info in list_models()], indent=2))
         return
-    table = Table("name", "available", "size", "description / how to install")
-    for info in infos:
-        table.add_row(info.name, "yes" if info.available else "no", info.size,
-                      info.description if info.available else info.install_hint)
-    Console().print(table)
+    console = Console()
+    if not families:
+        table = Table("name", "available", "size", "description / how to install")
+        for info in list_models():
+            table.add_row(info.name, "yes" if info.available else "no", info.size,
+                          info.description if info.available else info.install_hint)
+        console.print(table)
+    table = Table("family", "HF model types", title="supported architectures", title_justify="left")
+    for entry in supported:
+        table.add_row(entry["family"], ", ".join(entry["model_types"]))
+    console.print(table)
+    console.print("Any checkpoint of these loads by HF id or local path when its files are on disk (gemma3: the text "
+                  "decoder); `interp doctor MODEL` checks that interp computes its own numbers.", highlight=False)
+
+
+def supported_families() -> list[dict]:
+    """Each supported family with the HF ``model_type`` values that load as it (multimodal wrappers included)."""
+    from interp.adapters import FAMILIES, MULTIMODAL
+    from interp.adapters import supported_families as names
+
+    types: dict[str, list[str]] = {family: [] for family in names()}
+    for model_type, (family, _) in FAMILIES.items():
+        types[family].append(model_type)
+    for model_type, (text_type, _) in MULTIMODAL.items():
+        types[FAMILIES[text_type][0]].append(model_type)
+    return [{"family": family, "model_types": sorted(ts)} for family, ts in sorted(types.items())]
 
 
 def _register_plugins() -> None:

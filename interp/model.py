@@ -183,8 +183,13 @@ class Model:
         return self.adapter.W_Q(self.hf, layer)
 
 
-def load(name: str | None = None, backend: str = "lens", device: str = "cpu", dtype: torch.dtype = torch.float32) -> Model:
+def load(name: str | None = None, backend: str = "lens", device: str = "cpu", dtype: torch.dtype = torch.float32,
+         verify: bool = False) -> Model:
     """Load a model by name (see `interp.models.list_models`) onto ``backend``.
+
+    ``verify=True`` runs the quick checks of ``interp doctor`` (`interp.doctor.verify`): the backend's
+    logits against the plain HF forward, the residual identities of the block shape, and no hook left
+    behind. A failure raises `InterpError` naming the check and its difference.
 
     >>> model = interp.load("smollm2-135m", backend="nnsight")   # doctest: +SKIP
     """
@@ -194,4 +199,9 @@ def load(name: str | None = None, backend: str = "lens", device: str = "cpu", dt
         raise InterpError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
     name = name or DEFAULT_MODEL
     hf, tokenizer = load_hf(name, device=device, dtype=dtype)
-    return Model(name, hf, tokenizer, backend=backend)
+    model = Model(name, hf, tokenizer, backend=backend)
+    if verify:
+        from interp.doctor import verify as run_verify
+
+        run_verify(model)
+    return model

@@ -79,6 +79,23 @@ def test_models_json_parses():
         assert {"name", "description", "available", "size", "install_hint"} <= set(info)
 
 
+def test_models_lists_the_supported_families():
+    from interp.adapters import supported_families, supported_model_types
+
+    proc = interp_cli("models")
+    assert proc.returncode == 0, proc.stderr
+    assert "supported architectures" in proc.stdout
+    rows = {line.split()[1]: line for line in proc.stdout.splitlines() if line.startswith("│") and len(line.split()) > 3}
+    for family in supported_families():
+        assert family in rows, family
+    proc = interp_cli("models", "--families", "--json")
+    assert proc.returncode == 0, proc.stderr
+    families = json.loads(proc.stdout)["families"]
+    assert [f["family"] for f in families] == supported_families()
+    assert sorted(t for f in families for t in f["model_types"]) == supported_model_types()
+    assert {"gemma3", "gemma3_text"} == set(next(f for f in families if f["family"] == "gemma3")["model_types"])
+
+
 # ----------------------------------------------------------------------------------- interp patch
 
 
