@@ -157,7 +157,8 @@ def rule_steps(rules: Sequence[Rule], table: Adapter, hf: torch.nn.Module) -> li
                 if point.only is not None and (layer in table.moe_layers) != (point.only == "moe"):
                     continue
                 path = point.module.format(L=layer)
-                steps.append(RuleStep(path, rule.edit(find_module(hf, path), table), table.rule_key(point, layer)))
+                steps.append(RuleStep(path, rule.edit(find_module(hf, path), table), table.rule_key(point, layer),
+                                      rule.name, point.repeated))
     return steps
 
 

@@ -271,7 +271,7 @@ def build(family: str, layout: Layout, config, caps_logits: bool = True) -> Adap
     dense = "dense" if layout.moe else None
     rules.append(RulePoint(act, "activation", 50, only=dense))
     if layout.moe:
-        rules.append(RulePoint(f"{mlp}.experts.{layout.act}", "activation", 50, only="moe"))
+        rules.append(RulePoint(f"{mlp}.experts.{layout.act}", "activation", 50, only="moe", repeated=True))
     if layout.gate_up_fused:
         rules.append(RulePoint(f"{mlp}.{layout.up}", "gated_product", 49))
     elif layout.up:

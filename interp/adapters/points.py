@@ -79,6 +79,7 @@ class RulePoint:
     layer_type: str  # "norm", "activation" or "gated_product"
     order: int  # execution order inside a layer, on the same scale as `Point.order`
     only: str | None = None  # "moe" / "dense": only on mixture-of-experts / dense MLP layers
+    repeated: bool = False  # the module runs several times per forward (once per routed expert)
 
     @property
     def per_layer(self) -> bool:

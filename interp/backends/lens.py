@@ -61,7 +61,8 @@ class LensBackend:
     def run(self, tokens: torch.Tensor, steps: list[Step | RuleStep], grad: bool) -> torch.Tensor:
         hooks = [(self.hook_name(s), self._hook(s)) for s in steps if isinstance(s, Step) and self.hook_name(s)]
         on_modules = [s for s in steps if isinstance(s, RuleStep) or not self.hook_name(s)]
-        with torch.set_grad_enabled(grad), installed_steps(self.bridge.original_model, self.adapter, on_modules):
+        with torch.set_grad_enabled(grad), installed_steps(self.bridge.original_model, self.adapter, on_modules,
+                                                           rules_on_wrappers=True):
             return self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, reset_hooks_end=True)
 
 

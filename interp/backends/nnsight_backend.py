@@ -16,7 +16,7 @@ import torch
 
 from interp.adapters import Adapter
 from interp.backends.steps import RuleStep, Step
-from interp.backends.torch_backend import apply_step
+from interp.backends.torch_backend import apply_step, installed_steps
 
 
 class NNsightBackend:
@@ -47,9 +47,13 @@ class NNsightBackend:
         return apply_step(step, point, self.hf.get_submodule(path), value)
 
     def run(self, tokens: torch.Tensor, steps: list[Step | RuleStep], grad: bool) -> torch.Tensor:
+        # nnsight serves one call of a module per access; rules on modules that run once per routed expert
+        # are plain PyTorch hooks on the same modules instead (they change no forward value).
+        repeated = [s for s in steps if isinstance(s, RuleStep) and s.repeated]
+        steps = [s for s in steps if not (isinstance(s, RuleStep) and s.repeated)]
         groups = [(where, list(group)) for where, group in groupby(steps, key=self._where)]
         inputs: dict[str, torch.Tensor] = {}  # module inputs already fetched (nnsight serves each once)
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), installed_steps(self.hf, self.adapter, repeated):
             with self.lm.trace(tokens):
                 for (path, io), group in groups:
                     envoy = self._envoy(path)

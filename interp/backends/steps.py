@@ -46,6 +46,8 @@ class RuleStep:
     module: str
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     order: tuple[int, ...]
+    rule: str = ""  # the rule's name, for messages
+    repeated: bool = False  # the module runs several times per forward (MoE experts)
 
 
 def plan_steps(

@@ -20,8 +20,12 @@ from interp.errors import InterpError
 _WRAPPED = "_original_component"  # where TransformerBridge keeps the HF module it wraps
 
 
-def find_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
-    """The HF module at ``path`` under ``root``, looking through wrappers that keep it as ``_original_component``."""
+def find_module(root: torch.nn.Module, path: str, unwrap: bool = True) -> torch.nn.Module:
+    """The HF module at ``path`` under ``root``, looking through wrappers that keep it as ``_original_component``.
+
+    ``unwrap=False`` returns the outermost module at ``path`` (TransformerBridge's component, whose input and
+    output are the HF module's; the bridge may compute them itself without calling the HF module).
+    """
     module = root
     for part in path.split("."):
         while part not in module._modules and _WRAPPED in module._modules:
@@ -29,7 +33,7 @@ def find_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
         if part not in module._modules:
             raise InterpError(f"model has no module '{path}' (stopped at '{part}'); is the architecture adapter right?")
         module = module._modules[part]
-    while _WRAPPED in module._modules:
+    while unwrap and _WRAPPED in module._modules:
         module = module._modules[_WRAPPED]
     return module
 
@@ -61,8 +65,37 @@ def _post_hook(step: Step, point: Point):
     return hook
 
 
-def _rule_hook(step: RuleStep):
+def _hook_rule(hf: torch.nn.Module, step: RuleStep, fired: set[int], on_wrappers: bool) -> list:
+    """Hook a rule on its HF module; with ``on_wrappers``, on the wrapper too, for calls that bypass the module.
+
+    TransformerBridge's components usually call the HF module inside (the rule must then edit there, before
+    the component's own output hooks), but some compute it themselves (LayerNorm from scratch): the wrapper
+    applies the rule only to calls where the HF module did not run.
+    """
+    inner = find_module(hf, step.module)
+    outer = find_module(hf, step.module, unwrap=False)
+    if not on_wrappers or inner is outer:
+        return [inner.register_forward_hook(_rule_hook(step, fired))]
+    inside: list[bool] = [False]
+    rule = _rule_hook(step, fired)
+
+    def enter(module, args):
+        inside[0] = False
+
+    def on_inner(module, args, out):
+        inside[0] = True
+        return rule(module, args, out)
+
+    def on_outer(module, args, out):
+        return None if inside[0] else rule(module, args, out)
+
+    return [outer.register_forward_pre_hook(enter), inner.register_forward_hook(on_inner),
+            outer.register_forward_hook(on_outer)]
+
+
+def _rule_hook(step: RuleStep, fired: set[int]):
     def hook(module, args, out):
+        fired.add(id(step))
         if not args:
             raise InterpError(f"rule at '{step.module}' needs the module's input, which was passed by keyword")
         if isinstance(out, tuple):
@@ -73,13 +106,21 @@ def _rule_hook(step: RuleStep):
 
 
 @contextmanager
-def installed_steps(hf: torch.nn.Module, adapter: Adapter, steps: list[Step | RuleStep]) -> Iterator[None]:
-    """Hook ``steps`` onto ``hf`` (in order) for the duration of the block; always removes them."""
+def installed_steps(hf: torch.nn.Module, adapter: Adapter, steps: list[Step | RuleStep],
+                    rules_on_wrappers: bool = False) -> Iterator[None]:
+    """Hook ``steps`` onto ``hf`` (in order) for the duration of the block; always removes them.
+
+    A backward rule whose module the forward never called is an error: its gradients would be silently
+    the plain ones. ``rules_on_wrappers`` also covers TransformerBridge's components that compute a module
+    themselves instead of calling it (`_hook_rule`).
+    """
     handles = []
+    fired: set[int] = set()
+    rules = [s for s in steps if isinstance(s, RuleStep)]
     try:
         for step in steps:
             if isinstance(step, RuleStep):
-                handles.append(find_module(hf, step.module).register_forward_hook(_rule_hook(step)))
+                handles += _hook_rule(hf, step, fired, rules_on_wrappers)
                 continue
             point = adapter.point(step.location)
             module = find_module(hf, point.module_path(step.location.layer))
@@ -91,6 +132,10 @@ def installed_steps(hf: torch.nn.Module, adapter: Adapter, steps: list[Step | Ru
     finally:
         for handle in handles:
             handle.remove()
+    missed = [s for s in rules if id(s) not in fired]
+    if missed:
+        raise InterpError(f"rule '{missed[0].rule}' could not edit {missed[0].module}: the forward never called it "
+                          f"({len(missed)} such modules; TransformerLens's bridge computes some itself: use --backend torch or nnsight)")
 
 
 class TorchBackend:
