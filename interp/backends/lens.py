@@ -63,7 +63,13 @@ class LensBackend:
         on_modules = [s for s in steps if isinstance(s, RuleStep) or not self.hook_name(s)]
         with torch.set_grad_enabled(grad), installed_steps(self.bridge.original_model, self.adapter, on_modules,
                                                            rules_on_wrappers=True):
-            return self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, reset_hooks_end=True)
+            try:
+                return self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, reset_hooks_end=True)
+            except RuntimeError as e:  # e.g. the bridge mixing dtypes on OLMo-2 in bfloat16
+                first = (str(e).strip().splitlines() or [""])[0]
+                dtype = str(next(self.bridge.parameters()).dtype).replace("torch.", "")
+                raise InterpError(f"TransformerLens's bridge failed on this {self.adapter.family} model in {dtype} "
+                                  f"({first[:200]}); use --backend nnsight or torch") from e
 
 
 @contextlib.contextmanager
