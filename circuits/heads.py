@@ -192,7 +192,7 @@ def direct_logit_attribution(model: Model, tokens: torch.Tensor, answer: torch.T
     adapter = model.adapter
     if not adapter.sublayers_add_linearly():
         raise InterpError(f"direct logit attribution needs sublayer outputs that add to the residual unnormalised; "
-                          f"{adapter.family} normalises them ({adapter.block} norms)")
+                          f"{adapter.family} normalises them first (post-norms of its {adapter.block} blocks)")
     if adapter.norm.kind != "rms":
         raise InterpError(f"direct logit attribution here splits an RMSNorm's output; {adapter.family} uses LayerNorm, "
                           "whose mean and bias terms it does not split yet")

@@ -117,6 +117,21 @@ def test_dla_refuses_post_norm_architecture(tiny_gemma3):
         direct_logit_attribution(tiny_gemma3, tokens, torch.tensor([5]), torch.tensor([6]))
 
 
+def test_dla_sums_to_the_logit_difference_on_other_families_and_refuses_where_it_cannot():
+    from family_models import build, tokens
+
+    for row in ("mistral-window", "qwen3-headdim", "qwen2-window"):
+        model = build(row)
+        clean, _ = tokens(model)
+        dla = direct_logit_attribution(model, clean, torch.tensor([11, 12, 13]), torch.tensor([21, 22, 23]))
+        assert torch.allclose(dla.total, dla.logit_diff, atol=1e-4), row
+    for row, reason in (("gpt2", "uses LayerNorm"), ("olmo2", "post-norms"), ("gemma2-caps", "post-norms"),
+                        ("granite", "divided by 4"), ("gptj", "LayerNorm")):
+        model = build(row)
+        with pytest.raises(InterpError, match=reason):
+            direct_logit_attribution(model, tokens(model)[0], torch.tensor([11, 12, 13]), torch.tensor([21, 22, 23]))
+
+
 @pytest.mark.real_model
 def test_smollm2_has_strong_previous_token_and_induction_heads(smollm2):
     scores = detect_heads(smollm2, n_prompts=2, period=15)

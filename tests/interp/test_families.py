@@ -1,6 +1,6 @@
 """The parity matrix: every supported decoder family, as a tiny random model, on every backend.
 
-Rows (tests/interp/family_models.py) cover the families and the options that change the forward:
+Rows (tests/family_models.py) cover the families and the options that change the forward:
 soft-capping, sliding windows shorter than the prompt, multipliers, tied and untied embeddings,
 biases, parallel residual on and off, q/k norms, head_dim != d_model / n_heads, fused q/k/v and
 gate_up, MQA / GQA / Falcon's grouped layout, ALiBi, NoPE layers, MoE with and without dense
