@@ -29,8 +29,9 @@ to edit and is a no-op there.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, ClassVar, Iterator, Sequence
+from typing import ClassVar
 
 import torch
 from torch.overrides import TorchFunctionMode

@@ -28,9 +28,9 @@ Two engines compute the same numbers (the tests hold them to each other and to T
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 
@@ -293,7 +293,7 @@ def _chunk_index(chunk: list[Patch], n: int, shift: int):
     """
     rows = torch.arange(n * len(chunk))
     prompts = torch.arange(n).repeat(len(chunk))
-    per_row = lambda xs: torch.tensor(xs).repeat_interleave(n)  # noqa: E731
+    per_row = lambda xs: torch.tensor(xs).repeat_interleave(n)
     pos = None if chunk[0].pos is None else per_row([p.pos for p in chunk])
     unit = None if chunk[0].unit is None else per_row([p.unit for p in chunk])
 

@@ -140,7 +140,7 @@ def _randomize(model: torch.nn.Module, center: float, seed: int = 0) -> None:
                 param.copy_((0.2 if param.ndim == 2 and param.shape[0] == len(tokenizer()) else 0.1) * noise)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build(row_id: str) -> interp.Model:
     """The tiny random model of one row, as an `interp.Model` (built once per test session)."""
     row = BY_ID[row_id]

@@ -19,8 +19,20 @@ from interp.adapters.layout import build, with_paths
 from interp.adapters.points import INPUT, OUTPUT, RULE, Point, RulePoint
 from interp.errors import InterpError
 
-__all__ = ["Adapter", "NormSpec", "Point", "RulePoint", "INPUT", "OUTPUT", "RULE", "adapter_for", "check_config",
-           "norm_eps", "supported_families", "text_config"]
+__all__ = [
+    "INPUT",
+    "OUTPUT",
+    "RULE",
+    "Adapter",
+    "NormSpec",
+    "Point",
+    "RulePoint",
+    "adapter_for",
+    "check_config",
+    "norm_eps",
+    "supported_families",
+    "text_config",
+]
 
 
 def supported_families() -> list[str]:

@@ -17,8 +17,8 @@ Nothing outside `interp.adapters` names an HF module path or config field: metho
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

@@ -7,8 +7,8 @@ every one of them against the HF forward on a tiny random model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 from interp.adapters.adapter import NormSpec
 from interp.adapters.layout import Layout

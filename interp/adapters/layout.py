@@ -8,8 +8,8 @@ on one order scale, so steps sort into the order a forward pass reaches them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -13,8 +13,8 @@ same site means the same tensor on every backend.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

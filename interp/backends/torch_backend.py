@@ -8,8 +8,8 @@ it hooks on the HF modules inside TransformerLens's bridge.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as T
+from family_models import BY_ID, ROW_IDS, ROWS, SEQ, WINDOW, build, tokens
 
-from family_models import ROW_IDS, ROWS, SEQ, WINDOW, BY_ID, build, tokens
 from interp import Ablate, Add, InterpError, Replace
 from interp.adapters import adapter_for
 from interp.metrics import MetricContext, logit_diff
@@ -114,7 +114,7 @@ def test_moe_router_logits_are_the_routers_own():
         layer = min(model.adapter.moe_layers)
         seen = []
         gate = model.hf.get_submodule(f"model.layers.{layer}.mlp.gate")
-        handle = gate.register_forward_hook(lambda m, args, out: seen.append(out[0]))
+        handle = gate.register_forward_hook(lambda m, args, out, seen=seen: seen.append(out[0]))
         try:
             out = model.run(clean, read=[f"router_logits.{layer}"], backend="torch")
         finally:
