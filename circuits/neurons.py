@@ -107,6 +107,11 @@ def relation_prompt_sets(model: Model, relations: Sequence[str | Relation] | Non
         test = [p for p, h in zip(test, hits.tolist()) if h]
     names = [r.name for r in rels]
     n_test = torch.tensor([sum(p.relation == n for p in test) for n in names])
+    empty = [f"{n} (0 of {f})" for n, k, f in zip(names, n_test.tolist(), n_facts) if k == 0]
+    if empty:  # fail here, before the expensive expertise pass, rather than when accuracy is first measured
+        kept = ",".join(n for n, k in zip(names, n_test.tolist()) if k)
+        raise InterpError(f"no test prompts left for {', '.join(empty)}: the model answers none of its held-out facts "
+                          f"right; leave it out (--relations {kept}) or keep wrong answers (--no-keep-correct)")
     return RelationPromptSets(names, ident, test, torch.tensor(n_facts), n_test)
 
 

@@ -39,6 +39,12 @@ def test_average_precision_equals_sklearn_with_ties():
         average_precision(scores, torch.zeros(60, dtype=torch.bool))
 
 
+def test_relation_the_model_never_answers_fails_before_expertise(tiny_llama):
+    # the random tiny model answers no held-out fact right, so keep_correct leaves every relation empty
+    with pytest.raises(InterpError, match=r"no test prompts left for capital_of \(0 of \d+\).*--no-keep-correct"):
+        relation_prompt_sets(tiny_llama, RELS, n_identification=4)
+
+
 def test_ap_selection_picks_planted_neuron_in_real_responses(tiny_llama):
     sets = relation_prompt_sets(tiny_llama, RELS, n_identification=4, keep_correct=False)
     names = [p.relation for p in sets.identification]
