@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -59,13 +61,16 @@ class LensBackend:
         return self.adapter.point(step.location).lens_name(step.location.layer)
 
     def run(self, tokens: torch.Tensor, steps: list[Step | RuleStep], grad: bool) -> torch.Tensor:
+        steps = [dataclasses.replace(s, fn=_marked(s.fn)) for s in steps]
         hooks = [(self.hook_name(s), self._hook(s)) for s in steps if isinstance(s, Step) and self.hook_name(s)]
         on_modules = [s for s in steps if isinstance(s, RuleStep) or not self.hook_name(s)]
         with torch.set_grad_enabled(grad), installed_steps(self.bridge.original_model, self.adapter, on_modules,
                                                            rules_on_wrappers=True):
             try:
                 return self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, reset_hooks_end=True)
-            except RuntimeError as e:  # e.g. the bridge mixing dtypes on OLMo-2 in bfloat16
+            except RuntimeError as e:  # the bridge's own failure, e.g. mixing dtypes on OLMo-2 in bfloat16
+                if getattr(e, _FROM_STEP, False):  # raised by an intervention or rule: not the bridge's
+                    raise
                 first = (str(e).strip().splitlines() or [""])[0]
                 dtype = str(next(self.bridge.parameters()).dtype).replace("torch.", "")
                 raise InterpError(f"TransformerLens's bridge failed on this {self.adapter.family} model in {dtype} "
@@ -84,3 +89,20 @@ def _no_processor() -> Iterator[None]:
         yield
     finally:
         source.load_modality_processor, helpers._ensure_torchvision = saved
+
+
+_FROM_STEP = "_interp_from_step"
+
+
+def _marked(fn: Callable) -> Callable:
+    """``fn``, with any exception it raises marked as coming from a step (so `LensBackend.run` passes it on)."""
+
+    @functools.wraps(fn)
+    def call(*args):
+        try:
+            return fn(*args)
+        except Exception as e:
+            setattr(e, _FROM_STEP, True)
+            raise
+
+    return call
