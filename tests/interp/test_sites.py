@@ -33,7 +33,7 @@ def test_kinds_and_writability():
     assert set(ALL_KINDS) == set(LAYER_KINDS) | {"norm_scale"}
     assert set(READ_ONLY_KINDS) == {"attn_pattern", "norm_scale", "router_logits", "expert_out"}
     for kind in LAYER_KINDS:
-        assert parse_site(f"{kind}.0").writable == (kind != "attn_pattern")
+        assert parse_site(f"{kind}.0").writable == (kind not in ("attn_pattern", "router_logits", "expert_out"))
     assert not parse_site("norm_scale.0.ln1").writable
     assert not parse_site("norm_scale.final").writable
 
