@@ -13,7 +13,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from app.catalog import RunEntry, scan_runs
+from interp.app.catalog import RunEntry, scan_runs
 from interp.results import MANIFEST, SCORES, RunResult, load_run
 
 DEFAULT_RUNS_DIR = "runs"

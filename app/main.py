@@ -9,8 +9,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.loading import default_runs_dir, list_runs
-from app.views import (
+from interp.app.loading import default_runs_dir, list_runs
+from interp.app.views import (
     attention,
     circuits,
     heads,

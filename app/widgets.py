@@ -17,8 +17,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from app.catalog import KIND_TITLES, RunEntry
-from app.loading import read_run
+from interp.app.catalog import KIND_TITLES, RunEntry
+from interp.app.loading import read_run
 from interp.errors import RunFolderError
 from interp.results import RunResult
 

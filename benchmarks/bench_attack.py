@@ -21,9 +21,9 @@ import torch
 
 import interp
 from interp.chat import chat_prompt
-from steering.attack import attack_vectors, contrast_pairs, default_set, effective_coeff, evaluate_attack, split_rows
-from steering.behaviour_sets import HARMLESS, SYSTEM_PROMPTS, detector_pool
-from steering.detector import detection_rates, fit_detector
+from interp.steering.attack import attack_vectors, contrast_pairs, default_set, effective_coeff, evaluate_attack, split_rows
+from interp.steering.behaviour_sets import HARMLESS, SYSTEM_PROMPTS, detector_pool
+from interp.steering.detector import detection_rates, fit_detector
 
 
 

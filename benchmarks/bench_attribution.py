@@ -24,8 +24,8 @@ from transformer_lens import patching as tl_patching
 import interp
 from interp.ioi import generate_ioi
 from interp.metrics import MetricContext, logit_diff
-from patching.activation import COMPONENTS, BatchedEngine, sweep
-from patching.attribution import attribution_patching
+from interp.patching.activation import COMPONENTS, BatchedEngine, sweep
+from interp.patching.attribution import attribution_patching
 
 COMPS = ["resid_pre", "attn_out", "mlp_out", "head_out"]
 TL_HOOK = {"resid_pre": "blocks.{L}.hook_resid_pre", "attn_out": "blocks.{L}.hook_attn_out",

@@ -15,12 +15,12 @@ import argparse
 import time
 
 import interp
-from circuits.graph import Circuit, faithfulness, node_scores, overlap, threshold
-from circuits.heads import detect_heads, direct_logit_attribution
-from circuits.path_patching import path_patching
+from interp.circuits.graph import Circuit, faithfulness, node_scores, overlap, threshold
+from interp.circuits.heads import detect_heads, direct_logit_attribution
+from interp.circuits.path_patching import path_patching
 from interp.colored_objects import generate_colored_objects
 from interp.ioi import generate_ioi
-from patching.run import activation_patching
+from interp.patching.run import activation_patching
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ All four do the same work in one process: greedy decoding of --max-new-tokens to
 end-of-text) from --n-prompts prompts of equal token length, batched, with ``coeff * v`` added to
 the residual stream after block --layer at every position (prompt and generated):
 
-  (a) interp default: ``steering.generate.generate(model, prompts, {"resid_post.L": v}, coeff=c)``,
+  (a) interp default: ``interp.steering.generate.generate(model, prompts, {"resid_post.L": v}, coeff=c)``,
       which keeps a KV cache and runs only the new token each step (`Model.run_cached`);
   (b) the same call with ``backend="lens"``: reruns the whole sequence through the
       TransformerBridge each step (no cache);
@@ -30,7 +30,7 @@ from collections import Counter
 import torch
 
 import interp
-from steering.generate import generate
+from interp.steering.generate import generate
 
 POOL = [  # 5 tokens each with the SmolLM2 tokenizer; pick_prompts checks
     "The capital of France is", "In the morning I usually", "The history of Rome began", "The city of London is",

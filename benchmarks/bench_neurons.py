@@ -17,7 +17,7 @@ import time
 import torch
 
 import interp
-from circuits.neurons import (deactivation_matrix, k_sweep, layer_histogram, neuron_expertise, relation_prompt_sets,
+from interp.circuits.neurons import (deactivation_matrix, k_sweep, layer_histogram, neuron_expertise, relation_prompt_sets,
                               topk_overlap)
 
 

@@ -17,7 +17,7 @@ from transformer_lens import patching as tl_patching
 import interp
 from interp.ioi import generate_ioi
 from interp.metrics import MetricContext, logit_diff
-from patching.activation import BatchedEngine, sweep
+from interp.patching.activation import BatchedEngine, sweep
 
 TL_FUNCTIONS = {
     "resid_pre": tl_patching.get_act_patch_resid_pre,

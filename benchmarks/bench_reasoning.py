@@ -17,9 +17,9 @@ import time
 import torch
 
 import interp
-from steering.puzzles import load_puzzles
-from steering.reasoning import vectors_from_puzzles
-from steering.sweep import candidate_hits, coefficient_sweep, sweep_figure
+from interp.steering.puzzles import load_puzzles
+from interp.steering.reasoning import vectors_from_puzzles
+from interp.steering.sweep import candidate_hits, coefficient_sweep, sweep_figure
 
 
 def _floats(text: str) -> list[float]:

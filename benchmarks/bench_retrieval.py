@@ -16,8 +16,8 @@ import argparse
 import time
 
 import interp
-from circuits.haystack import niah_prompts
-from circuits.retrieval import detect_retrieval_heads, masking_curve
+from interp.circuits.haystack import niah_prompts
+from interp.circuits.retrieval import detect_retrieval_heads, masking_curve
 
 
 def _ints(text: str) -> list[int]:

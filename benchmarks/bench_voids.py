@@ -3,7 +3,7 @@
 1. Usage: greedy generation (KV cache) of --max-new-tokens tokens from a few short prompts in the chat
    template; prints, per layer, the fraction of prompt tokens (PP phase) and of generated tokens (RG
    phase) for which LAC marks the layer activated, and the overall fraction of layers used.
-2. Accuracy: the 40-question built-in set (`circuits.mc_set.MC_SET`), plain "Answer:" format and chat
+2. Accuracy: the 40-question built-in set (`interp.circuits.mc_set.MC_SET`), plain "Answer:" format and chat
    template, scored by the " A".." D" next-token logits, with and without skipping voids (the LM head
    reading each token's last activated layer). Chance is 25 %; the set has 10 answers per letter.
    Third pass: the chat answer is generated (--answer-tokens greedy tokens, skipping in every RG step,
@@ -20,8 +20,8 @@ import time
 import torch
 
 import interp
-from circuits.mc_set import evaluate_mc
-from circuits.voids import void_usage
+from interp.circuits.mc_set import evaluate_mc
+from interp.circuits.voids import void_usage
 
 PROMPTS = [
     "What is the capital of France?",

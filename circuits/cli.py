@@ -49,7 +49,7 @@ def heads_detect(
     as_json: bool = AS_JSON, seed: int = SEED,
 ) -> None:
     """Induction, previous-token and duplicate-token scores per head, and direct logit attribution on a task."""
-    from circuits.runs import heads_run
+    from interp.circuits.runs import heads_run
 
     if n_random < 1 or period < 2 or n_prompts < 1:
         raise InterpError("--n-random and --n-prompts must be at least 1, --period at least 2")
@@ -75,7 +75,7 @@ def heads_retrieval(
     as_json: bool = AS_JSON, seed: int = SEED,
 ) -> None:
     """Retrieval heads: which heads copy the needle while the model answers, and does masking them break recall?"""
-    from circuits.runs import retrieval_run
+    from interp.circuits.runs import retrieval_run
 
     length_list, depth_list, k_list = numbers(lengths, "--lengths", int), numbers(depths, "--depths"), numbers(ks, "--ks", int)
     if not length_list or not depth_list or any(x < 1 for x in length_list) or any(not 0 <= d <= 100 for d in depth_list):
@@ -102,8 +102,8 @@ def neurons_relation(
     as_json: bool = AS_JSON, seed: int = SEED,
 ) -> None:
     """Score every MLP neuron per relation (AP), zero each relation's top-k, and measure every relation's accuracy."""
-    from circuits.relations import RELATIONS
-    from circuits.runs import neurons_run
+    from interp.circuits.relations import RELATIONS
+    from interp.circuits.runs import neurons_run
 
     names = split(relations) or None
     unknown = [r for r in (names or []) + ([sweep] if sweep else []) if r not in RELATIONS]
@@ -135,7 +135,7 @@ def voids(
     as_json: bool = AS_JSON,
 ) -> None:
     """Void layers (LAC): which layers each token uses while reading the prompt and while answering."""
-    from circuits.runs import voids_run
+    from interp.circuits.runs import voids_run
 
     if not 0 < alpha <= 1:
         raise InterpError(f"--alpha must be in (0, 1], got {alpha}")
@@ -164,7 +164,7 @@ def circuit_build(
     as_json: bool = AS_JSON,
 ) -> None:
     """Build a circuit by thresholding a patching run's node scores; writes circuit.json."""
-    from circuits.runs import add_path_edges, circuit_build_run
+    from interp.circuits.runs import add_path_edges, circuit_build_run
 
     if top_k < 0:
         raise InterpError("--top-k must be 0 (no limit) or more")
@@ -188,7 +188,7 @@ def circuit_overlap(
     as_json: bool = AS_JSON,
 ) -> None:
     """Shared nodes of two circuits: intersection over union and over each."""
-    from circuits.runs import circuit_overlap_run
+    from interp.circuits.runs import circuit_overlap_run
 
     out = default_out(out, "overlap")
     t0 = time.perf_counter()
@@ -208,7 +208,7 @@ def circuit_faithfulness(
     as_json: bool = AS_JSON, seed: int = SEED,
 ) -> None:
     """The metric with every head and MLP outside the circuit mean-ablated, as a fraction of the full model's."""
-    from circuits.runs import circuit_faithfulness_run
+    from interp.circuits.runs import circuit_faithfulness_run
 
     if reference not in ("clean", "corrupt", "both"):
         raise InterpError(f"unknown --reference '{reference}': use clean, corrupt or both")

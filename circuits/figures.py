@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from circuits.graph import Circuit, Edge, parse_node
+from interp.circuits.graph import Circuit, Edge, parse_node
 
 _LATE = {"mlp", "neuron", "resid_post"}  # read after the layer's attention: drawn half a layer later
 _POSITIVE, _NEGATIVE = "#c0392b", "#2c6fbb"

@@ -14,7 +14,7 @@ pass for knowledge. A question is shown as::
 and scored from the next-token logits of " A", " B", " C", " D" (``chat=True``: the same text as the
 user turn of the chat template, scored on "A".."D" at the start of the assistant's reply). The
 prediction is the letter with the highest logit. `evaluate_mc` runs each question twice through
-`circuits.voids.void_map`: plainly, and with the LM head reading each token's last activated layer.
+`interp.circuits.voids.void_map`: plainly, and with the LM head reading each token's last activated layer.
 
 Skipping (as the reference code does it) only changes a token whose *last* layer is a void; at the
 answer position of these prompts the last layer is nearly always activated, so the letter logits
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from circuits.voids import generate_with_voids, void_map
+from interp.circuits.voids import generate_with_voids, void_map
 from interp.chat import chat_prompt
 from interp.errors import InterpError
 from interp.model import Model

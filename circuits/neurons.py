@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from circuits.relations import Relation, RelationPrompt, get_relations, split_relation
+from interp.circuits.relations import Relation, RelationPrompt, get_relations, split_relation
 from interp.errors import InterpError
 from interp.interventions import Ablate, Intervention
 from interp.model import Model

@@ -156,7 +156,7 @@ def path_patching(
 def circuit_edges(model: Model, heads: Sequence[Head], prompts: PromptSet | TokenizedPrompts, metric: str | Callable = "logit_diff",
                   backend: str | None = None) -> list[tuple[str, str, float]]:
     """Edges among a circuit's ``heads``: (sender, receiver, mean metric change) for each earlier head into each later
-    head, and for each head into ``"logits"`` (node names as in `circuits.graph`: ``head.L.H``)."""
+    head, and for each head into ``"logits"`` (node names as in `interp.circuits.graph`: ``head.L.H``)."""
     heads = sorted({(int(layer), int(head)) for layer, head in heads})
     if not heads:
         raise InterpError("the circuit has no head nodes to connect")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from circuits.haystack import NeedlePrompt
+from interp.circuits.haystack import NeedlePrompt
 from interp.errors import InterpError
 from interp.interventions import Intervention
 from interp.model import Model

@@ -16,8 +16,8 @@ from typing import Sequence
 
 import torch
 
-from circuits.graph import Circuit, faithfulness, node_scores, overlap, parse_node, threshold
-from circuits.heads import DETECTORS, detect_heads, direct_logit_attribution
+from interp.circuits.graph import Circuit, faithfulness, node_scores, overlap, parse_node, threshold
+from interp.circuits.heads import DETECTORS, detect_heads, direct_logit_attribution
 from interp.model import Model
 from interp.prompts import PromptSet
 from interp.results import RunResult, describe_tensor, load_run, run_header
@@ -54,8 +54,8 @@ def heads_run(model: Model, prompts: PromptSet | None = None, n_random: int = 4,
 def voids_run(model: Model, prompts: Sequence[str], max_new_tokens: int = 16, alpha: float = 0.8, chat: bool = True,
               mc: bool = True, seed: int = 0, command: str = "voids") -> RunResult:
     """Layer usage of LAC in both phases on ``prompts``, and the multiple-choice set with and without skipping."""
-    from circuits.mc_set import evaluate_mc
-    from circuits.voids import void_usage
+    from interp.circuits.mc_set import evaluate_mc
+    from interp.circuits.voids import void_usage
 
     t0 = time.perf_counter()
     usage = void_usage(model, list(prompts), max_new_tokens, alpha, chat)
@@ -160,8 +160,8 @@ def circuit_faithfulness_run(model: Model, circuit_path: str, prompts: PromptSet
 def retrieval_run(model: Model, context_lengths: Sequence[int], depths: Sequence[float], ks: Sequence[int], n_random: int = 1,
                   max_new_tokens: int = 30, seed: int = 0, command: str = "heads retrieval") -> RunResult:
     """Retrieval scores per head on needle-in-a-haystack prompts, and recall with top-k vs random-k heads masked."""
-    from circuits.haystack import niah_prompts
-    from circuits.retrieval import detect_retrieval_heads, masking_curve
+    from interp.circuits.haystack import niah_prompts
+    from interp.circuits.retrieval import detect_retrieval_heads, masking_curve
 
     t0 = time.perf_counter()
     prompts = niah_prompts(model.tokenizer, context_lengths, depths)
@@ -199,7 +199,7 @@ def neurons_run(model: Model, relations: Sequence[str] | None = None, k: int = 1
                 ks: Sequence[int] = (10, 30, 100, 300), n_identification: int = 12, keep_correct: bool = True, seed: int = 0,
                 backend: str | None = None, command: str = "neurons relation") -> RunResult:
     """Relation-specific neurons: AP per mlp_act unit, the deactivation matrix with its random control, overlap, a k sweep."""
-    from circuits.neurons import deactivation_matrix, k_sweep, layer_histogram, neuron_expertise, relation_prompt_sets, topk_overlap
+    from interp.circuits.neurons import deactivation_matrix, k_sweep, layer_histogram, neuron_expertise, relation_prompt_sets, topk_overlap
 
     t0 = time.perf_counter()
     sets = relation_prompt_sets(model, relations, n_identification, seed, keep_correct, backend)
@@ -247,7 +247,7 @@ def neurons_run(model: Model, relations: Sequence[str] | None = None, k: int = 1
 
 def add_path_edges(model: Model, circuit: Circuit, result: RunResult, run_folder: str) -> None:
     """Path-patching edges among the circuit's heads, on the prompts the patching run used (regenerated and checked)."""
-    from circuits.path_patching import circuit_edges
+    from interp.circuits.path_patching import circuit_edges
     from interp.errors import InterpError
     from interp.results import load_run
     from interp.tasks import load_prompt_set

@@ -1,6 +1,6 @@
 """The ``interp`` command line.
 
-``interp models`` lives here (``interp doctor`` lives in `patching.doctor`: its engine check needs patching); method commands (``interp patch``, ...) live in their packages and
+``interp models`` lives here (``interp doctor`` lives in `interp.patching.doctor`: its engine check needs patching); method commands (``interp patch``, ...) live in their packages and
 are found through the ``interp.commands`` entry-point group, so ``interp`` never imports a method
 package. Every `InterpError` becomes one line on stderr and exit code 2, without a traceback.
 """
@@ -20,6 +20,22 @@ from interp.errors import InterpError
 app = typer.Typer(help="Mechanistic interpretability on TransformerLens and nnsight.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"interp {version('interp')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                  help="Print the version and exit."),
+) -> None:
+    """Mechanistic interpretability on TransformerLens and nnsight."""
 
 
 @app.command()

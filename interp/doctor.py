@@ -11,7 +11,7 @@ tests never saw (or find out that its adapter is wrong) before reading anything 
   linearly, and the MoE experts' outputs summing to mlp_out;
 - every site read, and two interventions (an Add on resid_pre, a head ablation), equal across backends
   (against ``torch``: plain PyTorch hooks on the HF modules);
-- ``extra`` checks supplied by a caller (``patching.doctor`` adds batched engine = hooks engine; interp
+- ``extra`` checks supplied by a caller (``interp.patching.doctor`` adds batched engine = hooks engine; interp
   itself never imports a method package);
 - no hook left behind on the HF model, TransformerLens's bridge, or torch's global hooks.
 

@@ -11,7 +11,7 @@ which leave the forward values bit-identical.
 
 The dot product runs over what one patch replaces: d_model for residual-type components, d_head
 for heads, positions for whole-sequence patches. One forward and one backward on the base run
-serve every component and layer at once. Values come back in `patching.activation.sweep`'s
+serve every component and layer at once. Values come back in `interp.patching.activation.sweep`'s
 layout, as estimated metrics after patching, so they compare with it cell for cell.
 """
 
@@ -24,7 +24,7 @@ import torch
 from interp.metrics import MetricContext
 from interp.model import Model
 from interp.rules import RELP_RULES, Rule
-from patching.activation import COMPONENTS, check_component
+from interp.patching.activation import COMPONENTS, check_component
 
 # Reading resid_mid gives the input of the norm that follows it, so a gradient taken there would
 # miss the residual path; attn_out carries the same gradient (resid_mid = resid_pre + attn_out).

@@ -51,7 +51,7 @@ def patch(
     """Activation patching (and its estimators AtP, RelP, IG): which components carry the clean behaviour?"""
 
     from interp.tasks import check_task
-    from patching.run import check_options
+    from interp.patching.run import check_options
 
     comps, methods = check_options(_split(components), _split(method), direction, metric, engine, rules, ig_steps)
     if n_prompts < 1:
@@ -65,7 +65,7 @@ def patch(
         raise InterpError("--resume needs --out DIR: the folder of the interrupted run")
     out = out or Path("runs") / f"patch-{datetime.now():%Y%m%d-%H%M%S}"
 
-    from patching.run import activation_patching
+    from interp.patching.run import activation_patching
 
     console = Console(stderr=True)
     t0 = time.perf_counter()

@@ -28,7 +28,7 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from interp.errors import InterpError
 from interp.model import Model
-from patching.subspace import Direction, PatchPairs, base_logit_diff, evaluate, patched_logits
+from interp.patching.subspace import Direction, PatchPairs, base_logit_diff, evaluate, patched_logits
 
 Progress = Callable[[int, int, float], None]
 
@@ -81,7 +81,7 @@ def train_das(
 
     Returns the `Direction` (``method="das"``, float32 rows ``[k, d]``) and a report:
     ``{"loss": [mean train loss per epoch], "train": scores, "test": scores or None,
-    "n_train", "n_test"}``, where the scores are `patching.subspace.evaluate` with each subset's
+    "n_train", "n_test"}``, where the scores are `interp.patching.subspace.evaluate` with each subset's
     own base logit difference.
     """
     d = pairs.source.shape[-1]

@@ -36,7 +36,7 @@ from interp.doctor import (
 from interp.errors import InterpError
 from interp.metrics import MetricContext, logit_diff
 from interp.model import Model
-from patching.activation import sweep
+from interp.patching.activation import sweep
 
 
 def engine_check(model: Model, probe: Probe) -> list[Check]:

@@ -11,7 +11,7 @@ pushes the dormant component off-distribution and the output moves. The check sp
 - ``unreadable``: the rest (the down projection's nullspace, or the complement of that span);
 
 then patches along v, along each component alone (normalised) and the whole activation, and
-reports, for each, the logit difference, FLDD and interchange accuracy (`patching.subspace.scores`)
+reports, for each, the logit difference, FLDD and interchange accuracy (`interp.patching.subspace.scores`)
 with the components' norms. The illusion signature: v works, its readable part alone does much
 less, and patching the whole activation does nothing (flagged "illusion"); when the whole
 activation does nothing but the readable part does a fair share, it is flagged "likely_illusion".
@@ -27,7 +27,7 @@ from interp.errors import InterpError
 from interp.interventions import orthonormal_basis
 from interp.model import Model
 from interp.sites import parse_site
-from patching.subspace import PatchPairs, base_logit_diff, evaluate
+from interp.patching.subspace import PatchPairs, base_logit_diff, evaluate
 
 RESIDUAL_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 WORKS_FLDD = 20.0  # a patch "works" when it removes at least this % of the logit difference

@@ -14,7 +14,7 @@ does not interact with the others. It is the expensive reference: one forward an
 like activation patching's: from the patched layer on, on the base run's cached residual, and only
 from the first position where source and base differ (earlier cells have nothing to patch and
 score exactly zero); ``hooks`` runs whole forwards through the model's backend. Values come back
-as estimated metrics after patching, in `patching.activation.sweep`'s layout.
+as estimated metrics after patching, in `interp.patching.activation.sweep`'s layout.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from interp.interventions import Replace
 from interp.metrics import MetricContext
 from interp.model import Model
 from interp.sites import Site
-from patching.activation import COMPONENTS, ENGINES, BatchedEngine, check_component
-from patching.attribution import cell_contributions, layers_for
+from interp.patching.activation import COMPONENTS, ENGINES, BatchedEngine, check_component
+from interp.patching.attribution import cell_contributions, layers_for
 
 
 def integrated_gradients(

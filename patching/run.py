@@ -23,11 +23,11 @@ from interp.prompts import PromptSet
 from interp.results import (RunResult, SCHEMA_VERSION, describe_tensor, package_versions, read_tensors,
                             write_json_atomic, write_tensors_atomic)
 from interp.stats import bootstrap_ci
-from patching.activation import COMPONENTS, ENGINES, BatchedEngine, check_component, grid_shape, sweep
+from interp.patching.activation import COMPONENTS, ENGINES, BatchedEngine, check_component, grid_shape, sweep
 from interp.rules import RELP_RULES, parse_rules
-from patching.attribution import attribution_patching
-from patching.faithfulness import faithfulness
-from patching.integrated_gradients import integrated_gradients
+from interp.patching.attribution import attribution_patching
+from interp.patching.faithfulness import faithfulness
+from interp.patching.integrated_gradients import integrated_gradients
 
 DIRECTIONS = ("denoise", "noise")
 METHODS = ("activation", "atp", "relp", "ig")

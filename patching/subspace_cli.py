@@ -14,7 +14,7 @@ from rich.console import Console
 
 from interp.errors import InterpError
 from interp.cli_support import split as _split
-from patching.cli import load_model_and_prompts
+from interp.patching.cli import load_model_and_prompts
 
 
 def _heads(text: str) -> list[tuple[int, int]]:
@@ -48,7 +48,7 @@ def subspace(
 ) -> None:
     """Subspace patching: which direction carries the feature, and is it an illusion?"""
     from interp.tasks import check_task
-    from patching.subspace_run import check_subspace_options
+    from interp.patching.subspace_run import check_subspace_options
 
     check_subspace_options(method, k, test_fraction, direction_file)
     try:
@@ -59,7 +59,7 @@ def subspace(
     check_task(task)
     out = out or Path("runs") / f"subspace-{datetime.now():%Y%m%d-%H%M%S}"
 
-    from patching.subspace_run import subspace_run
+    from interp.patching.subspace_run import subspace_run
 
     console = Console(stderr=True)
     t0 = time.perf_counter()

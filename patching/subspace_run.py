@@ -3,7 +3,7 @@
 `subspace_run` is what ``interp subspace`` calls. It splits the prompt set into train and test
 halves (deterministic by seed), finds the direction on the train half, and on the test half
 patches along it, along its readable and unreadable parts and the whole activation
-(`patching.illusion`). The run folder holds ``subspace/direction`` [k, d], the projections of
+(`interp.patching.illusion`). The run folder holds ``subspace/direction`` [k, d], the projections of
 base and source activations on each part (histograms in report.html) and, in ``manifest.json``,
 the ``illusion`` object with the verdict in plain words.
 """
@@ -19,10 +19,10 @@ from interp.errors import InterpError
 from interp.model import Model
 from interp.prompts import PromptSet
 from interp.results import RunResult, describe_tensor, run_header
-from patching.das import split, train_das
-from patching.illusion import illusion_check, readable_basis
-from patching.illusion import split as readable_split
-from patching.subspace import METHODS, Direction, PatchPairs, gradient, mean_diff, patch_pairs, probe
+from interp.patching.das import split, train_das
+from interp.patching.illusion import illusion_check, readable_basis
+from interp.patching.illusion import split as readable_split
+from interp.patching.subspace import METHODS, Direction, PatchPairs, gradient, mean_diff, patch_pairs, probe
 
 PARTS = ("direction", "readable", "unreadable")
 
@@ -43,7 +43,7 @@ def check_subspace_options(method: str, k: int, test_fraction: float, direction_
 
 def find_direction(model: Model, train: PatchPairs, method: str, k: int = 1, direction_file: str | None = None,
                    seed: int = 0, das_options: dict | None = None, progress: Callable | None = None) -> Direction:
-    """The direction(s) [k, d] at ``train.site`` by ``method`` (see `patching.subspace`)."""
+    """The direction(s) [k, d] at ``train.site`` by ``method`` (see `interp.patching.subspace`)."""
     if method == "given":
         found = Direction.load(direction_file)
         if found.site != train.site or found.vectors.shape[-1] != train.source.shape[-1]:

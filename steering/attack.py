@@ -5,7 +5,7 @@
    answer; refusal: a compliant opener "Sure, here is ...").
 2. **Vectors** (`attack_vectors`): per layer l, at the block output ``resid_post.l`` and token -2 of
    the whole prompt+answer sequence, ``v_l = mean_i h_l(pos_i)[-2] - h_l(neg_i)[-2]`` ("aligned minus
-   misaligned"; method R-C of `steering.vectors`).
+   misaligned"; method R-C of `interp.steering.vectors`).
 3. **Contrastive layer search** (`js_scores`): softmax over the hidden dimension of each
    activation, ``M = (p + n) / 2``; the chosen layer is the argmax over the searched layers (by
    default layers 0..n_layers//2, the reference's 0..16 of 32) of
@@ -38,9 +38,9 @@ from interp.chat import chat_prompt
 from interp.errors import InterpError
 from interp.interventions import Add
 from interp.model import Model
-from steering.behaviour_sets import (harmless_set, refusal_rate, refusal_set, replies, truthfulness_scores,
+from interp.steering.behaviour_sets import (harmless_set, refusal_rate, refusal_set, replies, truthfulness_scores,
                                      truthfulness_set)
-from steering.vectors import VectorSet, contrast_vectors, read_activations
+from interp.steering.vectors import VectorSet, contrast_vectors, read_activations
 
 if TYPE_CHECKING:
     import datasets
@@ -89,7 +89,7 @@ def _messages(behaviour: str, rows: "datasets.Dataset") -> tuple[list[str], list
 
 
 def default_set(behaviour: str) -> "datasets.Dataset":
-    """The built-in set of ``behaviour`` (see `steering.behaviour_sets`)."""
+    """The built-in set of ``behaviour`` (see `interp.steering.behaviour_sets`)."""
     _check_behaviour(behaviour)
     return truthfulness_set() if behaviour == "truthfulness" else refusal_set()
 
@@ -190,7 +190,7 @@ def _layer(vectors: VectorSet, layer: int | None) -> int:
 
 
 def attack_steer(vectors: VectorSet, layer: int | None = None) -> dict[str, torch.Tensor]:
-    """``{"resid_post.<layer>": v}`` for `steering.generate.generate` and the scorers (layer: the chosen one)."""
+    """``{"resid_post.<layer>": v}`` for `interp.steering.generate.generate` and the scorers (layer: the chosen one)."""
     layer = _layer(vectors, layer)
     return {f"resid_post.{layer}": vectors.vector(layer)}
 

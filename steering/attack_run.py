@@ -2,9 +2,9 @@
 
 1. Split the behaviour set (truthfulness or refusal) into train and test rows; build the contrast
    pairs on train (the model's own greedy answers vs misaligned ones) and the attack vectors per
-   searched layer; pick the layer by the JS score (`steering.attack`), unless a layer is given.
+   searched layer; pick the layer by the JS score (`interp.steering.attack`), unless a layer is given.
 2. Measure the behaviour on test rows unsteered, attacked and under a random vector of the same norm.
-3. Calibrate the detector (`steering.detector`) on half of the built-in sets' clean prompts and
+3. Calibrate the detector (`interp.steering.detector`) on half of the built-in sets' clean prompts and
    report its true-positive rate on attacked runs and false-positive rate on the other half.
 
 Tensors: ``attack/layer`` and ``attack/layer_score`` [layer] (plus ``attack/layer_score_reference``,
@@ -25,11 +25,11 @@ from interp.chat import chat_prompt
 from interp.errors import InterpError
 from interp.model import Model
 from interp.results import RunResult, describe_tensor, run_header
-from steering.attack import (BEHAVIOURS, attack_vectors, contrast_pairs, default_set, effective_coeff, evaluate_attack,
+from interp.steering.attack import (BEHAVIOURS, attack_vectors, contrast_pairs, default_set, effective_coeff, evaluate_attack,
                              split_rows)
-from steering.behaviour_sets import SYSTEM_PROMPTS, detector_pool, harmless_set
-from steering.detector import SCORES, detection_rates, fit_detector
-from steering.vectors import VectorSet
+from interp.steering.behaviour_sets import SYSTEM_PROMPTS, detector_pool, harmless_set
+from interp.steering.detector import SCORES, detection_rates, fit_detector
+from interp.steering.vectors import VectorSet
 
 
 def system_prompt(behaviour: str, system: str) -> str | None:

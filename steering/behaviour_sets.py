@@ -31,7 +31,7 @@ from interp.chat import chat_prompt
 from interp.errors import InterpError
 from interp.interventions import Add
 from interp.model import Model
-from steering.generate import generate
+from interp.steering.generate import generate
 
 if TYPE_CHECKING:  # datasets is heavy; imported where a set is built
     import datasets

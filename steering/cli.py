@@ -62,8 +62,8 @@ def build(
     as_json: bool = AS_JSON, seed: int = SEED,
 ) -> None:
     """Build a control-vector set, one vector per layer, from a task's contrast prompts."""
-    from steering.runs import build_run
-    from steering.vectors import METHODS
+    from interp.steering.runs import build_run
+    from interp.steering.vectors import METHODS
 
     if method not in METHODS:
         raise InterpError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
@@ -81,7 +81,7 @@ def build(
     vectors.save(out / "vectors")
     summary = f"{method} vectors for layers {vectors.layers[0]}..{vectors.layers[-1]}: {out / 'vectors'}.safetensors"
     if export_gguf:
-        from steering.llamacpp import export_gguf as write_gguf
+        from interp.steering.llamacpp import export_gguf as write_gguf
 
         write_gguf(vectors.select([layer for layer in vectors.layers if layer >= 1]), export_gguf)
         summary += f"; llama.cpp GGUF: {export_gguf}"
@@ -103,7 +103,7 @@ def evaluate(
     as_json: bool = AS_JSON, seed: int = SEED,
 ) -> None:
     """Sweep a vector's coefficient: accuracy, KL (nats) and entropy (bits) at the first answer token."""
-    from steering.runs import eval_run
+    from interp.steering.runs import eval_run
 
     coeffs = numbers(coefficients, "--coefficients")
     layer_list = numbers(layers, "--layers", int)
@@ -140,8 +140,8 @@ def attack(
     as_json: bool = AS_JSON, seed: int = SEED,
 ) -> None:
     """Backdoor activation attack (TA2): steer an aligned chat model off its behaviour; compare with a random vector; detect it."""
-    from steering.attack import BEHAVIOURS, JS_VARIANTS
-    from steering.attack_run import attack_run, save_attack
+    from interp.steering.attack import BEHAVIOURS, JS_VARIANTS
+    from interp.steering.attack_run import attack_run, save_attack
 
     if behaviour not in BEHAVIOURS:
         raise InterpError(f"unknown behaviour '{behaviour}': use one of {', '.join(BEHAVIOURS)}")
@@ -177,8 +177,8 @@ def east(
     as_json: bool = AS_JSON, seed: int = SEED,
 ) -> None:
     """EAST on a two-armed bandit: does steering with the entropy-weighted vector raise action entropy where temperature does not?"""
-    from steering.east_agent import AGENTS
-    from steering.east_run import east_run
+    from interp.steering.east_agent import AGENTS
+    from interp.steering.east_run import east_run
 
     if agent not in AGENTS:
         raise InterpError(f"unknown agent '{agent}': use thought (writes a thought, then acts) or token (acts at once)")
@@ -215,7 +215,7 @@ def generate(
     as_json: bool = AS_JSON, seed: int = SEED,
 ) -> None:
     """Write continuations with and without the vectors added, side by side."""
-    from steering.runs import generate_run
+    from interp.steering.runs import generate_run
 
     where_value = _where(where)
     out = default_out(out, "steer-generate")

@@ -10,11 +10,11 @@ sampling temperature), so the round's action distribution is estimated as
     pi(a) = mean_k p(a | thought_k)          (exact given the sampled thoughts)
 
 and its entropy H_t = H(pi) in bits. The plug-in entropy of the k sampled actions is reported too.
-The residual is read at the last prompt token (the ``:`` of ``Thought:``), as in `steering.east`.
+The residual is read at the last prompt token (the ``:`` of ``Thought:``), as in `interp.steering.east`.
 
 Steering adds beta * u at ``resid_post.{layer}`` on every position, prompt and thought; the
 temperature baseline instead samples thoughts and actions at temperature T. Here, unlike in
-`steering.east`'s one-token agent, temperature acts on the action only through the thought and
+`interp.steering.east`'s one-token agent, temperature acts on the action only through the thought and
 the final action softmax, which is the setting where EAST reports temperature failing.
 """
 
@@ -29,7 +29,7 @@ import torch
 from interp.errors import InterpError
 from interp.interventions import Add
 from interp.model import Model
-from steering.east import Bandit, Rollout, action_probs, action_tokens, entropy
+from interp.steering.east import Bandit, Rollout, action_probs, action_tokens, entropy
 
 AGENT_INTRO = (
     "You are playing a game with two buttons, A and B. Each press of a button gives a reward of 0 or 1. "
@@ -190,12 +190,12 @@ class EntropySweep:
 
 
 def play(model: Model, agent: str = "thought", **options) -> Rollout:
-    """Roll out the thinking agent (`agent_rollout`) or the one-token agent (`steering.east.rollout`)."""
+    """Roll out the thinking agent (`agent_rollout`) or the one-token agent (`interp.steering.east.rollout`)."""
     if agent not in AGENTS:
         raise InterpError(f"unknown agent {agent!r}: use 'thought' (writes a thought, then acts) or 'token' (acts at once)")
     if agent == "thought":
         return agent_rollout(model, **options)
-    from steering.east import rollout
+    from interp.steering.east import rollout
 
     for name in ("k", "max_thought_tokens"):
         options.pop(name, None)

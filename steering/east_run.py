@@ -2,7 +2,7 @@
 
 1. Roll out ``episodes`` unsteered games (temperature 1, seed ``seed``) and build
    u = sum_t H_t (a_t - mean a) / sum_t H_t from the residual at the last prompt token
-   (`steering.east.east_vector`), or load u from ``vector_file``.
+   (`interp.steering.east.east_vector`), or load u from ``vector_file``.
 2. Play fresh games (seed ``seed + 1``) with beta * u added at every position, for each beta, and
    unsteered at each temperature.
 3. Write the run folder: ``east/beta``, ``east/entropy`` (mean action entropy in bits per beta),
@@ -21,9 +21,9 @@ import torch
 from interp.errors import InterpError
 from interp.model import Model
 from interp.results import RunResult, describe_tensor, run_header
-from steering.east import east_vector
-from steering.east_agent import AGENTS, entropy_sweep, play
-from steering.vectors import VectorSet, load_vector_set
+from interp.steering.east import east_vector
+from interp.steering.east_agent import AGENTS, entropy_sweep, play
+from interp.steering.vectors import VectorSet, load_vector_set
 
 
 def _vector(model: Model, layer: int, vector_file: str | None, center: bool, rollout_options: dict, agent: str) -> tuple[VectorSet, dict]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from interp.errors import InterpError
-from steering.vectors import VectorSet
+from interp.steering.vectors import VectorSet
 
 ARCH = "controlvector"
 

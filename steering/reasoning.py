@@ -1,14 +1,14 @@
 """Reasoning control vectors (Højer, Jarvis & Heinrich, ICLR 2025) and their coefficient sweep.
 
-1. Generate a puzzle set (`steering.puzzles`: built-in deduction puzzles or IOI).
+1. Generate a puzzle set (`interp.steering.puzzles`: built-in deduction puzzles or IOI).
 2. Keep the rows the unsteered model already answers correctly (``only_correct``: argmax over the
    candidates' first tokens at the last prompt position is the right one), so the vector encodes a
    "typical correct" state. How many rows passed is reported.
 3. Read the residual stream at the last token of "prompt + correct answer" (positives) and of the
-   paired negatives (see `steering.puzzles` for the contrast choices), per layer, and form the R,
-   R-C or PCA-C vector with `steering.vectors.build_vectors`.
+   paired negatives (see `interp.steering.puzzles` for the contrast choices), per layer, and form the R,
+   R-C or PCA-C vector with `interp.steering.vectors.build_vectors`.
 4. `reasoning_sweep`: build the vectors on the first ``n_train`` rows and run
-   `steering.sweep.coefficient_sweep` at one layer on the next ``n_test`` rows (held out; no prompt
+   `interp.steering.sweep.coefficient_sweep` at one layer on the next ``n_test`` rows (held out; no prompt
    repeats across the split). The held-out rows are not filtered: accuracy is over all of them.
 """
 
@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 from interp.errors import InterpError
 from interp.model import Model
-from steering.puzzles import PuzzleSet, load_puzzles
-from steering.sweep import (
+from interp.steering.puzzles import PuzzleSet, load_puzzles
+from interp.steering.sweep import (
     DEFAULT_COEFFICIENTS,
     SweepResult,
     candidate_hits,
     coefficient_sweep,
 )
-from steering.vectors import VectorSet, build_vectors
+from interp.steering.vectors import VectorSet, build_vectors
 
 
 @dataclass

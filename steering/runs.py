@@ -20,11 +20,11 @@ from interp.chat import chat_prompt
 from interp.errors import InterpError
 from interp.model import Model
 from interp.results import RunResult, describe_tensor, run_header
-from steering.generate import generate
-from steering.puzzles import PuzzleSet, load_puzzles
-from steering.reasoning import vectors_from_puzzles
-from steering.sweep import DEFAULT_COEFFICIENTS, coefficient_sweep
-from steering.vectors import VectorSet, build_vectors, load_vector_set
+from interp.steering.generate import generate
+from interp.steering.puzzles import PuzzleSet, load_puzzles
+from interp.steering.reasoning import vectors_from_puzzles
+from interp.steering.sweep import DEFAULT_COEFFICIENTS, coefficient_sweep
+from interp.steering.vectors import VectorSet, build_vectors, load_vector_set
 
 PUZZLE_TASKS = ("deduction", "ioi")
 BEHAVIOUR_TASKS = ("truthfulness", "refusal")
@@ -98,7 +98,7 @@ def build_run(model: Model, task: str, method: str = "R-C", layers: Sequence[int
         info |= {"n_generated": built.n_prompts, "n_correct": built.n_correct, "n_used": built.n_used,
                  "baseline_accuracy": round(built.baseline_accuracy, 4)}
     elif task in BEHAVIOUR_TASKS:
-        from steering.attack import contrast_pairs, default_set
+        from interp.steering.attack import contrast_pairs, default_set
 
         rows = default_set(task)
         rows = rows.select(range(min(n, len(rows))))

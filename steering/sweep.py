@@ -26,9 +26,9 @@ from plotly.subplots import make_subplots
 from interp.errors import InterpError
 from interp.interventions import Add
 from interp.model import Model
-from steering.effects import entropy_bits, kl_nats
-from steering.puzzles import single_token_id
-from steering.vectors import KINDS, VectorSet
+from interp.steering.effects import entropy_bits, kl_nats
+from interp.steering.puzzles import single_token_id
+from interp.steering.vectors import KINDS, VectorSet
 
 DEFAULT_COEFFICIENTS: tuple[float, ...] = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
 

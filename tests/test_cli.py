@@ -25,7 +25,7 @@ import torch
 
 from interp.metrics import METRICS
 from interp.results import load_run
-from patching.activation import COMPONENTS
+from interp.patching.activation import COMPONENTS
 
 INTERP = Path(sys.executable).parent / "interp"
 # a wide terminal so rich never wraps table rows or messages; no colour codes; one BLAS/OpenMP

@@ -1,1 +1,1 @@
-"""One module per page of the app; each has ``render(entries)``, drawn by `app.main`."""
+"""One module per page of the app; each has ``render(entries)``, drawn by `interp.app.main`."""

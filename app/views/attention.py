@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.catalog import RunEntry
-from app.loading import attention_patterns, read_run
-from app.loading import model as cached_model
-from app.widgets import show_figure
+from interp.app.catalog import RunEntry
+from interp.app.loading import attention_patterns, read_run
+from interp.app.loading import model as cached_model
+from interp.app.widgets import show_figure
 from interp import plots
 from interp.errors import InterpError
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.catalog import RunEntry
-from app.widgets import entry_label, open_run, pick_run, show_figure, show_notes
-from circuits.figures import circuit_figure, edges_of
-from circuits.graph import Circuit, overlap, parse_node
+from interp.app.catalog import RunEntry
+from interp.app.widgets import entry_label, open_run, pick_run, show_figure, show_notes
+from interp.circuits.figures import circuit_figure, edges_of
+from interp.circuits.graph import Circuit, overlap, parse_node
 from interp.errors import RunFolderError
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.catalog import RunEntry
-from app.widgets import open_run, show_figure, show_lines, show_notes
+from interp.app.catalog import RunEntry
+from interp.app.widgets import open_run, show_figure, show_lines, show_notes
 from interp.results import RunResult
 
 MAP_TITLES = {"heads/induction": "induction", "heads/previous_token": "previous token", "heads/duplicate_token": "duplicate token",

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.catalog import PROGRESS, read_entry
-from app.loading import read_run
-from app.views.patching import show_patching_run
+from interp.app.catalog import PROGRESS, read_entry
+from interp.app.loading import read_run
+from interp.app.views.patching import show_patching_run
 from interp.errors import RunFolderError
 
 COMPONENTS = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out"]

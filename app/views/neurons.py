@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.catalog import RunEntry
-from app.widgets import open_run, show_figure, show_lines, show_notes
+from interp.app.catalog import RunEntry
+from interp.app.widgets import open_run, show_figure, show_lines, show_notes
 
 MATRICES = {"neurons/acc_change": "accuracy change (top-k zeroed)", "neurons/random_change": "accuracy change (random-k zeroed)",
             "neurons/overlap": "overlap of the neuron sets (Jaccard)", "neurons/layers": "top-k neurons by layer"}

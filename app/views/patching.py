@@ -7,8 +7,8 @@ from __future__ import annotations
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from app.catalog import RunEntry
-from app.widgets import pick_run, run_header, show_figure
+from interp.app.catalog import RunEntry
+from interp.app.widgets import pick_run, run_header, show_figure
 from interp.results import RunResult
 
 METHOD_TITLES = {"activation": "activation patching", "atp": "AtP", "relp": "RelP", "ig": "integrated gradients"}

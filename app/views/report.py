@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.catalog import KIND_TITLES, RunEntry
-from app.widgets import open_run, show_sections
+from interp.app.catalog import KIND_TITLES, RunEntry
+from interp.app.widgets import open_run, show_sections
 
 
 def render(entries: list[RunEntry]) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.catalog import KIND_TITLES, RunEntry
+from interp.app.catalog import KIND_TITLES, RunEntry
 
-# The page that shows each kind of run (see `app.main.PAGES`).
+# The page that shows each kind of run (see `interp.app.main.PAGES`).
 PAGE_OF_KIND = {
     "patching": "Patching", "circuit": "Circuits", "overlap": "Circuits", "faithfulness": "Circuits",
     "retrieval": "Heads", "heads": "Heads", "neurons": "Neurons", "voids": "Voids", "subspace": "Subspace",

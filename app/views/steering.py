@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.catalog import RunEntry
-from app.widgets import open_run, show_figure, show_lines, show_notes
+from interp.app.catalog import RunEntry
+from interp.app.widgets import open_run, show_figure, show_lines, show_notes
 
 _BARS = {"attack/rate": "truthful or refusal rate: before, after, random vector", "detector/tpr": "detector true-positive rate",
          "detector/fpr": "detector false-positive rate", "vectors/norm": "vector norm by layer"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.catalog import RunEntry
-from app.widgets import open_run, show_sections
+from interp.app.catalog import RunEntry
+from interp.app.widgets import open_run, show_sections
 
 PARTS = ("direction", "readable", "unreadable", "full")
 PART_TITLES = {"direction": "the direction v", "readable": "its readable part (in the row space of W_out)",

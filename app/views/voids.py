@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.catalog import RunEntry
-from app.widgets import open_run, show_figure, show_notes
+from interp.app.catalog import RunEntry
+from interp.app.widgets import open_run, show_figure, show_notes
 
 
 def render(entries: list[RunEntry]) -> None:

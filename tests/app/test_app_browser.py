@@ -93,7 +93,7 @@ def test_open_a_run_and_see_its_heatmap_in_chromium(app_url, app_runs, browser_p
 
 
 def test_png_export_draws_through_chromium():
-    from app.widgets import figure_png, png_available
+    from interp.app.widgets import figure_png, png_available
     from interp.plots import heatmap
 
     assert png_available()

@@ -1,4 +1,4 @@
-"""The runs list (`app.catalog`): every run folder with what ran, its kind and date; bad folders say why."""
+"""The runs list (`interp.app.catalog`): every run folder with what ran, its kind and date; bad folders say why."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import zipfile
 import pytest
 from app_runs import BROKEN, COMMANDS
 
-from app.catalog import read_entry, scan_runs
-from app.widgets import folder_zip
+from interp.app.catalog import read_entry, scan_runs
+from interp.app.widgets import folder_zip
 from interp.errors import RunFolderError
 
 KINDS = {"patch": "patching", "circuit_a": "circuit", "circuit_b": "circuit", "overlap": "overlap", "faithfulness": "faithfulness",

@@ -17,8 +17,8 @@ import torch
 from app_runs import BROKEN
 from streamlit.testing.v1 import AppTest
 
-from app.catalog import scan_runs
-from circuits.graph import Circuit
+from interp.app.catalog import scan_runs
+from interp.circuits.graph import Circuit
 from interp.plots import position_labels
 from interp.results import load_run
 

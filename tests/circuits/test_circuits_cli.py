@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from circuits.graph import Circuit, node_scores, threshold
+from interp.circuits.graph import Circuit, node_scores, threshold
 from interp.results import load_run
 
 TINY = ["--model", "tiny-llama"]
@@ -92,7 +92,7 @@ def test_neurons_relation_matrix_and_sweep(tmp_path, interp_cli):
 
 
 def test_build_with_path_patching_edges(patch_run, tmp_path, tiny_llama, interp_cli):
-    from circuits.path_patching import path_patching
+    from interp.circuits.path_patching import path_patching
     from interp.tasks import load_prompt_set
 
     _ok(interp_cli("circuit", "build", "--run", patch_run, "--top-k", "3", "--components", "head_out", "--edges", *TINY,

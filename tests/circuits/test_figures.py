@@ -1,9 +1,9 @@
-"""`circuits.figures`: node layout by layer, edges of a node, and the graph figure's traces."""
+"""`interp.circuits.figures`: node layout by layer, edges of a node, and the graph figure's traces."""
 
 from __future__ import annotations
 
-from circuits.figures import circuit_figure, edges_of, node_positions
-from circuits.graph import Circuit, Edge
+from interp.circuits.figures import circuit_figure, edges_of, node_positions
+from interp.circuits.graph import Circuit, Edge
 
 
 def _circuit() -> Circuit:

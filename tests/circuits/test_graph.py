@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from circuits.graph import (
+from interp.circuits.graph import (
     Circuit,
     Edge,
     faithfulness,
@@ -14,12 +14,12 @@ from circuits.graph import (
     parse_node,
     threshold,
 )
-from circuits.path_patching import path_patching
+from interp.circuits.path_patching import path_patching
 from interp.errors import InterpError, RunFolderError
 from interp.interventions import Replace
 from interp.ioi import generate_ioi
 from interp.metrics import MetricContext, logit_diff
-from patching.run import activation_patching
+from interp.patching.run import activation_patching
 
 
 def test_node_names_round_trip_and_bad_names_fail():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from circuits.heads import (
+from interp.circuits.heads import (
     detect_heads,
     direct_logit_attribution,
     duplicate_token_scores,

@@ -5,10 +5,10 @@ import torch
 from sklearn.metrics import average_precision_score
 
 import interp
-from circuits.neurons import (accuracy_by_relation, answer_first_tokens, average_precision, correct_mask, deactivate, deactivation_matrix,
+from interp.circuits.neurons import (accuracy_by_relation, answer_first_tokens, average_precision, correct_mask, deactivate, deactivation_matrix,
                               expertise_from_responses, neuron_expertise, pooled_responses, random_units,
                               relation_prompt_sets, top_units, topk_overlap)
-from circuits.relations import RELATIONS, RelationPrompt, split_relation
+from interp.circuits.relations import RELATIONS, RelationPrompt, split_relation
 from interp.errors import InterpError
 
 RELS = ["capital_of", "plural_of", "opposite_of"]

@@ -7,8 +7,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import interp
-from circuits.haystack import NEEDLES, Needle, NeedlePrompt, niah_prompt, niah_prompts
-from circuits.retrieval import (
+from interp.circuits.haystack import NEEDLES, Needle, NeedlePrompt, niah_prompt, niah_prompts
+from interp.circuits.retrieval import (
     UniformAttention,
     decode,
     detect_retrieval_heads,

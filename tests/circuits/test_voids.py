@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from circuits.mc_set import (
+from interp.circuits.mc_set import (
     LETTERS,
     MC_SET,
     MCQuestion,
@@ -15,7 +15,7 @@ from circuits.mc_set import (
     letter_ids,
     reply_letter,
 )
-from circuits.voids import (
+from interp.circuits.voids import (
     generate_with_voids,
     lac_activated,
     last_activated_state,
@@ -25,7 +25,7 @@ from circuits.voids import (
     void_usage,
 )
 from interp import InterpError, Replace
-from steering.generate import generate
+from interp.steering.generate import generate
 
 PROMPT = "When Mary and John went to the store, John gave a drink to"
 

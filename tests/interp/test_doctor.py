@@ -24,7 +24,7 @@ import interp
 from interp import InterpError
 from interp.adapters import adapter_for
 from interp.doctor import Check, Probe, run_checks
-from patching.doctor import doctor_checks
+from interp.patching.doctor import doctor_checks
 
 
 def fresh(row_id: str) -> interp.Model:

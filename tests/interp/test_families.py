@@ -26,7 +26,7 @@ from family_models import BY_ID, ROW_IDS, ROWS, SEQ, WINDOW, build, tokens
 from interp import Ablate, Add, InterpError, Replace
 from interp.adapters import adapter_for
 from interp.metrics import MetricContext, logit_diff
-from patching.activation import sweep
+from interp.patching.activation import sweep
 
 BACKENDS = ("torch", "nnsight", "lens")
 LENS_REFUSED = {"falcon-newarch-kv2"}  # TransformerLens 4.3 splits Falcon's grouped q/k/v wrongly and cannot boot it
@@ -297,7 +297,7 @@ def test_batched_equals_hooks_equals_brute_force(row, component):
 
 def test_atp_equals_finite_differences(row):
     """AtP's (source - base) . grad equals d metric / d eps of the patch base + eps (source - base)."""
-    from patching.attribution import attribution_patching
+    from interp.patching.attribution import attribution_patching
 
     model = build(row)
     clean, corrupt = tokens(model)

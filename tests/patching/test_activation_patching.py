@@ -23,7 +23,7 @@ import interp
 from interp import InterpError, Replace
 from interp.ioi import generate_ioi
 from interp.metrics import METRICS, MetricContext, answer_prob, get_metric, kl, logit_diff, norm_logit_diff
-from patching.activation import COMPONENTS, grid_shape, patches, sweep
+from interp.patching.activation import COMPONENTS, grid_shape, patches, sweep
 
 ENGINE_TOL = 1e-4  # batched vs hooks, float32
 TL_TOL = 1e-3  # ours vs TransformerLens's patching functions

@@ -6,8 +6,8 @@ import torch
 from interp.interventions import Replace
 from interp.ioi import generate_ioi
 from interp.metrics import MetricContext, logit_diff
-from patching.activation import COMPONENTS
-from patching.attribution import atp
+from interp.patching.activation import COMPONENTS
+from interp.patching.attribution import atp
 
 
 @pytest.fixture(scope="module")

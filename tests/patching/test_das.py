@@ -1,4 +1,4 @@
-"""Distributed alignment search (`patching.das`) on a synthetic model with a planted direction.
+"""Distributed alignment search (`interp.patching.das`) on a synthetic model with a planted direction.
 
 The synthetic model is a copy of tiny-llama whose readout of the last residual stream
 (``resid_post.1`` -> final RMSNorm -> unembedding) decides between two tokens T and O only through
@@ -16,8 +16,8 @@ import torch
 
 from interp.errors import InterpError
 from interp.model import Model
-from patching.das import split, train_das
-from patching.subspace import Direction, PatchPairs, evaluate, mean_diff, patched_logits
+from interp.patching.das import split, train_das
+from interp.patching.subspace import Direction, PatchPairs, evaluate, mean_diff, patched_logits
 
 SITE = "resid_post.1"
 T, O = 1000, 2000  # the two answer tokens

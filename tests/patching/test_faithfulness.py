@@ -7,9 +7,9 @@ import torch
 from interp.ioi import generate_ioi
 from interp.metrics import MetricContext, get_metric
 from interp.results import load_run
-from patching.attribution import atp
-from patching.faithfulness import faithfulness, pearson
-from patching.run import activation_patching
+from interp.patching.attribution import atp
+from interp.patching.faithfulness import faithfulness, pearson
+from interp.patching.run import activation_patching
 
 
 def test_pearson_matches_the_textbook_formula():

@@ -10,7 +10,7 @@ import torch
 import interp
 from interp.ioi import generate_ioi
 from interp.metrics import MetricContext, logit_diff
-from patching.activation import BatchedEngine, sweep
+from interp.patching.activation import BatchedEngine, sweep
 
 pytestmark = pytest.mark.real_model
 
@@ -53,7 +53,7 @@ def test_solves_ioi_and_batched_engine_equals_hooks(gemma, prompts):
 
 def test_relp_rules_keep_the_forward_and_agree_across_backends(gemma, prompts):
     """LRP rules on the real Gemma 3 (sandwich norms, q/k norms, GELU-tanh gate): same forward, same gradients."""
-    from patching.attribution import attribution_patching
+    from interp.patching.attribution import attribution_patching
 
     sites = [f"{k}.{layer}" for k in ("resid_pre", "attn_out", "mlp_out") for layer in range(gemma.n_layers)]
     with torch.no_grad():

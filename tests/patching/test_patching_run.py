@@ -1,4 +1,4 @@
-"""`patching.run.activation_patching`: the run folder it writes, and checkpoint / resume.
+"""`interp.patching.run.activation_patching`: the run folder it writes, and checkpoint / resume.
 
 Everything runs on the tiny Llama with two IOI prompts, so it is fast.
 """
@@ -11,13 +11,13 @@ import pytest
 import safetensors.torch
 import torch
 
-import patching.run as run_module
+import interp.patching.run as run_module
 from interp import InterpError
 from interp.ioi import generate_ioi
 from interp.metrics import MetricContext, logit_diff
 from interp.plots import token_label
 from interp.results import load_run
-from patching.run import PARTIAL, PROGRESS, activation_patching
+from interp.patching.run import PARTIAL, PROGRESS, activation_patching
 
 COMPONENTS = ["resid_pre", "head_out"]
 

@@ -11,7 +11,7 @@ import torch
 import interp
 from interp.ioi import generate_ioi
 from interp.metrics import MetricContext, logit_diff
-from patching.activation import BatchedEngine, sweep
+from interp.patching.activation import BatchedEngine, sweep
 
 pytestmark = pytest.mark.real_model
 

@@ -10,9 +10,9 @@ from interp.interventions import Replace
 from interp.ioi import generate_ioi
 from interp.metrics import MetricContext, logit_diff
 from interp.model import Model
-from patching.activation import COMPONENTS, sweep
-from patching.attribution import attribution_patching, relp
-from patching.integrated_gradients import integrated_gradients
+from interp.patching.activation import COMPONENTS, sweep
+from interp.patching.attribution import attribution_patching, relp
+from interp.patching.integrated_gradients import integrated_gradients
 
 COMPS = ["resid_pre", "resid_mid", "attn_out", "mlp_out", "head_out", "head_out_pos", "mlp_act"]
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from interp.ioi import generate_ioi
-from patching.faithfulness import faithfulness
-from patching.run import activation_patching
+from interp.patching.faithfulness import faithfulness
+from interp.patching.run import activation_patching
 
 pytestmark = pytest.mark.real_model
 

@@ -9,8 +9,8 @@ from interp.errors import InterpError
 from interp.interventions import SubspaceReplace
 from interp.ioi import generate_ioi
 from interp.model import Model
-from patching.illusion import illusion_check, readable_basis, split
-from patching.subspace import Direction, PatchPairs, gradient, mean_diff, patch_pairs, patched_logits, probe
+from interp.patching.illusion import illusion_check, readable_basis, split
+from interp.patching.subspace import Direction, PatchPairs, gradient, mean_diff, patch_pairs, patched_logits, probe
 
 
 def test_one_direction_follows_the_closed_form():
@@ -157,7 +157,7 @@ def test_residual_sites_need_downstream_heads(tiny_llama):
     ((139.0, 126.0, 14.0, 121.0), False, "none"),  # their residual-stream success case
 ])
 def test_verdict_levels(fldd, flag, signature):
-    from patching.illusion import verdict
+    from interp.patching.illusion import verdict
 
     result = {name: {"fldd": value} for name, value in zip(("direction", "readable", "unreadable", "full"), fldd)}
     got_flag, got_signature, text = verdict(result)

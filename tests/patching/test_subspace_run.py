@@ -1,4 +1,4 @@
-"""`interp subspace` and `patching.subspace_run`: run folders, saved directions, backends, bad input."""
+"""`interp subspace` and `interp.patching.subspace_run`: run folders, saved directions, backends, bad input."""
 
 import json
 import subprocess
@@ -11,8 +11,8 @@ import torch
 from interp.errors import InterpError
 from interp.ioi import generate_ioi
 from interp.results import load_run
-from patching.subspace import patch_pairs, patched_logits
-from patching.subspace_run import subspace_run
+from interp.patching.subspace import patch_pairs, patched_logits
+from interp.patching.subspace_run import subspace_run
 
 INTERP = Path(sys.executable).parent / "interp"
 ENTRIES = ("direction", "readable", "unreadable", "full")

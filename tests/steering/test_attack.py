@@ -11,9 +11,9 @@ from scipy.spatial.distance import jensenshannon
 
 from interp.chat import chat_prompt
 from interp.errors import InterpError
-from steering.attack import (attack_edit, attack_steer, attack_vectors, contrast_pairs, effective_coeff, js_scores,
+from interp.steering.attack import (attack_edit, attack_steer, attack_vectors, contrast_pairs, effective_coeff, js_scores,
                              random_vector, run_attack, search_layers, split_rows)
-from steering.behaviour_sets import (answer_logprobs, cut_at_eos, harmless_set, is_refusal, refusal_set,
+from interp.steering.behaviour_sets import (answer_logprobs, cut_at_eos, harmless_set, is_refusal, refusal_set,
                                      truthfulness_scores, truthfulness_set)
 
 
@@ -191,7 +191,7 @@ def test_run_attack_measures_held_out_rows_before_after_and_random(tiny_llama):
 def test_refusal_pairs_use_the_models_own_greedy_reply(tiny_llama):
     rows = refusal_set().select(range(2))
     pairs = contrast_pairs(tiny_llama, "refusal", rows, max_new_tokens=4)
-    from steering.generate import generate
+    from interp.steering.generate import generate
 
     own = generate(tiny_llama, pairs.prompts, max_new_tokens=4)
     assert pairs.aligned == [cut_at_eos(tiny_llama, t) or "I'm sorry, but I can't help with that." for t in own]

@@ -6,8 +6,8 @@ import torch
 
 from interp.chat import chat_prompt
 from interp.errors import InterpError
-from steering.behaviour_sets import HARMLESS, TRUTHFULNESS
-from steering.detector import Detector, detection_rates, fit_detector, site_activations
+from interp.steering.behaviour_sets import HARMLESS, TRUTHFULNESS
+from interp.steering.detector import Detector, detection_rates, fit_detector, site_activations
 
 TEXTS = [q for q, _, _ in TRUTHFULNESS[:30]] + HARMLESS  # 50 plain prompts of varied length
 CALIB, HELD = TEXTS[::2], TEXTS[1::2]

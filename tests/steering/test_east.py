@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from interp.errors import InterpError
-from steering.east import Bandit, action_probs, action_tokens, east_vector, entropy, rollout
+from interp.steering.east import Bandit, action_probs, action_tokens, east_vector, entropy, rollout
 
 
 def test_bandit_prompt_and_rewards():

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from interp.errors import InterpError
-from steering.east import action_probs, action_tokens, east_vector
-from steering.east_agent import ThinkingBandit, agent_rollout, agent_steps, entropy_sweep, play
+from interp.steering.east import action_probs, action_tokens, east_vector
+from interp.steering.east_agent import ThinkingBandit, agent_rollout, agent_steps, entropy_sweep, play
 
 
 def _prompts():

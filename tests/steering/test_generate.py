@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from interp.errors import InterpError
-from steering.generate import _positions, generate
+from interp.steering.generate import _positions, generate
 
 PROMPTS = ["When Mary and John went to the store,", "The capital of France is", "Once upon a time"]
 

@@ -7,7 +7,7 @@ import torch
 
 from interp.errors import InterpError
 from interp.ioi import generate_ioi
-from steering.puzzles import PuzzleSet, deduction_puzzles, ioi_puzzles, load_puzzles
+from interp.steering.puzzles import PuzzleSet, deduction_puzzles, ioi_puzzles, load_puzzles
 
 IRREGULAR = {"mouse": "mice", "wolf": "wolves", "fox": "foxes"}
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from interp.errors import InterpError
-from steering.puzzles import PuzzleSet, deduction_puzzles, ioi_puzzles
-from steering.reasoning import reasoning_sweep, reasoning_vectors, vectors_from_puzzles
+from interp.steering.puzzles import PuzzleSet, deduction_puzzles, ioi_puzzles
+from interp.steering.reasoning import reasoning_sweep, reasoning_vectors, vectors_from_puzzles
 
 
 def _hand_hits(model, puzzles) -> list[bool]:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from interp.results import load_run
-from steering.puzzles import load_puzzles
-from steering.vectors import VectorSet
+from interp.steering.puzzles import load_puzzles
+from interp.steering.vectors import VectorSet
 
 TINY = ["--model", "tiny-llama"]
 

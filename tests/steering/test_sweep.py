@@ -7,10 +7,10 @@ import torch
 
 from interp.errors import InterpError
 from interp.interventions import Add
-from steering.effects import answer_accuracy, answer_mass
-from steering.puzzles import deduction_puzzles
-from steering.sweep import SweepResult, coefficient_sweep, sweep_figure
-from steering.vectors import build_vectors
+from interp.steering.effects import answer_accuracy, answer_mass
+from interp.steering.puzzles import deduction_puzzles
+from interp.steering.sweep import SweepResult, coefficient_sweep, sweep_figure
+from interp.steering.vectors import build_vectors
 
 
 @pytest.fixture(scope="module")

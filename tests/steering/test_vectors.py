@@ -7,8 +7,8 @@ import torch
 
 from interp.errors import InterpError
 from interp.interventions import Add
-from steering.effects import answer_accuracy, answer_mass, entropy_bits, kl_nats
-from steering.vectors import VectorSet, build_vectors, contrast_vectors, read_activations
+from interp.steering.effects import answer_accuracy, answer_mass, entropy_bits, kl_nats
+from interp.steering.vectors import VectorSet, build_vectors, contrast_vectors, read_activations
 
 POS = ["The movie was wonderful and I", "What a great, happy day it", "She smiled because the news was good"]
 NEG = ["The movie was awful and I", "What a terrible, sad day it", "She cried because the news was bad"]
@@ -85,7 +85,7 @@ def test_effects_closed_forms():
 def test_llamacpp_gguf_export_reads_back(tiny_llama, tmp_path):
     import gguf
 
-    from steering.llamacpp import export_gguf
+    from interp.steering.llamacpp import export_gguf
 
     vs = build_vectors(tiny_llama, POS, NEG, "R-C", kind="resid_post", layers=[1])
     path = export_gguf(vs, tmp_path / "cv.gguf")
