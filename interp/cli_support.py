@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 import time
@@ -30,11 +31,21 @@ def split(text: str) -> list[str]:
 
 
 def numbers(text: str, option: str, kind: type = float) -> list:
-    """A comma list of numbers, or a one-line error naming ``option``."""
+    """A comma list of finite numbers, or a one-line error naming ``option``."""
     try:
-        return [kind(t) for t in split(text)]
+        values = [kind(t) for t in split(text)]
     except ValueError:
         raise InterpError(f"{option} must be comma-separated {'integers' if kind is int else 'numbers'}, got '{text}'") from None
+    for value in values:
+        finite(value, option)
+    return values
+
+
+def finite(value: float, option: str) -> float:
+    """``value``, or a one-line error naming ``option`` when it is NaN or infinite."""
+    if not math.isfinite(value):
+        raise InterpError(f"{option} must be a finite number, got {value}")
+    return value
 
 
 def load_model(console: Console, model: str, backend: str, device: str = "cpu", dtype: str = "float32"):
@@ -65,6 +76,7 @@ DEVICE = typer.Option("cpu", help="cpu, cuda, cuda:1, mps.")
 DTYPE = typer.Option("float32", help="float32, bfloat16 or float16.")
 SEED = typer.Option(0, help="Seed for generated prompts, sampling and splits.")
 AS_JSON = typer.Option(False, "--json", help="Print the manifest as JSON on stdout.")
+FORCE = typer.Option(False, "--force", help="Overwrite a finished (or interrupted) run in --out.")
 
 
 def command_line() -> str:

@@ -75,3 +75,13 @@ def get_metric(name: str) -> Callable[[torch.Tensor, MetricContext], torch.Tenso
         return METRICS[name]
     except KeyError:
         raise InterpError(f"unknown metric '{name}': use one of {', '.join(METRICS)}") from None
+
+
+def check_finite(values: torch.Tensor, where: str) -> torch.Tensor:
+    """``values``, or a one-line error when any is NaN or infinite, naming ``where`` (a site, a setting, a run)."""
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        first = tuple(int(i) for i in bad.nonzero()[0].tolist())
+        raise InterpError(f"the metric is not finite ({values[first].item()}) at {where}, index {first}: the model's "
+                          "numbers overflowed or an input (a vector, a coefficient, a direction) was not finite")
+    return values

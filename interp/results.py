@@ -14,6 +14,7 @@ objects the folders hold. No pickle: JSON and safetensors only.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import uuid
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 import safetensors.torch
 import torch
 
-from interp.errors import RunFolderError
+from interp.errors import InterpError, RunFolderError
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -101,8 +102,32 @@ def _json_default(obj):
     raise TypeError(f"cannot store a {type(obj).__name__} in JSON: convert it to a string or number first")
 
 
+def _nonfinite_path(obj, path: str = "") -> str | None:
+    """Where in ``obj`` a NaN or infinite float sits (``"faithfulness.atp.resid_pre.pearson"``), or None."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else path or "(top level)"
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = _nonfinite_path(value, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
+
+
 def _json_text(obj: dict) -> str:
-    return json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    """Strict JSON (no bare NaN or Infinity, which JSON readers reject); a non-finite number is a one-line error."""
+    try:
+        return json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default, allow_nan=False) + "\n"
+    except ValueError:
+        plain = json.loads(json.dumps(obj, default=_json_default))  # tensors and numpy values as Python floats
+        where = _nonfinite_path(plain) or "a value"
+        raise InterpError(f"the result holds a non-finite number (NaN or infinity) at {where}: the computation "
+                          "diverged or an input was not finite; check the options and inputs") from None
 
 
 def write_json_atomic(path: str | os.PathLike, obj: dict) -> None:
