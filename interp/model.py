@@ -48,6 +48,7 @@ class Model:
         a = self.adapter
         self.n_layers, self.n_heads, self.n_kv_heads = a.n_layers, a.n_heads, a.n_kv_heads
         self.d_model, self.d_mlp, self.d_head, self.d_vocab = a.d_model, a.d_mlp, a.d_head, a.d_vocab
+        self.n_ctx: int | None = a.n_ctx  # longest sequence (prompt + generated tokens) the model supports
         self._backends: dict[str, object] = {}
 
     def __repr__(self) -> str:

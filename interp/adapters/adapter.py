@@ -76,6 +76,7 @@ class Adapter:
     d_head: int
     d_mlp: int
     d_vocab: int
+    n_ctx: int | None  # the longest sequence the positions support (None: the config does not say, e.g. ALiBi)
     w_q: WeightFn  # [n_heads, d_model, d_head]
     w_o: WeightFn  # [n_heads, d_head, d_model], times what the block multiplies the attention output by
     w_out: WeightFn  # [d_mlp, d_model], likewise

@@ -68,7 +68,7 @@ def _first(cfg, *names, default=None):
 
 
 def dims(cfg, layout: Layout) -> dict[str, int]:
-    """n_layers, n_heads, n_kv_heads, d_model, d_head, d_mlp, d_vocab from a (text) config."""
+    """n_layers, n_heads, n_kv_heads, d_model, d_head, d_mlp, d_vocab and n_ctx from a (text) config."""
     d_model = _first(cfg, "hidden_size", "n_embd")
     n_heads = _first(cfg, "num_attention_heads", "n_head")
     if layout.qkv == "multi_query":
@@ -83,7 +83,8 @@ def dims(cfg, layout: Layout) -> dict[str, int]:
     else:
         d_mlp = _first(cfg, "intermediate_size", "n_inner", "ffn_hidden_size", default=4 * d_model)
     return dict(n_layers=_first(cfg, "num_hidden_layers", "n_layer"), n_heads=n_heads, n_kv_heads=n_kv,
-                d_model=d_model, d_head=d_head, d_mlp=d_mlp, d_vocab=cfg.vocab_size)
+                d_model=d_model, d_head=d_head, d_mlp=d_mlp, d_vocab=cfg.vocab_size,
+                n_ctx=_first(cfg, "max_position_embeddings", "n_positions", "n_ctx"))
 
 
 def windows(cfg, layout: Layout, n_layers: int) -> tuple[int | None, ...]:
