@@ -9,7 +9,7 @@ import transformers
 
 from interp.errors import PromptSetError
 from interp.prompts import PromptSet, TokenizedPrompts, load_jsonl
-from interp.tasks import load_prompt_set
+from interp.tasks import check_task, load_prompt_set
 
 
 @pytest.fixture(scope="module")
@@ -259,8 +259,25 @@ def test_load_prompt_set_jsonl(tmp_path):
     assert len(load_prompt_set(str(path), tokenizer=None)) == 4
     ps = load_prompt_set(str(path), tokenizer=None, n=3)
     assert len(ps) == 3 and ps.name == "mine"
-    with pytest.raises(PromptSetError, match="has only 4"):
-        load_prompt_set(str(path), tokenizer=None, n=9)
+
+
+def test_a_jsonl_task_shorter_than_n_is_every_row(tmp_path):
+    """For a file the default is every row and n caps it: a 4-row file with n=8 (a command's default) or 9 is 4 rows."""
+    path = write_lines(tmp_path / "four.jsonl", [GOOD] * 4)
+    for n in (None, 4, 8, 9):
+        assert len(load_prompt_set(str(path), tokenizer=None, n=n)) == 4, n
+
+
+def test_corruption_is_refused_where_it_would_be_ignored(tmp_path):
+    path = write_lines(tmp_path / "mine.jsonl", [GOOD] * 2)
+    check_task(str(path))
+    check_task("ioi", "order")
+    with pytest.raises(PromptSetError, match="--corruption only applies to the generated ioi task; a JSONL task"):
+        check_task(str(path), "swap")
+    with pytest.raises(PromptSetError, match="--corruption only applies"):
+        check_task("colored_objects", "swap")
+    with pytest.raises(PromptSetError, match="unknown IOI corruption 'shuffle'"):
+        check_task("ioi", "shuffle")
 
 
 def test_load_prompt_set_errors():
