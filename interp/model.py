@@ -194,11 +194,12 @@ def load(name: str | None = None, backend: str = "lens", device: str = "cpu", dt
 
     >>> model = interp.load("smollm2-135m", backend="nnsight")   # doctest: +SKIP
     """
-    from interp.models import DEFAULT_MODEL, load_hf
+    from interp.models import DEFAULT_MODEL, check_name, load_hf
 
     if backend not in BACKENDS:
         raise InterpError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
-    name = name or DEFAULT_MODEL
+    name = DEFAULT_MODEL if name is None else name
+    check_name(name)  # "" is a mistake, not a request for the default
     hf, tokenizer = load_hf(name, device=device, dtype=dtype)
     model = Model(name, hf, tokenizer, backend=backend)
     if verify:

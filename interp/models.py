@@ -165,12 +165,10 @@ def load_hf(
     Raises ModelNotAvailableError when the files are not on this machine, InterpError for other
     problems (a bad device or dtype, a folder that is not a model).
     """
+    check_name(name)
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise InterpError(f"dtype must be a floating-point torch dtype, got {dtype!r}")
-    try:  # check the device before spending seconds on loading
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError, ValueError) as e:
-        raise InterpError(f"cannot use device {device!r}: {_one_line(e)}") from e
+    check_device(device)
     if name in _GGUF_MODELS:
         model, tokenizer = _load_gguf_model(name, dtype)
     elif name in _TINY_MODELS:
@@ -185,6 +183,22 @@ def load_hf(
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def check_name(name: object) -> None:
+    """A one-line error for a model name that is not a non-empty string (``--model ""`` must not mean the default)."""
+    if not isinstance(name, str) or not name.strip():
+        raise InterpError(f"model name is empty ({name!r}): give a name from `interp models`, an HF id or a local "
+                          f"path, or leave the option out for {DEFAULT_MODEL}")
+
+
+def check_device(device: object) -> None:
+    """A one-line error unless torch can compute on ``device`` and copy the result back (``meta`` holds no data)."""
+    try:  # before spending seconds on loading: a number computed there and read back
+        (torch.ones(1, device=device) * 2).cpu().item()
+    except Exception as e:  # RuntimeError, AssertionError (not compiled with CUDA), NotImplementedError (meta, mps)
+        raise InterpError(f"cannot use device {device!r}: {_one_line(e)}; use cpu, or cuda / cuda:N / mps where "
+                          "this machine has one") from None
 
 
 # ---------------------------------------------------------------- GGUF models and the float cache

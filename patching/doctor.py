@@ -107,7 +107,7 @@ def doctor(
     if backend != "all" and backend not in ORDER:
         raise InterpError(f"unknown backend '{backend}': use all, {', '.join(ORDER)}")
     backends = list(ORDER) if backend == "all" else [backend]
-    name = model or DEFAULT_MODEL
+    name = DEFAULT_MODEL if model is None else model  # "" is refused by load_model, not taken as the default
     console = Console(stderr=True)
     t0 = time.perf_counter()
     m = load_model(console, name, "torch", device, dtype)

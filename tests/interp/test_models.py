@@ -136,6 +136,22 @@ def test_dtype_and_bad_device():
         models.load_hf("tiny-llama", dtype=torch.int8)
 
 
+@pytest.mark.parametrize("device", ["meta", "xla", "cuda:99" if torch.cuda.is_available() else "cuda"])
+def test_a_device_torch_cannot_compute_on_is_one_line(device):
+    with pytest.raises(InterpError, match=f"cannot use device '{device}'") as info:
+        models.load_hf("tiny-llama", device=device)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_model_name_is_refused_not_the_default(name):
+    import interp
+
+    for load in (models.load_hf, interp.load):
+        with pytest.raises(InterpError, match="model name is empty"):
+            load(name)
+
+
 def test_local_folder_round_trip(tmp_path):
     model, tokenizer = models.load_hf("tiny-llama")
     model.save_pretrained(tmp_path)
