@@ -46,12 +46,15 @@ def integrated_gradients(
     engine: str = "batched",
     backend: str | None = None,
     on_layer: Callable[[str, int], None] | None = None,
+    grads: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """IG estimates ``[n_prompts, *grid]`` of the metric after patching each cell, per component.
 
     ``base_acts``/``source_acts`` hold the base and source runs' activations at the components'
     sites. Components sharing a site (head_out, head_out_pos) share its passes.
-    ``on_layer(site_kind, layer)`` is called after each site's pass.
+    ``on_layer(site_kind, layer)`` is called after each site's pass. ``grads`` (keyed by site, e.g.
+    ``"attn_out.3"``) receives each finished pass's mean path gradient; passes already in it are not run
+    again, so a dict saved from an interrupted call resumes it with identical estimates.
     """
     if steps < 1:
         raise InterpError(f"integrated gradients needs at least 1 step, got {steps}")
@@ -66,9 +69,13 @@ def integrated_gradients(
     rows: dict[str, list[torch.Tensor]] = {c: [] for c in components}
     passes = dict.fromkeys((COMPONENTS[c][0], layer) for c in components for layer in layers_of[c])  # ordered, unique
     runner = BatchedEngine(model, base) if engine == "batched" else None
-    grads: dict[tuple[str, int], torch.Tensor] = {}
+    grads = {} if grads is None else grads
     for kind, layer in passes:
         site = f"{kind}.{layer}"
+        if site in grads:  # finished before an interrupt
+            if on_layer:
+                on_layer(kind, layer)
+            continue
         start, delta = base_acts[site], source_acts[site] - base_acts[site]
         changed = torch.nonzero(delta.ne(0).reshape(n, delta.shape[1], -1).any(-1).any(0))
         grad = torch.zeros_like(start)
@@ -83,7 +90,7 @@ def integrated_gradients(
                 logits = model.run(tokens, [Replace(site, path)], grad=True, backend=backend).logits[:, -1]
             (path_grad,) = torch.autograd.grad(metric(logits, rows_ctx).sum(), [path])
             grad[:, a:] = path_grad.reshape(steps, *start[:, a:].shape).mean(0)
-        grads[(kind, layer)] = grad
+        grads[site] = grad
         if on_layer:
             on_layer(kind, layer)
     if runner is not None:
@@ -96,7 +103,7 @@ def integrated_gradients(
         kind = COMPONENTS[comp][0]
         for layer in layers_of[comp]:
             site = f"{kind}.{layer}"
-            rows[comp].append(cell_contributions(comp, source_acts[site] - base_acts[site], grads[(kind, layer)]))
+            rows[comp].append(cell_contributions(comp, source_acts[site] - base_acts[site], grads[site]))
     estimates = {}
     for comp in components:
         estimate = torch.stack(rows[comp], dim=1)

@@ -9,14 +9,16 @@ so an interrupted run loses nothing and ``resume=True`` completes it with identi
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from interp.cli_support import check_memory
 from interp.errors import InterpError
-from interp.metrics import MetricContext, get_metric
+from interp.metrics import MetricContext, check_finite, get_metric
 from interp.model import Model
 from interp.plots import position_labels
 from interp.prompts import PromptSet
@@ -41,6 +43,32 @@ def _axis_labels(model: Model, axes: tuple[str, ...], layers: list[int], str_tok
     labels = {"layer": [str(layer) for layer in layers], "pos": position_labels(str_tokens),
               "head": [f"H{h}" for h in range(model.n_heads)], "neuron": [str(i) for i in range(model.d_mlp)]}
     return {a: labels[a] for a in axes}
+
+
+def memory_needed(model: Model, n: int, n_pos: int, components: list[str], methods: list[str],
+                  mlp_layers: list[int] | None = None, ig_steps: int = 10) -> int:
+    """A lower bound on the bytes a run holds at once: the two baseline runs' logits and read sites, the
+    batched engine's cached residuals, the patch grids, and IG's ``ig_steps`` copies of a site."""
+    item = next(model.hf.parameters()).element_size()
+    layers_of = {c: (list(mlp_layers or []) if c == "mlp_act" else list(range(model.n_layers))) for c in components}
+    sites = sum(len(layers_of[c]) * (model.d_mlp if c == "mlp_act" else model.d_model) for c in components)
+    per_prompt = item * n_pos * (2 * model.d_vocab + 2 * sites + model.n_layers * model.d_model)
+    cells = sum(math.prod(grid_shape(model, c, n_pos, layers_of[c])) for c in components)
+    per_prompt += 4 * cells * len(methods)  # float32 values per method
+    if "ig" in methods:
+        per_prompt += item * ig_steps * n_pos * (model.d_vocab + max(model.d_model, model.d_mlp))
+    return int(n) * per_prompt
+
+
+def check_size(model: Model, n: int, n_pos: int, components: list[str], methods: list[str],
+               mlp_layers: list[int] | None = None, ig_steps: int = 10) -> None:
+    """Refuse, before anything is allocated, prompts longer than the model's context or a run larger than memory."""
+    if model.n_ctx and n_pos > model.n_ctx:
+        raise InterpError(f"the prompts are {n_pos} tokens but {model.name} supports at most {model.n_ctx}: "
+                          "use shorter prompts")
+    need = memory_needed(model, n, n_pos, components, methods, mlp_layers, ig_steps)
+    check_memory(need, f"patching {n} prompts of {n_pos} tokens", str(model.device),
+                 "use fewer --n-prompts or fewer --components")
 
 
 def check_options(components: list[str], methods: list[str], direction: str, metric: str,
@@ -98,10 +126,14 @@ def activation_patching(
             raise InterpError("component mlp_act patches every neuron of chosen layers: pass --mlp-layers, e.g. --mlp-layers 15,29")
         for layer in mlp_layers:
             model.site(f"mlp_act.{layer}")
+    elif mlp_layers:
+        raise InterpError("--mlp-layers chooses the layers of component mlp_act, which is not in --components: "
+                          "add mlp_act to --components or drop --mlp-layers")
     t_start = time.perf_counter()
     tokens = prompts.tokenize(model.tokenizer)
     base = tokens.corrupt if direction == "denoise" else tokens.clean
     n, n_pos = base.shape
+    check_size(model, n, n_pos, components, methods, mlp_layers, ig_steps)
     layers_of = {c: (list(mlp_layers) if c == "mlp_act" else list(range(model.n_layers))) for c in components}
     source_sites = sorted({f"{COMPONENTS[c][0]}.{layer}" for c in components for layer in layers_of[c]})
 
@@ -113,7 +145,15 @@ def activation_patching(
         params["ig_steps"] = ig_steps
     run_id = {"model": model.name, "prompt_set": prompts.name, "fingerprint": prompts.fingerprint(),
               "dtype": str(next(model.hf.parameters()).dtype).replace("torch.", ""), **params}
-    values, done, estimates = _resume_state(out, run_id, resume)
+    values, done, estimates, ig_grads = _resume_state(out, run_id, resume)
+    totals = {c: int(torch.tensor(grid_shape(model, c, n_pos, layers_of[c])).prod())
+              for c in (components if "activation" in methods else [])}
+    n_ig = len({(COMPONENTS[c][0], layer) for c in components for layer in layers_of[c]})
+    if "ig" in methods and "ig" not in estimates:
+        totals["ig"] = n_ig
+
+    def checkpoint() -> None:
+        _checkpoint(out, run_id, values, done, estimates, ig_grads, totals)
 
     needs_base = "ig" in methods
     with torch.no_grad():
@@ -122,33 +162,40 @@ def activation_patching(
     source_acts = (clean_run if direction == "denoise" else corrupt_run).acts
     base_acts = (corrupt_run if direction == "denoise" else clean_run).acts
     ctx = MetricContext(tokens.answer, tokens.wrong, clean_run.logits[:, -1], corrupt_run.logits[:, -1])
-    baselines = {name: metric_fn(run.logits[:, -1], ctx) for name, run in
-                 (("clean", clean_run), ("corrupt", corrupt_run))}
+    baselines = {name: check_finite(metric_fn(run.logits[:, -1], ctx), f"the {name} run's {metric}")
+                 for name, run in (("clean", clean_run), ("corrupt", corrupt_run))}
 
     timings: dict[str, float] = {}
-    for method in (m for m in ESTIMATORS if m in methods and m not in estimates):
-        t0 = time.perf_counter()
-        if method == "ig":
-            total = len({(COMPONENTS[c][0], layer) for c in components for layer in layers_of[c]})
-            count = 0
-
-            def on_layer(kind: str, layer: int, total: int = total) -> None:
-                nonlocal count
-                count += 1
-                if progress:
-                    progress("ig", count, total)
-
-            estimates[method] = integrated_gradients(model, components, base, source_acts, base_acts, metric_fn, ctx,
-                                                     layers_of, steps=ig_steps, engine=engine, on_layer=on_layer)
-        else:
-            estimates[method] = attribution_patching(model, components, base, source_acts, metric_fn, ctx, layers_of,
-                                                     rules=rules if method == "relp" else ())
-        timings[f"{method}_s"] = round(time.perf_counter() - t0, 3)
-        if out is not None:
-            _checkpoint(out, run_id, values, done, estimates)
-    batched = BatchedEngine(model, base) if engine == "batched" and "activation" in methods else None
     last_save = time.perf_counter()
     try:
+        for method in (m for m in ESTIMATORS if m in methods and m not in estimates):
+            t0 = time.perf_counter()
+            if method == "ig":
+                count = 0
+
+                def on_layer(kind: str, layer: int) -> None:
+                    nonlocal count, last_save
+                    count += 1
+                    if progress:
+                        progress("ig", count, n_ig)
+                    if out is not None and time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
+                        checkpoint()
+                        last_save = time.perf_counter()
+
+                estimates[method] = integrated_gradients(model, components, base, source_acts, base_acts, metric_fn,
+                                                         ctx, layers_of, steps=ig_steps, engine=engine,
+                                                         on_layer=on_layer, grads=ig_grads)
+                ig_grads.clear()  # kept in the estimate now
+            else:
+                estimates[method] = attribution_patching(model, components, base, source_acts, metric_fn, ctx,
+                                                         layers_of, rules=rules if method == "relp" else ())
+            for comp, estimate in estimates[method].items():
+                check_finite(estimate, f"{method}/{comp}")
+            timings[f"{method}_s"] = round(time.perf_counter() - t0, 3)
+            if out is not None:
+                checkpoint()
+                last_save = time.perf_counter()
+        batched = BatchedEngine(model, base) if engine == "batched" and "activation" in methods else None
         for comp in (components if "activation" in methods else []):
             shape = grid_shape(model, comp, n_pos, layers_of[comp])
             total = int(torch.tensor(shape).prod())
@@ -165,16 +212,17 @@ def activation_patching(
                 if progress:
                     progress(comp, finished, total)
                 if out is not None and time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
-                    _checkpoint(out, run_id, values, done, estimates)
+                    checkpoint()
                     last_save = time.perf_counter()
 
             t0 = time.perf_counter()
             sweep(model, comp, base, source_acts, metric_fn, ctx, layers=layers_of[comp], engine=engine,
                   done=done[comp], values=values[comp], on_chunk=on_chunk, batched=batched)
             timings[f"{comp}_s"] = round(time.perf_counter() - t0, 3)
+            check_finite(values[comp], f"activation/{comp}")
     except BaseException:
         if out is not None:
-            _checkpoint(out, run_id, values, done, estimates)
+            checkpoint()
         raise
     run_s = time.perf_counter() - t_start
 
@@ -254,29 +302,40 @@ def _top_cells(per_prompt: torch.Tensor, axes: tuple[str, ...], layers: list[int
     return cells
 
 
-def _checkpoint(out: str | Path, run_id: dict, values: dict, done: dict, estimates: dict) -> None:
-    """Save finished activation patches and finished estimators, for ``--resume``."""
+def _checkpoint(out: str | Path, run_id: dict, values: dict, done: dict, estimates: dict,
+                ig_grads: dict | None = None, totals: dict | None = None) -> None:
+    """Save finished activation patches, finished estimators and IG's finished passes, for ``--resume``.
+
+    progress.json counts finished units against ``totals`` (every component of the run, started or not;
+    ``ig``: its passes).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    ig_grads = ig_grads or {}
     tensors = {f"values/{c}": v for c, v in values.items()} | {f"done/{c}": d for c, d in done.items()}
     tensors |= {f"estimate/{m}/{c}": v for m, per_comp in estimates.items() for c, v in per_comp.items()}
+    tensors |= {f"ig_grad/{site}": g for site, g in ig_grads.items()}
+    totals = dict(totals or {c: d.numel() for c, d in done.items()})
+    finished = {c: int(done[c].sum()) if c in done else 0 for c in totals}
+    if "ig" in totals:
+        finished["ig"] = totals["ig"] if "ig" in estimates else len(ig_grads)
     write_tensors_atomic(out / PARTIAL, tensors)
-    write_json_atomic(out / PROGRESS, {"run": run_id, "done": {c: int(d.sum()) for c, d in done.items()},
-                                       "total": {c: d.numel() for c, d in done.items()}})
+    write_json_atomic(out / PROGRESS, {"run": run_id, "done": finished, "total": totals})
 
 
-def _resume_state(out: str | Path | None, run_id: dict, resume: bool) -> tuple[dict, dict, dict]:
-    """Values, done masks and finished estimators from an interrupted run in ``out`` (empty when starting afresh)."""
+def _resume_state(out: str | Path | None, run_id: dict, resume: bool) -> tuple[dict, dict, dict, dict]:
+    """Values, done masks, finished estimators and IG's finished passes from an interrupted run in ``out``
+    (empty when starting afresh)."""
     if out is None:
         if resume:
             raise InterpError("--resume needs --out DIR: the folder of the interrupted run")
-        return {}, {}, {}
+        return {}, {}, {}, {}
     out = Path(out)
     progress_file, partial_file = out / PROGRESS, out / PARTIAL
     if not resume:
         if partial_file.exists():
             raise InterpError(f"{out} holds an interrupted run: add --resume to complete it, or choose another --out")
-        return {}, {}, {}
+        return {}, {}, {}, {}
     if not partial_file.exists() or not progress_file.exists():
         raise InterpError(f"nothing to resume in {out}: no interrupted run there (run without --resume)")
     import json
@@ -293,4 +352,5 @@ def _resume_state(out: str | Path | None, run_id: dict, resume: bool) -> tuple[d
         if key.startswith("estimate/"):
             _, method, comp = key.split("/")
             estimates.setdefault(method, {})[comp] = value
-    return values, done, estimates
+    ig_grads = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("ig_grad/")}
+    return values, done, estimates, ig_grads

@@ -235,3 +235,52 @@ def test_finished_estimators_survive_an_interrupt_and_are_not_recomputed(tiny_ll
     for name, tensor in full.scores.items():
         assert torch.equal(resumed.scores[name], tensor), name
     assert resumed.manifest["faithfulness"] == full.manifest["faithfulness"]
+
+
+def test_an_interrupted_ig_keeps_its_finished_passes_and_resumes_to_identical_results(tiny_llama, prompts, tmp_path,
+                                                                                      monkeypatch):
+    """IG used to keep nothing until every pass finished (and the CLI then named a folder that did not exist)."""
+    monkeypatch.setattr(run_module, "CHECKPOINT_EVERY_S", 0.0)
+    full = activation_patching(tiny_llama, prompts, RESUME_COMPONENTS, methods=["ig"], ig_steps=2)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):  # on the second of IG's 4 passes (resid_pre and head_out, 2 layers)
+        activation_patching(tiny_llama, prompts, RESUME_COMPONENTS, methods=["ig"], ig_steps=2, out=out,
+                            progress=Interrupter(out, ("ig", 1)))
+    saved = safetensors.torch.load_file(out / PARTIAL)
+    assert sorted(k for k in saved if k.startswith("ig_grad/")) == ["ig_grad/resid_pre.0", "ig_grad/resid_pre.1"]
+    progress = json.loads((out / PROGRESS).read_text())
+    assert progress["done"] == {"ig": 2} and progress["total"] == {"ig": 4}
+
+    passes = []
+    real = run_module.integrated_gradients
+
+    def counting(*args, **kwargs):
+        passes.append(sorted(kwargs["grads"]))  # the finished passes it starts from
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "integrated_gradients", counting)
+    resumed = activation_patching(tiny_llama, prompts, RESUME_COMPONENTS, methods=["ig"], ig_steps=2, out=out,
+                                  resume=True)
+    assert passes == [["resid_pre.0", "resid_pre.1"]]
+    for name, tensor in full.scores.items():
+        assert torch.equal(resumed.scores[name], tensor), name
+    assert not (out / PARTIAL).exists()
+
+
+def test_progress_counts_every_component_of_the_run_from_the_start(tiny_llama, prompts, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        activation_patching(tiny_llama, prompts, RESUME_COMPONENTS, out=out, progress=Interrupter(out, ("resid_pre", 1)))
+    progress = json.loads((out / PROGRESS).read_text())
+    assert sorted(progress["total"]) == sorted(RESUME_COMPONENTS) and progress["done"]["head_out_pos"] == 0
+
+
+def test_mlp_layers_without_mlp_act_and_oversized_runs_are_refused(tiny_llama, prompts):
+    with pytest.raises(InterpError, match="--mlp-layers chooses the layers of component mlp_act"):
+        activation_patching(tiny_llama, prompts, ["resid_pre"], mlp_layers=[0])
+    need = run_module.memory_needed(tiny_llama, 10**9, 15, ["resid_pre"], ["activation"])
+    assert need > 10**15
+    with pytest.raises(InterpError, match=r"patching 1000000000 prompts of 15 tokens needs about .* free"):
+        run_module.check_size(tiny_llama, 10**9, 15, ["resid_pre"], ["activation"])
+    with pytest.raises(InterpError, match="supports at most"):
+        run_module.check_size(tiny_llama, 1, 10**7, ["resid_pre"], ["activation"])
