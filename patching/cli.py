@@ -7,30 +7,46 @@ import shlex
 import signal
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 import typer
 from rich.console import Console
 
-from interp.cli_support import load_model, progress_bar, split as _split
+from interp.cli_support import FORCE, load_model, progress_bar, split as _split
 from interp.errors import InterpError
+from interp.outdir import PROGRESS, prepare_out
+
+N_PROMPTS_HELP = "Number of prompts: IOI and colored_objects generate N (default {default}); a JSONL file: its first N rows (default every row)."
+
 
 def load_model_and_prompts(console: Console, model: str, backend: str, device: str, dtype: str, task: str,
-                           n_prompts: int, seed: int, corruption: str):
-    """Load the model (booting its backend, so that counts as load time) and the prompt set."""
-    from interp.tasks import load_prompt_set
+                           n_prompts: int | None, seed: int, corruption: str | None,
+                           check_size: Callable[[object, int, int], None] | None = None):
+    """Load the model (booting its backend, so that counts as load time) and the prompt set.
+
+    ``check_size(model, n, n_tokens)`` runs before a generated set is made (on a two-row sample, for its token
+    length), so a huge ``n_prompts`` is refused before anything of its size is built.
+    """
+    from interp.tasks import TASKS, load_prompt_set
 
     m = load_model(console, model, backend, device, dtype)
-    return m, load_prompt_set(task, m.tokenizer, n=n_prompts, seed=seed, corruption=corruption)
+    if check_size is not None and task in TASKS and n_prompts:
+        sample = load_prompt_set(task, m.tokenizer, n=min(n_prompts, 2), seed=seed, corruption=corruption)
+        check_size(m, n_prompts, sample.tokenize(m.tokenizer).clean.shape[1])
+    prompts = load_prompt_set(task, m.tokenizer, n=n_prompts, seed=seed, corruption=corruption)
+    if n_prompts and len(prompts) < n_prompts:
+        console.print(f"note: {task} has {len(prompts)} rows; using all of them (--n-prompts {n_prompts} caps a "
+                      "task file, it does not repeat rows)", highlight=False)
+    return m, prompts
 
 
 def patch(
     model: str = typer.Option("smollm2-135m", help="Model name (see `interp models`), HF id or local path."),
     backend: str = typer.Option("lens", help="lens (TransformerLens bridge), nnsight or torch."),
     task: str = typer.Option("ioi", help="ioi, or a JSONL file with clean/corrupt/answer/wrong per line."),
-    n_prompts: int = typer.Option(8, help="Number of prompts (IOI: generated; JSONL: the first N)."),
-    corruption: str = typer.Option("swap", help="IOI corruption: swap (S2 becomes the IO name), three_names, or order (the first two names trade places)."),
+    n_prompts: int = typer.Option(None, help=N_PROMPTS_HELP.format(default=8)),
+    corruption: str = typer.Option(None, help="IOI corruption (ioi only): swap (S2 becomes the IO name; the default), three_names, or order (the first two names trade places)."),
     method: str = typer.Option("activation", help="Comma list: activation (exact), atp (attribution patching), "
                                "relp (relevance patching), ig (integrated gradients)."),
     components: str = typer.Option("resid_pre,attn_out,mlp_out,head_out",
@@ -43,6 +59,7 @@ def patch(
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     out: Path = typer.Option(None, help="Run folder (default runs/patch-<time>)."),
     resume: bool = typer.Option(False, help="Complete the interrupted run in --out."),
+    force: bool = FORCE,
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
     seed: int = typer.Option(0, help="Seed for prompt generation and bootstraps."),
     rules: str = typer.Option("ln,identity,half", help="LRP rules for relp: ln, identity, half, ah (attention pattern constant)."),
@@ -51,29 +68,40 @@ def patch(
     """Activation patching (and its estimators AtP, RelP, IG): which components carry the clean behaviour?"""
 
     from interp.tasks import check_task
-    from interp.patching.run import check_options
+    from interp.patching.run import check_options, check_size
 
     comps, methods = check_options(_split(components), _split(method), direction, metric, engine, rules, ig_steps)
-    if n_prompts < 1:
+    if n_prompts is not None and n_prompts < 1:
         raise InterpError("--n-prompts must be at least 1")
     try:
         layers = [int(x) for x in _split(mlp_layers)]
     except ValueError:
         raise InterpError(f"--mlp-layers must be comma-separated integers, got '{mlp_layers}'") from None
-    check_task(task)
+    if layers and "mlp_act" not in comps:
+        raise InterpError("--mlp-layers chooses the layers of component mlp_act, which is not in --components: "
+                          "add mlp_act to --components or drop --mlp-layers")
+    check_task(task, corruption)
     if resume and out is None:
         raise InterpError("--resume needs --out DIR: the folder of the interrupted run")
-    out = out or Path("runs") / f"patch-{datetime.now():%Y%m%d-%H%M%S}"
+    if resume and force:
+        raise InterpError("--resume and --force contradict each other: --resume completes the run in --out, "
+                          "--force starts it over")
+    out = prepare_out(out, "patch", force=force, resume=resume)
 
     from interp.patching.run import activation_patching
 
     console = Console(stderr=True)
-    t0 = time.perf_counter()
-    m, prompts = load_model_and_prompts(console, model, backend, device, dtype, task, n_prompts, seed, corruption)
-    load_s = time.perf_counter() - t0
-
     # SIGTERM behaves like Ctrl-C: finished patches are checkpointed before exiting
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    t0 = time.perf_counter()
+    try:
+        m, prompts = load_model_and_prompts(
+            console, model, backend, device, dtype, task, n_prompts, seed, corruption,
+            check_size=lambda m, n, n_pos: check_size(m, n, n_pos, comps, methods, layers, ig_steps))
+    except KeyboardInterrupt:
+        console.print("interrupted while loading the model: no patch was run, nothing new was kept", highlight=False)
+        raise typer.Exit(130) from None
+    load_s = time.perf_counter() - t0
     with progress_bar(console) as bar:
         tasks: dict[str, int] = {}
 
@@ -90,8 +118,12 @@ def patch(
             )
         except KeyboardInterrupt:
             bar.stop()
-            console.print(f"interrupted: finished patches are saved in {out}; complete them with "
-                          f"`interp patch ... --out {out} --resume`")
+            if (out / PROGRESS).is_file():
+                console.print(f"interrupted: finished work is saved in {out}; complete it with "
+                              f"`interp patch ... --out {out} --resume`", highlight=False)
+            else:
+                console.print(f"interrupted before any patch finished: nothing was kept (run again; {out} is empty)",
+                              highlight=False)
             raise typer.Exit(130)
     result.manifest["timings"]["load_s"] = round(load_s, 3)
     result.manifest["timings"]["total_s"] = round(time.perf_counter() - t0, 3)

@@ -20,7 +20,8 @@ high-dimensional subspace can produce the target even where the model does not u
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,9 @@ from torch.nn.utils.parametrizations import orthogonal
 from interp.errors import InterpError
 from interp.model import Model
 from interp.patching.subspace import Direction, PatchPairs, base_logit_diff, evaluate, patched_logits
+
+if TYPE_CHECKING:
+    from interp.outdir import Checkpoint
 
 Progress = Callable[[int, int, float], None]
 
@@ -42,8 +46,8 @@ def _check(pairs: PatchPairs, d: int, k: int, epochs: int, batch_size: int, lr: 
         raise InterpError(f"DAS epochs={epochs} must be a positive integer")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InterpError(f"DAS batch_size={batch_size} must be a positive integer")
-    if not lr > 0:
-        raise InterpError(f"DAS learning rate lr={lr} must be positive")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise InterpError(f"DAS learning rate lr={lr} must be a positive finite number")
     if not 0 <= test_fraction < 1:
         raise InterpError(f"DAS test_fraction={test_fraction} must be in [0, 1): the share of pairs held out for testing")
 
@@ -71,6 +75,7 @@ def train_das(
     test_fraction: float = 0.5,
     seed: int = 0,
     progress: Progress | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> tuple[Direction, dict]:
     """Learn k orthonormal directions at ``pairs.site`` whose patch makes the base run answer ``pairs.target``.
 
@@ -83,6 +88,10 @@ def train_das(
     ``{"loss": [mean train loss per epoch], "train": scores, "test": scores or None,
     "n_train", "n_test"}``, where the scores are `interp.patching.subspace.evaluate` with each subset's
     own base logit difference.
+
+    With a ``checkpoint`` (`interp.outdir.Checkpoint`), the training state (rotation, Adam, learning-rate
+    schedule, shuffling generator, losses) is saved after every epoch and, when the checkpoint holds one,
+    training continues from it: an interrupted call completed this way gives bit-identical results.
     """
     d = pairs.source.shape[-1]
     _check(pairs, d, k, epochs, batch_size, lr, test_fraction)
@@ -98,7 +107,12 @@ def train_das(
                                                   total_iters=max(epochs * steps_per_epoch - 1, 1))
     shuffle = torch.Generator().manual_seed(seed)
     losses: list[float] = []
-    for epoch in range(epochs):
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        _restore(saved, rotation, optimizer, scheduler, shuffle, losses)
+        if progress is not None and losses:
+            progress(len(losses), epochs, losses[-1])
+    for epoch in range(len(losses), epochs):
         total = 0.0
         for rows in torch.randperm(len(train), generator=shuffle).split(batch_size):
             batch = train.subset(rows)
@@ -110,6 +124,11 @@ def train_das(
             scheduler.step()
             total += float(loss.detach()) * len(rows)
         losses.append(total / len(train))
+        if not math.isfinite(losses[-1]):
+            raise InterpError(f"DAS loss is not finite ({losses[-1]}) at epoch {epoch + 1}: lower --lr, or check the "
+                              "model's numbers at this site (float16 overflow?)")
+        if checkpoint is not None:
+            _save(checkpoint, rotation, optimizer, scheduler, shuffle, losses, epochs)
         if progress is not None:
             progress(epoch + 1, epochs, losses[-1])
 
@@ -127,3 +146,36 @@ def train_das(
             "positions": None if pairs.positions is None else [int(p) for p in pairs.positions],
             "train": report["train"], "test": report["test"]}
     return Direction(site=pairs.site, vectors=vectors, method="das", meta=meta), report
+
+
+def _save(checkpoint: Checkpoint, rotation: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+          shuffle: torch.Generator, losses: list[float], epochs: int) -> None:
+    """Everything the next epoch depends on, after ``len(losses)`` finished epochs."""
+    tensors = {f"rotation/{k}": v.detach().cpu() for k, v in rotation.state_dict().items()}
+    opt = optimizer.state_dict()
+    for index, state in opt["state"].items():
+        for key, value in state.items():
+            tensors[f"adam/{index}/{key}"] = value.detach().cpu() if torch.is_tensor(value) else torch.tensor(value)
+    tensors["shuffle"] = shuffle.get_state()
+    checkpoint.save(tensors, {"epochs": len(losses)}, {"epochs": epochs}, losses=losses,
+                    param_groups=opt["param_groups"], scheduler=scheduler.state_dict())
+
+
+def _restore(saved: tuple[dict, dict], rotation: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+             shuffle: torch.Generator, losses: list[float]) -> None:
+    tensors, info = saved
+    try:
+        device = next(rotation.parameters()).device
+        rotation.load_state_dict({k.split("/", 1)[1]: v.to(device) for k, v in tensors.items()
+                                  if k.startswith("rotation/")})
+        state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("adam/"):
+                _, index, name = key.split("/")
+                state.setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
+        optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+        scheduler.load_state_dict(info["scheduler"])
+        shuffle.set_state(tensors["shuffle"])
+        losses[:] = [float(x) for x in info["losses"]]
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise InterpError(f"the saved DAS training state is damaged ({type(e).__name__}): start over with --force") from None

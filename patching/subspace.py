@@ -34,6 +34,7 @@ from typing import Sequence
 
 import torch
 
+from interp.cli_support import check_memory
 from interp.errors import InterpError
 from interp.interventions import Replace, SubspaceReplace
 from interp.model import Model
@@ -64,18 +65,42 @@ class PatchPairs:
         return self.base.shape[0]
 
 
+def check_pairs_size(model: Model, n: int, n_pos: int) -> None:
+    """Refuse, before anything is allocated, prompts longer than the model's context or more than memory holds."""
+    if model.n_ctx and n_pos > model.n_ctx:
+        raise InterpError(f"the prompts are {n_pos} tokens but {model.name} supports at most {model.n_ctx}: "
+                          "use shorter prompts")
+    item = next(model.hf.parameters()).element_size()
+    width = max(model.d_model, model.d_mlp)
+    need = int(n) * n_pos * item * (2 * model.d_vocab + 4 * width + model.n_layers * model.d_model)
+    check_memory(need, f"subspace patching on {n} prompts of {n_pos} tokens", str(model.device), "use fewer --n-prompts")
+
+
+def check_positions(positions: Sequence[int] | None, n_pos: int) -> list[int] | None:
+    """``positions`` as indices into prompts of ``n_pos`` tokens; a one-line error for one outside them."""
+    if positions is None:
+        return None
+    if not len(positions):
+        raise InterpError("--positions is empty: give positions such as -1 or 3,-1, or 'all'")
+    for p in positions:
+        if not -n_pos <= int(p) < n_pos:
+            raise InterpError(f"--positions {p} is outside the prompts, which are {n_pos} tokens: use 0..{n_pos - 1} "
+                              f"(or -{n_pos}..-1 from the end)")
+    return [int(p) % n_pos for p in positions]
+
+
 def patch_pairs(model: Model, prompts: PromptSet, site: str, positions: Sequence[int] | None = (-1,)) -> PatchPairs:
     """Base = clean prompts, source = corrupt prompts, target = ``wrong``, other = ``answer``."""
     model.site(site)
     tokens = prompts.tokenize(model.tokenizer)
+    n_pos = tokens.clean.shape[1]
+    positions = check_positions(positions, n_pos)
+    check_pairs_size(model, len(prompts), n_pos)
     with torch.no_grad():
         source = model.run(tokens.corrupt, read=[site]).acts[site]
         base_act = model.run(tokens.clean, read=[site]).acts[site]
     if source.ndim != 3:
         raise InterpError(f"subspace patching needs a [batch, pos, d] site such as resid_pre, attn_out or mlp_act; {site} is {tuple(source.shape)}")
-    n_pos = tokens.clean.shape[1]
-    if positions is not None:
-        positions = [p % n_pos for p in positions]
     return PatchPairs(site, tokens.clean, source, base_act, tokens.wrong, tokens.answer, positions, tokens.corrupt)
 
 
@@ -95,8 +120,29 @@ class Direction:
 
     @classmethod
     def load(cls, path: str | Path) -> "Direction":
-        vectors, info = load_vectors(path, "direction")
-        return cls(info["site"], vectors, info["method"], info.get("meta", {}))
+        """A saved direction; a one-line error for a file that is damaged, lacks a key or holds non-finite numbers."""
+        try:
+            vectors, info = load_vectors(path, "direction")
+        except InterpError:
+            raise
+        except (KeyError, ValueError, TypeError, OSError) as e:  # no "vectors" tensor, JSON that does not parse
+            what = f"no {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            raise InterpError(f"{path} is not a saved direction ({what}); give the path a subspace run wrote, "
+                              "e.g. runs/x/direction") from None
+        if not isinstance(info, dict):
+            raise InterpError(f"{Path(path).with_suffix('.json')} is not a direction's JSON object")
+        missing = [key for key in ("site", "method") if not isinstance(info.get(key), str)]
+        if missing:
+            raise InterpError(f"{Path(path).with_suffix('.json')} lacks {', '.join(repr(m) for m in missing)}: "
+                              "give a direction a subspace run wrote (with its .json), e.g. runs/x/direction")
+        if not isinstance(vectors, torch.Tensor) or vectors.ndim != 2 or not vectors.is_floating_point() \
+                or 0 in vectors.shape:
+            shape = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
+            raise InterpError(f"{path}: the direction must be float vectors [k, d], got {shape}")
+        if not torch.isfinite(vectors).all():
+            raise InterpError(f"{path}: the direction holds NaN or infinite values; find it again or fix the file")
+        meta = info.get("meta", {})
+        return cls(info["site"], vectors, info["method"], meta if isinstance(meta, dict) else {})
 
 
 def _at_positions(x: torch.Tensor, positions: Sequence[int] | None) -> torch.Tensor:
