@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shlex
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -13,16 +17,21 @@ from interp.cli_support import (
     BACKEND,
     DEVICE,
     DTYPE,
+    FORCE,
     MODEL,
     SEED,
     command_line,
-    default_out,
     finish,
+    finite,
     load_model,
     numbers,
+    progress_bar,
     split,
 )
 from interp.errors import InterpError
+from interp.outdir import PROGRESS, prepare_out
+
+RESUME = typer.Option(False, help="Complete the interrupted run in --out (same options).")
 
 heads = typer.Typer(help="Head scores: induction, previous-token and duplicate-token detectors, direct logit attribution.",
                     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -30,6 +39,85 @@ neurons = typer.Typer(help="Relation-specific neurons: which MLP neurons carry a
                       pretty_exceptions_enable=False, add_completion=False)
 circuit = typer.Typer(help="Circuits: build one from a patching run, compare two, measure faithfulness.",
                       no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+def _outside_inputs(out: Path | None, *inputs) -> None:
+    """Refuse an --out that is (or holds) one of the command's inputs: --force would delete it."""
+    if out is None or not str(out).strip():
+        return
+    target = Path(out).resolve()
+    for path in inputs:
+        given = Path(path).resolve()
+        if given == target or target in given.parents:
+            raise InterpError(f"--out {out} is where the input {path} lives: write the run into another folder")
+
+
+def _out(out: Path | None, name: str, force: bool, resume: bool = False, inputs=()) -> Path:
+    """The run folder, checked (and created) before any model loads."""
+    if resume and out is None:
+        raise InterpError("--resume needs --out DIR: the folder of the interrupted run")
+    _outside_inputs(out, *inputs)
+    return prepare_out(out, name, force, resume)
+
+
+def _resume_command() -> str:
+    parts = [p for p in shlex.split(command_line()) if p != "--force"]
+    return shlex.join(parts + ([] if "--resume" in parts else ["--resume"]))
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _guard(console: Console, out: Path, units=None, what: str = "units"):
+    """Run the work with SIGTERM treated as Ctrl-C; on an interruption say what was kept and exit 130.
+
+    ``units`` (a `interp.circuits.units.Units`) holds the finished units of a resumable run; without it, or
+    before any unit finished, the message says plainly that nothing was kept. An empty run folder left by a
+    failed or interrupted run is removed.
+    """
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
+    try:
+        yield
+    except KeyboardInterrupt:
+        if units is not None and units.n_done:
+            console.print(f"interrupted: {units.n_done} finished {what} are saved in {out}; complete the run with "
+                          f"`{_resume_command()}`", highlight=False, soft_wrap=True)
+        elif (Path(out) / PROGRESS).is_file():
+            console.print(f"interrupted: the checkpoint in {out} is unchanged; complete the run with "
+                          f"`{_resume_command()}`", highlight=False, soft_wrap=True)
+        else:
+            _remove_if_empty(out)
+            console.print("interrupted: nothing was kept" + (" (no unit had finished yet)" if units is not None else "")
+                          + "; run the command again", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    except InterpError:
+        _remove_if_empty(out)
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _remove_if_empty(out: Path) -> None:
+    try:
+        Path(out).rmdir()  # only an empty folder; a folder with a checkpoint or anything else stays
+    except OSError:
+        pass
+
+
+def _progress(bar):
+    """A ``progress(phase, done, total)`` callback drawing one bar per phase."""
+    tasks: dict[str, int] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total)
+        bar.update(tasks[phase], completed=done, total=total)
+
+    return update
+
 
 def _prompts(model, task: str, n: int, seed: int):
     from interp.tasks import check_task, load_prompt_set
@@ -46,21 +134,26 @@ def heads_detect(
     period: int = typer.Option(20, help="Length of each random sequence (it is repeated once)."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
     out: Path = typer.Option(None, help="Run folder (default runs/heads-<time>)."),
-    as_json: bool = AS_JSON, seed: int = SEED,
+    as_json: bool = AS_JSON, seed: int = SEED, force: bool = FORCE,
 ) -> None:
     """Induction, previous-token and duplicate-token scores per head, and direct logit attribution on a task."""
     from interp.circuits.runs import heads_run
 
     if n_random < 1 or period < 2 or n_prompts < 1:
         raise InterpError("--n-random and --n-prompts must be at least 1, --period at least 2")
-    out = default_out(out, "heads")
+    if task != "none":
+        from interp.tasks import check_task
+
+        check_task(task)
+    out = _out(out, "heads", force, inputs=[task] if Path(task).suffix == ".jsonl" else [])
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    m = load_model(console, model, backend, device, dtype)
-    prompts = None if task == "none" else _prompts(m, task, n_prompts, seed)
-    with console.status("scoring heads"):
-        result = heads_run(m, prompts, n_random, period, seed, command=command_line())
-    finish(console, result, out, t0, as_json)
+    with _guard(console, out):
+        m = load_model(console, model, backend, device, dtype)
+        prompts = None if task == "none" else _prompts(m, task, n_prompts, seed)
+        with console.status("scoring heads"):
+            result = heads_run(m, prompts, n_random, period, seed, command=command_line())
+        finish(console, result, out, t0, as_json)
 
 
 @heads.command("retrieval")
@@ -70,23 +163,40 @@ def heads_retrieval(
     ks: str = typer.Option("5,15", help="Numbers of heads to mask: top-k by score against k random heads."),
     n_random: int = typer.Option(1, help="Random draws per k."),
     max_new_tokens: int = typer.Option(30, help="Greedy answer length (stops at a newline)."),
+    batch_size: int = typer.Option(0, help="Prompts decoded together (equal lengths only); 0: as many as keep the "
+                                           "batch's KV cache within 1 GiB. The numbers do not depend on it."),
     model: str = MODEL, device: str = DEVICE, dtype: str = DTYPE,
     out: Path = typer.Option(None, help="Run folder (default runs/retrieval-<time>)."),
-    as_json: bool = AS_JSON, seed: int = SEED,
+    as_json: bool = AS_JSON, seed: int = SEED, force: bool = FORCE, resume: bool = RESUME,
 ) -> None:
-    """Retrieval heads: which heads copy the needle while the model answers, and does masking them break recall?"""
-    from interp.circuits.runs import retrieval_run
+    """Retrieval heads: which heads copy the needle while the model answers, and does masking them break recall?
+
+    Prompts of equal length decode together; every decoded prompt and masking setting is checkpointed in --out,
+    so an interrupted run completes with --resume.
+    """
+    from interp.circuits.retrieval import check_request
+    from interp.circuits.runs import retrieval_run, retrieval_units
 
     length_list, depth_list, k_list = numbers(lengths, "--lengths", int), numbers(depths, "--depths"), numbers(ks, "--ks", int)
     if not length_list or not depth_list or any(x < 1 for x in length_list) or any(not 0 <= d <= 100 for d in depth_list):
         raise InterpError("--lengths must be positive token counts and --depths percentages from 0 to 100")
-    out = default_out(out, "retrieval")
+    if any(k < 0 for k in k_list):
+        raise InterpError(f"--ks must be numbers of heads, 0 or more; got {ks}")
+    if n_random < 1 or max_new_tokens < 1 or batch_size < 0:
+        raise InterpError("--n-random and --max-new-tokens must be at least 1, --batch-size 0 (automatic) or more")
+    out = _out(out, "retrieval", force, resume)
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    m = load_model(console, model, "torch", device, dtype)
-    with console.status("decoding needle-in-a-haystack prompts"):
-        result = retrieval_run(m, length_list, depth_list, k_list, n_random, max_new_tokens, seed, command_line())
-    finish(console, result, out, t0, as_json)
+    with _guard(console, out):
+        m = load_model(console, model, "torch", device, dtype)
+        check_request(m, length_list, k_list, n_random, max_new_tokens, depth_list)  # before the detection pass
+        units = retrieval_units(m, out, length_list, depth_list, k_list, n_random, max_new_tokens, seed, resume)
+    with _guard(console, out, units, "prompts and masking settings"):
+        with progress_bar(console) as bar:
+            result = retrieval_run(m, length_list, depth_list, k_list, n_random, max_new_tokens, seed, command_line(),
+                                   batch_size or None, _progress(bar), units)
+        finish(console, result, out, t0, as_json)
+        units.clear()
 
 
 @neurons.command("relation")
@@ -99,11 +209,16 @@ def neurons_relation(
     keep_correct: bool = typer.Option(True, help="Test only on facts the unedited model gets right."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
     out: Path = typer.Option(None, help="Run folder (default runs/neurons-<time>)."),
-    as_json: bool = AS_JSON, seed: int = SEED,
+    as_json: bool = AS_JSON, seed: int = SEED, force: bool = FORCE, resume: bool = RESUME,
 ) -> None:
-    """Score every MLP neuron per relation (AP), zero each relation's top-k, and measure every relation's accuracy."""
-    from interp.circuits.relations import RELATIONS
-    from interp.circuits.runs import neurons_run
+    """Score every MLP neuron per relation (AP), zero each relation's top-k, and measure every relation's accuracy.
+
+    The test-prompt filter, the expertise and every relation's (and k's) accuracies are checkpointed in --out, so
+    an interrupted run completes with --resume.
+    """
+    from interp.circuits.neurons import check_k
+    from interp.circuits.relations import RELATIONS, get_relations
+    from interp.circuits.runs import neurons_run, neurons_units
 
     names = split(relations) or None
     unknown = [r for r in (names or []) + ([sweep] if sweep else []) if r not in RELATIONS]
@@ -111,16 +226,30 @@ def neurons_relation(
         raise InterpError(f"unknown relation {unknown[0]!r}: use one of {', '.join(RELATIONS)}")
     if sweep and names and sweep not in names:
         raise InterpError(f"--sweep {sweep} is not among --relations {relations}")
+    if names is not None and len(set(names)) < 2:
+        raise InterpError("--relations needs at least two different relations (the others are each one's negatives)")
     k_list = numbers(ks, "--ks", int)
     if k < 1 or any(x < 1 for x in k_list):
         raise InterpError("--k and every --ks value must be at least 1")
-    out = default_out(out, "neurons")
+    if sweep and not k_list:
+        raise InterpError("--sweep needs --ks: the numbers of neurons to zero")
+    fewest = min(get_relations(names), key=lambda r: len(r.facts))
+    if not 0 < n_identification < len(fewest.facts):
+        raise InterpError(f"--n-identification must be in [1, {len(fewest.facts) - 1}]: {fewest.name} has "
+                          f"{len(fewest.facts)} facts and needs at least one left to test on")
+    out = _out(out, "neurons", force, resume)
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    m = load_model(console, model, backend, device, dtype)
-    with console.status("scoring neurons and zeroing them"):
-        result = neurons_run(m, names, k, sweep, k_list, n_identification, keep_correct, seed, command=command_line())
-    finish(console, result, out, t0, as_json)
+    with _guard(console, out):
+        m = load_model(console, model, backend, device, dtype)
+        check_k(m, k, k_list if sweep else [])  # before any pass
+        units = neurons_units(m, out, names, k, sweep, k_list, n_identification, keep_correct, seed, backend, resume)
+    with _guard(console, out, units, "passes (test filter, expertise, relations, k values)"):
+        with progress_bar(console) as bar:
+            result = neurons_run(m, names, k, sweep, k_list, n_identification, keep_correct, seed, backend=backend,
+                                 command=command_line(), progress=_progress(bar), units=units)
+        finish(console, result, out, t0, as_json)
+        units.clear()
 
 
 def voids(
@@ -132,22 +261,29 @@ def voids(
     mc: bool = typer.Option(True, help="Also score the built-in multiple-choice set with and without skipping voids."),
     model: str = MODEL, device: str = DEVICE, dtype: str = DTYPE,
     out: Path = typer.Option(None, help="Run folder (default runs/voids-<time>)."),
-    as_json: bool = AS_JSON,
+    as_json: bool = AS_JSON, force: bool = FORCE,
 ) -> None:
     """Void layers (LAC): which layers each token uses while reading the prompt and while answering."""
     from interp.circuits.runs import voids_run
+    from interp.circuits.voids import check_generation
 
-    if not 0 < alpha <= 1:
+    if not 0 < finite(alpha, "--alpha") <= 1:
         raise InterpError(f"--alpha must be in (0, 1], got {alpha}")
     if max_new_tokens < 1:
         raise InterpError("--max-new-tokens must be at least 1")
-    out = default_out(out, "voids")
+    empty = [i + 1 for i, p in enumerate(prompt) if not p.strip()]
+    if empty:
+        raise InterpError(f"prompt {empty[0]} is empty: give each --prompt some text")
+    out = _out(out, "voids", force)
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    m = load_model(console, model, "torch", device, dtype)
-    with console.status("measuring layer usage"):
-        result = voids_run(m, list(prompt), max_new_tokens, alpha, chat, mc, command=command_line())
-    finish(console, result, out, t0, as_json)
+    with _guard(console, out):
+        m = load_model(console, model, "torch", device, dtype)
+        check_generation(m, list(prompt), max_new_tokens, chat)  # context and memory, before generating
+        with progress_bar(console) as bar:
+            result = voids_run(m, list(prompt), max_new_tokens, alpha, chat, mc, command=command_line(),
+                               progress=_progress(bar))
+        finish(console, result, out, t0, as_json)
 
 
 @circuit.command("build")
@@ -161,23 +297,30 @@ def circuit_build(
                                            "on the run's own prompts."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
     out: Path = typer.Option(None, help="Folder for circuit.json and its report (default runs/circuit-<time>)."),
-    as_json: bool = AS_JSON,
+    as_json: bool = AS_JSON, force: bool = FORCE,
 ) -> None:
     """Build a circuit by thresholding a patching run's node scores; writes circuit.json."""
     from interp.circuits.runs import add_path_edges, circuit_build_run
 
     if top_k < 0:
         raise InterpError("--top-k must be 0 (no limit) or more")
-    out = default_out(out, "circuit")
-    console = Console(stderr=True)
+    if min_abs is not None:
+        finite(min_abs, "--min-abs")
+    _outside_inputs(out, run)
     t0 = time.perf_counter()
     result, built = circuit_build_run(str(run), method, split(components) or None, top_k or None, min_abs, command_line())
-    if edges:
-        m = load_model(console, model, backend, device, dtype)
-        with console.status("path patching between the circuit's heads"):
-            add_path_edges(m, built, result, str(run))
-    built.save(out)
-    finish(console, result, out, t0, as_json)
+    if edges and not built.heads():
+        raise InterpError("--edges connects the circuit's heads, and this circuit has none: keep head_out nodes "
+                          "(--components head_out) or leave out --edges")
+    out = _out(out, "circuit", force, inputs=[run])
+    console = Console(stderr=True)
+    with _guard(console, out):
+        if edges:
+            m = load_model(console, model, backend, device, dtype)
+            with progress_bar(console) as bar:
+                add_path_edges(m, built, result, str(run), progress=_progress(bar))
+        built.save(out)
+        finish(console, result, out, t0, as_json)
 
 
 @circuit.command("overlap")
@@ -185,14 +328,18 @@ def circuit_overlap(
     a: Path = typer.Argument(..., help="circuit.json (or its folder) of the first circuit."),
     b: Path = typer.Argument(..., help="circuit.json (or its folder) of the second circuit."),
     out: Path = typer.Option(None, help="Run folder (default runs/overlap-<time>)."),
-    as_json: bool = AS_JSON,
+    as_json: bool = AS_JSON, force: bool = FORCE,
 ) -> None:
     """Shared nodes of two circuits: intersection over union and over each."""
     from interp.circuits.runs import circuit_overlap_run
 
-    out = default_out(out, "overlap")
+    _outside_inputs(out, a, b)
     t0 = time.perf_counter()
-    finish(Console(stderr=True), circuit_overlap_run(str(a), str(b), command_line()), out, t0, as_json)
+    result = circuit_overlap_run(str(a), str(b), command_line())
+    out = _out(out, "overlap", force, inputs=[a, b])
+    console = Console(stderr=True)
+    with _guard(console, out):
+        finish(console, result, out, t0, as_json)
 
 
 @circuit.command("faithfulness")
@@ -205,18 +352,28 @@ def circuit_faithfulness(
     keep_mlps: bool = typer.Option(False, help="Keep every MLP (a head circuit with MLPs intact, as in the IOI paper)."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
     out: Path = typer.Option(None, help="Run folder (default runs/faithfulness-<time>)."),
-    as_json: bool = AS_JSON, seed: int = SEED,
+    as_json: bool = AS_JSON, seed: int = SEED, force: bool = FORCE,
 ) -> None:
     """The metric with every head and MLP outside the circuit mean-ablated, as a fraction of the full model's."""
+    from interp.circuits.graph import Circuit
     from interp.circuits.runs import circuit_faithfulness_run
+    from interp.metrics import get_metric
+    from interp.tasks import check_task
 
     if reference not in ("clean", "corrupt", "both"):
         raise InterpError(f"unknown --reference '{reference}': use clean, corrupt or both")
-    out = default_out(out, "faithfulness")
+    if n_prompts < 1:
+        raise InterpError("--n-prompts must be at least 1")
+    get_metric(metric)
+    check_task(task)
+    Circuit.load(circuit_path)  # a missing or malformed circuit fails here, before the model loads
+    out = _out(out, "faithfulness", force, inputs=[circuit_path])
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    m = load_model(console, model, backend, device, dtype)
-    prompts = _prompts(m, task, n_prompts, seed)
-    with console.status("ablating outside the circuit"):
-        result = circuit_faithfulness_run(m, str(circuit_path), prompts, metric, reference, keep_mlps, seed, command=command_line())
-    finish(console, result, out, t0, as_json)
+    with _guard(console, out):
+        m = load_model(console, model, backend, device, dtype)
+        prompts = _prompts(m, task, n_prompts, seed)
+        with console.status("ablating outside the circuit"):
+            result = circuit_faithfulness_run(m, str(circuit_path), prompts, metric, reference, keep_mlps, seed,
+                                              command=command_line())
+        finish(console, result, out, t0, as_json)

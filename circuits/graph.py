@@ -34,7 +34,7 @@ import torch
 
 from interp.errors import InterpError, RunFolderError
 from interp.interventions import Ablate
-from interp.metrics import MetricContext, get_metric
+from interp.metrics import MetricContext, check_finite, get_metric
 from interp.model import Model
 from interp.prompts import PromptSet, TokenizedPrompts
 from interp.results import RunResult, load_run, write_json_atomic
@@ -149,6 +149,24 @@ class Circuit:
             raise RunFolderError(f"{path} is not a valid {CIRCUIT_FILE} ({type(exc).__name__}: {exc}); rewrite it with Circuit.save") from None
 
 
+def check_nodes(model: Model, circuit: Circuit, n_pos: int | None = None) -> None:
+    """Refuse, in one line, a node that ``model`` does not have (layer, head, neuron) or a position at or beyond
+    ``n_pos`` (the prompts' length), rather than leave it out of the computation silently."""
+    limits = {"head": ("heads", model.n_heads), "neuron": ("neurons", model.d_mlp)}
+    for name in circuit.nodes:
+        node = parse_node(name)
+        if node.layer >= model.n_layers:
+            raise InterpError(f"circuit node {name} is out of range: {model.name} has layers 0..{model.n_layers - 1}; "
+                              "was the circuit built on another model?")
+        if node.kind in limits and node.unit >= limits[node.kind][1]:
+            what, n = limits[node.kind]
+            raise InterpError(f"circuit node {name} is out of range: {model.name} has {what} 0..{n - 1} per layer; "
+                              "was the circuit built on another model?")
+        if n_pos is not None and node.pos is not None and node.pos >= n_pos:
+            raise InterpError(f"circuit node {name} is out of range: the prompts have {n_pos} tokens (positions "
+                              f"0..{n_pos - 1}); use prompts of the circuit's own task")
+
+
 # --------------------------------------------------------------------------- from run folders
 def node_scores(run: RunResult | str | os.PathLike, method: str = "activation",
                 components: Iterable[str] | None = None) -> dict[str, float]:
@@ -220,21 +238,25 @@ def overlap(a: Circuit, b: Circuit) -> CircuitOverlap:
 class Faithfulness:
     """Metric per prompt of the full model, the circuit (rest mean-ablated) and the empty circuit.
 
-    ``fraction`` = mean circuit / mean full; ``normalized`` = (circuit - empty) / (full - empty).
+    ``fraction`` = mean circuit / mean full; ``normalized`` = (circuit - empty) / (full - empty); each is None
+    when its denominator is 0 (undefined). ``ignored``: the circuit's nodes that are not ablation units (attn,
+    resid), which leave the measurement unchanged.
     """
 
     full: torch.Tensor
     circuit: torch.Tensor
     empty: torch.Tensor
     n_ablated: int
+    ignored: list[str] = field(default_factory=list)
 
     @property
-    def fraction(self) -> float:
-        return float(self.circuit.mean() / self.full.mean())
+    def fraction(self) -> float | None:
+        return float(self.circuit.mean() / self.full.mean()) if float(self.full.mean()) else None
 
     @property
-    def normalized(self) -> float:
-        return float((self.circuit.mean() - self.empty.mean()) / (self.full.mean() - self.empty.mean()))
+    def normalized(self) -> float | None:
+        den = self.full.mean() - self.empty.mean()
+        return float((self.circuit.mean() - self.empty.mean()) / den) if float(den) else None
 
 
 def ablations_outside(model: Model, circuit: Circuit, means: dict[str, torch.Tensor], n_pos: int) -> list[Ablate]:
@@ -248,6 +270,7 @@ def ablations_outside(model: Model, circuit: Circuit, means: dict[str, torch.Ten
     keep: dict[tuple[str, int], set] = {}
     for node in map(parse_node, circuit.nodes):
         keep.setdefault((node.kind, node.layer), set()).add((node.unit, node.pos))
+    check_nodes(model, circuit, n_pos)
     ablations = []
     for layer in range(model.n_layers):
         kept = keep.get(("head", layer), set())
@@ -280,6 +303,7 @@ def faithfulness(model: Model, circuit: Circuit, prompts: PromptSet | TokenizedP
         raise InterpError(f"unknown reference '{reference}': use clean, corrupt or both")
     tokens = prompts.tokenize(model.tokenizer) if isinstance(prompts, PromptSet) else prompts
     metric_fn = get_metric(metric) if isinstance(metric, str) else metric
+    check_nodes(model, circuit, tokens.clean.shape[1])
     clean_tok, corrupt_tok = tokens.clean.to(model.device), tokens.corrupt.to(model.device)
     ref_tok = {"clean": clean_tok, "corrupt": corrupt_tok, "both": torch.cat([clean_tok, corrupt_tok])}[reference]
     sites = [f"{k}.{layer}" for k in ("head_out", "mlp_out") for layer in range(model.n_layers)]
@@ -293,5 +317,7 @@ def faithfulness(model: Model, circuit: Circuit, prompts: PromptSet | TokenizedP
         ablations = ablations_outside(model, circuit, ref, clean_tok.shape[1])
         kept = model.run(clean_tok, ablations, backend=backend).logits[:, -1]
         empty = model.run(clean_tok, ablations_outside(model, Circuit({}), ref, clean_tok.shape[1]), backend=backend).logits[:, -1]
-        values = [metric_fn(x, ctx).float().cpu() for x in (full, kept, empty)]
-    return Faithfulness(*values, n_ablated=len(ablations))
+        values = [check_finite(metric_fn(x, ctx).float(), f"the {name} model's {metric if isinstance(metric, str) else 'metric'}").cpu()
+                  for name, x in (("full", full), ("circuit", kept), ("empty", empty))]
+    ignored = [n for n in circuit.nodes if parse_node(n).kind not in ("head", "mlp", "neuron")]
+    return Faithfulness(*values, n_ablated=len(ablations), ignored=ignored)

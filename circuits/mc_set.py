@@ -34,6 +34,7 @@ import torch
 from interp.circuits.voids import generate_with_voids, void_map
 from interp.chat import chat_prompt
 from interp.errors import InterpError
+from interp.metrics import check_finite
 from interp.model import Model
 
 LETTERS = ("A", "B", "C", "D")
@@ -158,7 +159,7 @@ def reply_letter(reply: str) -> int:
 
 
 def evaluate_mc(model: Model, questions: Sequence[MCQuestion] | None = None, alpha: float = 0.8, chat: bool = False,
-                backend: str | None = None, generate_tokens: int = 0) -> MCResult:
+                backend: str | None = None, generate_tokens: int = 0, progress=None) -> MCResult:
     """Score ``questions`` (default: `MC_SET`) with and without skipping void layers.
 
     ``generate_tokens=0``: letter logits at the last prompt token (two passes per question, on ``backend``).
@@ -179,12 +180,16 @@ def evaluate_mc(model: Model, questions: Sequence[MCQuestion] | None = None, alp
             replies.append(gen.text)
             replies_skip.append(generate_with_voids(model, tokens, generate_tokens, alpha, skip=True).text)
             masks.append(gen.prompt.activated)
+            if progress:
+                progress("multiple choice", len(masks), len(questions))
             continue
         vmap, logits = void_map(model, tokens, alpha, backend=backend)
         _, logits_skip = void_map(model, tokens, alpha, skip=True, backend=backend)
-        plain.append(logits[-1, ids].cpu())
-        skipped.append(logits_skip[-1, ids].cpu())
+        plain.append(check_finite(logits[-1, ids], "the answer letters' logits").cpu())
+        skipped.append(check_finite(logits_skip[-1, ids], "the answer letters' logits with voids skipped").cpu())
         masks.append(vmap.activated)
+        if progress:
+            progress("multiple choice", len(masks), len(questions))
     answers = torch.tensor([q.answer for q in questions])
     usage = torch.cat(masks).float().mean(0)
     usage_last = torch.stack([m[-1] for m in masks]).float().mean(0)

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 import torch
 
 from interp.circuits.relations import Relation, RelationPrompt, get_relations, split_relation
+from interp.circuits.units import Units
 from interp.errors import InterpError
 from interp.interventions import Ablate, Intervention
+from interp.metrics import check_finite
 from interp.model import Model
 
 BATCH = 64
@@ -54,7 +56,8 @@ def correct_mask(model: Model, prompts: Sequence[RelationPrompt], interventions:
     hits = torch.zeros(len(prompts), dtype=torch.bool)
     with torch.no_grad():
         for rows, tokens in model.length_groups([p.text for p in prompts], BATCH):
-            pred = model.run(tokens, list(interventions), backend=backend).logits[:, -1].argmax(-1).cpu()
+            logits = model.run(tokens, list(interventions), backend=backend).logits[:, -1]
+            pred = check_finite(logits, "the next-token logits of the relation prompts").argmax(-1).cpu()
             for row, p in zip(rows, pred.tolist()):
                 hits[row] = p in answer_first_tokens(model, prompts[row])
     return hits
@@ -90,8 +93,12 @@ class RelationPromptSets:
 
 
 def relation_prompt_sets(model: Model, relations: Sequence[str | Relation] | None = None, n_identification: int = 12,
-                         seed: int = 0, keep_correct: bool = True, backend: str | None = None) -> RelationPromptSets:
-    """Split each relation's facts (`split_relation`); keep the test prompts the model answers right."""
+                         seed: int = 0, keep_correct: bool = True, backend: str | None = None,
+                         units: Units | None = None) -> RelationPromptSets:
+    """Split each relation's facts (`split_relation`); keep the test prompts the model answers right.
+
+    ``units`` keeps the filter's answers (unit ``filter``) for a resumed run.
+    """
     rels = [r if isinstance(r, Relation) else get_relations([r])[0] for r in relations] if relations is not None \
         else get_relations()
     if len(rels) < 2:
@@ -103,7 +110,8 @@ def relation_prompt_sets(model: Model, relations: Sequence[str | Relation] | Non
         test += t
         n_facts.append(len(t))
     if keep_correct:
-        hits = correct_mask(model, test, backend=backend)
+        units = Units() if units is None else units
+        hits = units.run("filter", lambda: {"hits": correct_mask(model, test, backend=backend)})["hits"]
         test = [p for p, h in zip(test, hits.tolist()) if h]
     names = [r.name for r in rels]
     n_test = torch.tensor([sum(p.relation == n for p in test) for n in names])
@@ -132,7 +140,7 @@ def pooled_responses(model: Model, texts: Sequence[str], kind: str = "mlp_act", 
             out[rows] = pooled
     if out is None:
         raise InterpError("no prompts to read responses from")
-    return out
+    return check_finite(out, f"the pooled {kind} responses")
 
 
 def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -192,10 +200,18 @@ def expertise_from_responses(responses: torch.Tensor, prompt_relations: Sequence
 
 
 def neuron_expertise(model: Model, sets: RelationPromptSets, kind: str = "mlp_act",
-                     backend: str | None = None) -> NeuronExpertise:
-    """AP expertise of every unit of site ``kind`` for every relation, on the identification prompts."""
-    resp = pooled_responses(model, [p.text for p in sets.identification], kind, backend)
-    return expertise_from_responses(resp, [p.relation for p in sets.identification], sets.relations, kind)
+                     backend: str | None = None, units: Units | None = None) -> NeuronExpertise:
+    """AP expertise of every unit of site ``kind`` for every relation, on the identification prompts.
+
+    ``units`` keeps the result (unit ``expertise.<kind>``) for a resumed run.
+    """
+    def compute() -> dict:
+        resp = pooled_responses(model, [p.text for p in sets.identification], kind, backend)
+        e = expertise_from_responses(resp, [p.relation for p in sets.identification], sets.relations, kind)
+        return {"ap": e.ap, "on_p50": e.on_p50, "off_p50": e.off_p50}
+
+    got = (Units() if units is None else units).run(f"expertise.{kind}", compute)
+    return NeuronExpertise(list(sets.relations), kind, got["ap"], got["on_p50"], got["off_p50"])
 
 
 # ------------------------------------------------------------------ selection and deactivation
@@ -233,6 +249,15 @@ def deactivate(model: Model, units: torch.Tensor, kind: str = "mlp_act") -> list
     return out
 
 
+def check_k(model: Model, k: int, ks: Sequence[int] = (), kind: str = "mlp_act") -> None:
+    """Refuse, before any pass, a number of units to zero that the top-k/random-k contrast cannot draw."""
+    n_units = model.n_layers * (model.d_mlp if kind == "mlp_act" else model.d_model)
+    bad = [x for x in [k, *ks] if not 1 <= x <= n_units // 2]
+    if bad:
+        raise InterpError(f"k = {bad[0]} is out of range: {model.name} has {n_units} {kind} units, and each k needs its "
+                          f"top k plus k other random units, so --k and --ks must be in [1, {n_units // 2}]")
+
+
 # ------------------------------------------------------------------ experiments
 @dataclass
 class DeactivationMatrix:
@@ -252,19 +277,41 @@ class DeactivationMatrix:
     random_change: torch.Tensor
 
 
+def _baseline(model: Model, sets: RelationPromptSets, backend: str | None, units: Units) -> torch.Tensor:
+    return units.run("baseline", lambda: {"acc": accuracy_by_relation(model, sets.test, sets.relations, backend=backend)})["acc"]
+
+
 def deactivation_matrix(model: Model, expertise: NeuronExpertise, sets: RelationPromptSets, k: int, seed: int = 0,
-                        random_control: bool = True, backend: str | None = None) -> DeactivationMatrix:
-    """For each relation r, zero its top-k units and measure accuracy on every relation (plus random-k)."""
+                        random_control: bool = True, backend: str | None = None, progress=None,
+                        units: Units | None = None) -> DeactivationMatrix:
+    """For each relation r, zero its top-k units and measure accuracy on every relation (plus random-k).
+
+    ``units`` keeps each relation's row (unit ``zero.<relation>``) for a resumed run; ``progress(phase, done,
+    total)`` is called after each.
+    """
     rels = sets.relations
-    base = accuracy_by_relation(model, sets.test, rels, backend=backend)
+    units = Units() if units is None else units
+    base = _baseline(model, sets, backend, units)
     acc = torch.zeros(len(rels), len(rels))
     rnd = torch.full((len(rels), len(rels)), float("nan"))
-    for i, _ in enumerate(rels):
-        top = top_units(expertise.ap[i], k)
-        acc[i] = accuracy_by_relation(model, sets.test, rels, deactivate(model, top, expertise.kind), backend)
+    if progress:
+        progress("zeroing", sum(f"zero.{r}" in units for r in rels), len(rels))
+    for i, r in enumerate(rels):
+        def row(i: int = i) -> dict:
+            top = top_units(expertise.ap[i], k)
+            got = {"acc": accuracy_by_relation(model, sets.test, rels, deactivate(model, top, expertise.kind), backend)}
+            if random_control:
+                ctrl = random_units(tuple(expertise.ap.shape[1:]), k, top, seed + i)
+                got["rnd"] = accuracy_by_relation(model, sets.test, rels, deactivate(model, ctrl, expertise.kind), backend)
+            return got
+
+        fresh = f"zero.{r}" not in units
+        got = units.run(f"zero.{r}", row)
+        acc[i] = got["acc"]
         if random_control:
-            ctrl = random_units(tuple(expertise.ap.shape[1:]), k, top, seed + i)
-            rnd[i] = accuracy_by_relation(model, sets.test, rels, deactivate(model, ctrl, expertise.kind), backend)
+            rnd[i] = got["rnd"]
+        if progress and fresh:
+            progress("zeroing", sum(f"zero.{x}" in units for x in rels), len(rels))
     return DeactivationMatrix(list(rels), k, base, acc, acc - base, rnd, rnd - base)
 
 
@@ -281,19 +328,34 @@ class KSweep:
 
 
 def k_sweep(model: Model, expertise: NeuronExpertise, sets: RelationPromptSets, relation: str, ks: Sequence[int],
-            seed: int = 0, backend: str | None = None) -> KSweep:
-    """Cumulativity: accuracy vs the number k of deactivated top-AP units of ``relation`` (and random-k)."""
+            seed: int = 0, backend: str | None = None, progress=None, units: Units | None = None) -> KSweep:
+    """Cumulativity: accuracy vs the number k of deactivated top-AP units of ``relation`` (and random-k).
+
+    ``units`` keeps each k's row (unit ``sweep.<relation>.<j>``) for a resumed run; ``progress(phase, done,
+    total)`` is called after each.
+    """
     if relation not in sets.relations:
         raise InterpError(f"unknown relation {relation}: use one of {', '.join(sets.relations)}")
     i = sets.relations.index(relation)
     rels = sets.relations
-    base = accuracy_by_relation(model, sets.test, rels, backend=backend)
+    units = Units() if units is None else units
+    base = _baseline(model, sets, backend, units)
     acc, rnd = torch.zeros(len(ks), len(rels)), torch.zeros(len(ks), len(rels))
+    names = [f"sweep.{relation}.{j}" for j in range(len(ks))]
+    if progress:
+        progress("sweep", sum(n in units for n in names), len(ks))
     for j, k in enumerate(ks):
-        top = top_units(expertise.ap[i], k)
-        acc[j] = accuracy_by_relation(model, sets.test, rels, deactivate(model, top, expertise.kind), backend)
-        ctrl = random_units(tuple(expertise.ap.shape[1:]), k, top, seed + j)
-        rnd[j] = accuracy_by_relation(model, sets.test, rels, deactivate(model, ctrl, expertise.kind), backend)
+        def row(j: int = j, k: int = k) -> dict:
+            top = top_units(expertise.ap[i], k)
+            ctrl = random_units(tuple(expertise.ap.shape[1:]), k, top, seed + j)
+            return {"acc": accuracy_by_relation(model, sets.test, rels, deactivate(model, top, expertise.kind), backend),
+                    "rnd": accuracy_by_relation(model, sets.test, rels, deactivate(model, ctrl, expertise.kind), backend)}
+
+        fresh = names[j] not in units
+        got = units.run(names[j], row)
+        acc[j], rnd[j] = got["acc"], got["rnd"]
+        if progress and fresh:
+            progress("sweep", sum(n in units for n in names), len(ks))
     return KSweep(relation, list(rels), list(ks), base, acc, rnd)
 
 

@@ -154,19 +154,24 @@ def path_patching(
 
 
 def circuit_edges(model: Model, heads: Sequence[Head], prompts: PromptSet | TokenizedPrompts, metric: str | Callable = "logit_diff",
-                  backend: str | None = None) -> list[tuple[str, str, float]]:
+                  backend: str | None = None, progress=None) -> list[tuple[str, str, float]]:
     """Edges among a circuit's ``heads``: (sender, receiver, mean metric change) for each earlier head into each later
-    head, and for each head into ``"logits"`` (node names as in `interp.circuits.graph`: ``head.L.H``)."""
+    head, and for each head into ``"logits"`` (node names as in `interp.circuits.graph`: ``head.L.H``).
+
+    ``progress(phase, done, total)`` is called after each receiver's path-patching pass."""
     heads = sorted({(int(layer), int(head)) for layer, head in heads})
     if not heads:
         raise InterpError("the circuit has no head nodes to connect")
     edges: list[tuple[str, str, float]] = []
-    for receiver in ["logits", *heads]:
+    receivers_all = [r for r in ["logits", *heads] if r == "logits" or any(h[0] < r[0] for h in heads)]
+    if progress:
+        progress("path patching", 0, len(receivers_all))
+    for n_done, receiver in enumerate(receivers_all, 1):
         receivers = "logits" if receiver == "logits" else [receiver]
         senders = [h for h in heads if receiver == "logits" or h[0] < receiver[0]]
-        if not senders:
-            continue
         effect = path_patching(model, prompts, receivers, senders, metric, backend=backend).effect
+        if progress:
+            progress("path patching", n_done, len(receivers_all))
         name = "logits" if receiver == "logits" else f"head.{receiver[0]}.{receiver[1]}"
         edges += [(f"head.{layer}.{head}", name, float(effect[layer, head])) for layer, head in senders]
     return edges

@@ -34,13 +34,17 @@ from dataclasses import dataclass, field
 import torch
 
 from interp.circuits.haystack import NeedlePrompt
+from interp.circuits.limits import check_context, check_memory, kv_bytes_per_token
+from interp.circuits.units import Units
 from interp.errors import InterpError
 from interp.interventions import Intervention
+from interp.metrics import check_finite
 from interp.model import Model
 
 SUCCESS_RECALL = 0.5  # a test counts for detection when ROUGE-1 recall > this
 RETRIEVAL_THRESHOLD = 0.1  # retrieval head <=> mean score > this
 PREFILL_CHUNK = 1024  # prefill in chunks so eager attention never holds a [S, S] matrix per layer
+BATCH_CACHE_BYTES = 2**30  # rows per decode batch: as many as keep the batch's KV cache within this
 
 
 def rouge1_recall(response: str, reference: str) -> float:
@@ -125,8 +129,73 @@ def prefill(model: Model, prompt: NeedlePrompt, chunk: int = PREFILL_CHUNK):
     return past
 
 
+def stack_caches(caches: Sequence) -> object:
+    """One KV cache holding the batch-1 caches ``caches`` (prompts of equal length) as rows, in order.
+
+    Each prompt is prefilled on its own (exactly as when it is decoded alone), then the caches are joined
+    along the batch axis, so a batch decode continues from the very same keys and values.
+    """
+    if not caches:
+        raise InterpError("no KV caches to stack")
+    out = copy.deepcopy(caches[0])
+    if len(caches) == 1:
+        return out
+    if hasattr(out, "layers"):
+        for i, layer in enumerate(out.layers):
+            for name in ("keys", "values"):
+                parts = [getattr(c.layers[i], name) for c in caches]
+                if any(p is None for p in parts) or len({tuple(p.shape[1:]) for p in parts}) != 1:
+                    raise InterpError("cannot batch these KV caches: their layers differ in shape (prompts of unequal length?)")
+                setattr(layer, name, torch.cat(parts, 0))
+        return out
+    if hasattr(out, "key_cache") and hasattr(out, "value_cache"):
+        for name in ("key_cache", "value_cache"):
+            setattr(out, name, [torch.cat([getattr(c, name)[i] for c in caches], 0) for i in range(len(getattr(out, name)))])
+        return out
+    raise InterpError(f"cannot batch a KV cache of type {type(out).__name__}; decode one prompt at a time (batch_size=1)")
+
+
 def _stops(model: Model, token: int) -> bool:
     return token == model.tokenizer.eos_token_id or "\n" in model.tokenizer.decode([token])
+
+
+def _decode(model: Model, prompts: Sequence[NeedlePrompt], max_new_tokens: int, masked: Sequence[tuple[int, int]],
+            track: bool, past) -> list[Decoded]:
+    """Greedy decode of equal-length ``prompts`` as one batch, continuing (and consuming) the cache ``past``.
+
+    Every row runs the same steps a lone decode of its prompt runs; a row that has stopped (newline, end of
+    text) keeps riding along until every row has stopped, but its later tokens and events are dropped.
+    """
+    n = len(prompts)
+    read = [f"attn_pattern.{layer}" for layer in range(model.n_layers)] if track else []
+    ids = [torch.tensor(p.ids) for p in prompts]
+    events = [torch.zeros(model.n_layers, model.n_heads) for _ in prompts] if track else None
+    generated: list[list[int]] = [[] for _ in prompts]
+    active = [True] * n
+    last = torch.tensor([[p.ids[-1]] for p in prompts], device=model.device)
+    for step in range(max_new_tokens):
+        out, past = model.run_cached(last, uniform_attention(masked, past), read, past)
+        logits = check_finite(out.logits[:, -1], f"the logits of decode step {step}")
+        tokens = logits.argmax(-1).tolist()
+        if track:
+            top = torch.stack([out.acts[s][:, :, -1] for s in read], 1).argmax(-1).cpu()  # [row, layer, head]
+        for i in range(n):
+            if not active[i]:
+                continue
+            token = int(tokens[i])
+            generated[i].append(token)
+            if track:
+                start, end = prompts[i].needle_span
+                in_needle = (top[i] >= start) & (top[i] < end)
+                held = ids[i][top[i].clamp(start, end - 1)]
+                events[i] += (in_needle & (held == token)).float()
+            if _stops(model, token):
+                active[i] = False
+        if not any(active):
+            break
+        last = torch.tensor(tokens, device=model.device)[:, None]
+    return [Decoded(g, model.tokenizer.decode(g, skip_special_tokens=True), events[i] if track else None)
+            for i, g in enumerate(generated)]
 
 
 def decode(model: Model, prompt: NeedlePrompt, max_new_tokens: int = 30, masked: Sequence[tuple[int, int]] = (),
@@ -136,26 +205,34 @@ def decode(model: Model, prompt: NeedlePrompt, max_new_tokens: int = 30, masked:
     ``past`` is a prefill cache from `prefill` (it is copied, never changed); None prefills here.
     """
     past = copy.deepcopy(past) if past is not None else prefill(model, prompt)
-    read = [f"attn_pattern.{layer}" for layer in range(model.n_layers)] if track else []
-    start, end = prompt.needle_span
-    seq = list(prompt.ids)
-    events = torch.zeros(model.n_layers, model.n_heads) if track else None
-    generated: list[int] = []
-    for _ in range(max_new_tokens):
-        out, past = model.run_cached(torch.tensor([seq[-1:]], device=model.device), uniform_attention(masked, past),
-                                     read, past)
-        token = int(out.logits[0, -1].argmax())
-        generated.append(token)
-        if track:
-            rows = torch.stack([out.acts[s][0, :, -1] for s in read])  # [layer, head, keys]
-            top = rows.argmax(-1).cpu()
-            in_needle = (top >= start) & (top < end)
-            held = torch.tensor(prompt.ids)[top.clamp(start, end - 1)]
-            events += (in_needle & (held == token)).float()
-        seq.append(token)
-        if _stops(model, token):
-            break
-    return Decoded(generated, model.tokenizer.decode(generated, skip_special_tokens=True), events)
+    return _decode(model, [prompt], max_new_tokens, masked, track, past)[0]
+
+
+def decode_batch(model: Model, prompts: Sequence[NeedlePrompt], max_new_tokens: int = 30,
+                 masked: Sequence[tuple[int, int]] = (), track: bool = True) -> list[Decoded]:
+    """`decode` of several prompts of equal length in one batch: the same tokens, texts and events, faster."""
+    if not prompts:
+        raise InterpError("decode_batch needs at least one needle prompt")
+    if len({len(p.ids) for p in prompts}) != 1:
+        raise InterpError("decode_batch needs prompts of equal length (no padding); group them by length")
+    return _decode(model, list(prompts), max_new_tokens, masked, track, stack_caches([prefill(model, p) for p in prompts]))
+
+
+def length_batches(model: Model, prompts: Sequence[NeedlePrompt], max_new_tokens: int = 30,
+                   batch_size: int | None = None) -> list[list[int]]:
+    """Indices of ``prompts`` in batches of equal length, in order of first appearance.
+
+    ``batch_size`` None: as many rows as keep the batch's KV cache within `BATCH_CACHE_BYTES` (from the model's
+    shape alone, so a resumed run batches the same way).
+    """
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(len(p.ids), []).append(i)
+    out = []
+    for length, rows in groups.items():
+        size = batch_size or max(1, BATCH_CACHE_BYTES // max(1, (length + max_new_tokens) * kv_bytes_per_token(model)))
+        out += [rows[i:i + size] for i in range(0, len(rows), size)]
+    return out
 
 
 @dataclass
@@ -206,19 +283,42 @@ class RetrievalScores:
 
 
 def detect_retrieval_heads(model: Model, prompts: Sequence[NeedlePrompt], max_new_tokens: int = 30,
-                           success_recall: float = SUCCESS_RECALL, threshold: float = RETRIEVAL_THRESHOLD) -> RetrievalScores:
-    """Retrieval score of every head from greedy decoding of ``prompts`` (see the module docstring)."""
+                           success_recall: float = SUCCESS_RECALL, threshold: float = RETRIEVAL_THRESHOLD,
+                           batch_size: int | None = None, progress=None, units: Units | None = None) -> RetrievalScores:
+    """Retrieval score of every head from greedy decoding of ``prompts`` (see the module docstring).
+
+    Prompts of equal length decode together (`length_batches`; ``batch_size=1``: one at a time, the same
+    numbers). ``progress(phase, done, total)`` is called after each batch; ``units`` keeps each decoded prompt
+    (``detect.<i>``) so an interrupted run resumes without decoding it again.
+    """
     if not prompts:
         raise InterpError("retrieval-head detection needs at least one needle prompt")
+    units = Units() if units is None else units
+    name = [f"detect.{i}" for i in range(len(prompts))]
+    done = sum(n in units for n in name)
+    if progress:
+        progress("detect", done, len(prompts))
+    for batch in length_batches(model, prompts, max_new_tokens, batch_size):
+        todo = [i for i in batch if name[i] not in units]
+        if not todo:
+            continue
+        for i, out in zip(todo, decode_batch(model, [prompts[i] for i in todo], max_new_tokens)):
+            units.put(name[i], {"events": out.events, "recall": rouge1_recall(out.text, prompts[i].answer),
+                                "response": out.text}, save=False)
+        units.save()
+        done += len(todo)
+        if progress:
+            progress("detect", done, len(prompts))
     per_test, recall, responses = [], [], []
-    for prompt in prompts:
-        out = decode(model, prompt, max_new_tokens)
-        per_test.append(out.events / (prompt.needle_span[1] - prompt.needle_span[0]))
-        recall.append(rouge1_recall(out.text, prompt.answer))
-        responses.append(out.text)
+    for i, prompt in enumerate(prompts):
+        got = units.get(name[i])
+        per_test.append(got["events"].float() / (prompt.needle_span[1] - prompt.needle_span[0]))
+        recall.append(float(got["recall"]))
+        responses.append(str(got["response"]))
     per_test_t, recall_t = torch.stack(per_test), torch.tensor(recall)
     success = recall_t > success_recall
     head_score = per_test_t[success].mean(0) if success.any() else torch.zeros(model.n_layers, model.n_heads)
+    check_finite(head_score, "the retrieval scores")
     return RetrievalScores(head_score, per_test_t, recall_t, success, responses, threshold)
 
 
@@ -234,14 +334,16 @@ class MaskingCurve:
     recall_random: torch.Tensor
     recall_clean: float
     random_heads: list[list[list[tuple[int, int]]]]  # [k][draw] -> heads
+    notes: list[str] = field(default_factory=list)  # e.g. a k whose random heads came from a wider pool
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"retrieval/k": self.k, "retrieval/recall_top": self.recall_top, "retrieval/recall_random": self.recall_random}
 
 
-def random_heads(scores: RetrievalScores, k: int, generator: torch.Generator) -> list[tuple[int, int]]:
-    """``k`` random heads, none of them in the top k or above the retrieval threshold."""
-    excluded = set(scores.top(k)) | set(scores.retrieval_heads())
+def random_heads(scores: RetrievalScores, k: int, generator: torch.Generator,
+                 exclude_retrieval: bool = True) -> list[tuple[int, int]]:
+    """``k`` random heads, none of them in the top k or (``exclude_retrieval``) above the retrieval threshold."""
+    excluded = set(scores.top(k)) | (set(scores.retrieval_heads()) if exclude_retrieval else set())
     n_layers, n_heads = scores.head_score.shape
     pool = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in excluded]
     if k > len(pool):
@@ -249,25 +351,111 @@ def random_heads(scores: RetrievalScores, k: int, generator: torch.Generator) ->
     return [pool[int(i)] for i in torch.randperm(len(pool), generator=generator)[:k]]
 
 
+def check_ks(model: Model, ks: Sequence[int], n_random: int = 1) -> None:
+    """Refuse, before any decoding, numbers of heads to mask that the masking experiment cannot draw."""
+    n = model.n_layers * model.n_heads
+    bad = [k for k in ks if not 0 <= k <= n // 2]
+    if bad:
+        raise InterpError(f"--ks value {bad[0]} is out of range: {model.name} has {n} heads, and each k needs the top k "
+                          f"plus k other random heads, so k must be in [0, {n // 2}]")
+    if n_random < 1:
+        raise InterpError(f"--n-random must be at least 1, got {n_random}")
+
+
+def check_request(model: Model, context_lengths: Sequence[int], ks: Sequence[int], n_random: int = 1,
+                  max_new_tokens: int = 30, depths: Sequence[float] = (0.0,)) -> None:
+    """Refuse, before any decoding, a run the model or the machine cannot do: masking sizes it cannot draw
+    (`check_ks`), contexts beyond the model's positions or too short for a needle, and KV caches beyond the
+    free memory."""
+    from interp.circuits.haystack import NEEDLES, niah_prompt
+
+    check_ks(model, ks, n_random)
+    if max_new_tokens < 1:
+        raise InterpError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if not context_lengths:
+        raise InterpError("give at least one context length")
+    for length in context_lengths:
+        check_context(model, int(length) + max_new_tokens, f"--lengths {length} plus --max-new-tokens {max_new_tokens}",
+                      "use shorter --lengths or fewer --max-new-tokens")
+    for needle in NEEDLES:  # the shortest context must hold each needle and its question
+        niah_prompt(model.tokenizer, needle, int(min(context_lengths)), 0)
+    longest = int(max(context_lengths)) + max_new_tokens
+    rows = min(len(NEEDLES) * len(depths), max(1, BATCH_CACHE_BYTES // (longest * kv_bytes_per_token(model))))
+    chunk = min(PREFILL_CHUNK, longest)
+    need = 2 * rows * longest * kv_bytes_per_token(model) + 3 * model.n_heads * chunk * longest * 4
+    check_memory(model, need, f"decoding a context of {longest} tokens", "use shorter --lengths")
+
+
+def masking_settings(scores: RetrievalScores, ks: Sequence[int], n_random: int = 1, seed: int = 0
+                     ) -> tuple[list[list[list[tuple[int, int]]]], list[str]]:
+    """The random draws [k][draw] -> heads (seeded) and notes on any k whose random pool had to widen.
+
+    Random heads exclude the top k and every retrieval head; when too few heads are left for a k (many
+    retrieval heads), that k draws from every head outside the top k instead, and a note says so.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    draws, notes = [], []
+    for k in ks:
+        n_pool = scores.head_score.numel() - len(set(scores.top(k)) | set(scores.retrieval_heads()))
+        wide = k > n_pool
+        if wide:
+            notes.append(f"k={k}: only {n_pool} heads lie outside the top {k} and the retrieval heads, so the random "
+                         f"heads were drawn from every head outside the top {k}")
+        draws.append([random_heads(scores, k, gen, exclude_retrieval=not wide) for _ in range(n_random)])
+    return draws, notes
+
+
 def masking_curve(model: Model, prompts: Sequence[NeedlePrompt], scores: RetrievalScores, ks: Sequence[int],
-                  n_random: int = 1, max_new_tokens: int = 30, seed: int = 0) -> MaskingCurve:
-    """Mean ROUGE-1 recall over ``prompts`` with the top-k vs k random heads attending uniformly while decoding."""
+                  n_random: int = 1, max_new_tokens: int = 30, seed: int = 0, batch_size: int | None = None,
+                  progress=None, units: Units | None = None) -> MaskingCurve:
+    """Mean ROUGE-1 recall over ``prompts`` with the top-k vs k random heads attending uniformly while decoding.
+
+    Each setting (no heads masked; per k the top k and each random draw) decodes the prompts of equal length
+    as one batch. ``units`` keeps each (setting, prompt) recall (``mask.<setting>.<i>``) for a resumed run;
+    ``progress(phase, done, total)`` is called after each batch.
+    """
     if not prompts:
         raise InterpError("the masking experiment needs at least one needle prompt")
     if any(k < 0 for k in ks) or n_random < 1:
         raise InterpError(f"k must be >= 0 and n_random >= 1, got ks={list(ks)} n_random={n_random}")
-    gen = torch.Generator().manual_seed(seed)
-    draws = [[random_heads(scores, k, gen) for _ in range(n_random)] for k in ks]
-    clean, top, rand = [], torch.zeros(len(ks), len(prompts)), torch.zeros(len(ks), len(prompts))
-    for j, prompt in enumerate(prompts):
-        past = prefill(model, prompt)
+    units = Units() if units is None else units
+    draws, notes = masking_settings(scores, ks, n_random, seed)
+    settings = {"clean": ()}  # name -> heads masked; k = 0 reuses the clean decode
+    for i, k in enumerate(ks):
+        if k:
+            settings[f"top.{i}"] = tuple(scores.top(k))
+            settings |= {f"random.{i}.{d}": tuple(heads) for d, heads in enumerate(draws[i])}
+    name = {(s, j): f"mask.{s}.{j}" for s in settings for j in range(len(prompts))}
+    total = len(name)
+    done = sum(n in units for n in name.values())
+    if progress:
+        progress("mask", done, total)
+    for batch in length_batches(model, prompts, max_new_tokens, batch_size):
+        pasts: dict[int, object] = {}
+        for setting, heads in settings.items():
+            todo = [j for j in batch if name[setting, j] not in units]
+            if not todo:
+                continue
+            for j in todo:
+                if j not in pasts:
+                    pasts[j] = prefill(model, prompts[j])
+            outs = _decode(model, [prompts[j] for j in todo], max_new_tokens, heads, False,
+                           stack_caches([pasts[j] for j in todo]))
+            for j, out in zip(todo, outs):
+                units.put(name[setting, j], {"recall": rouge1_recall(out.text, prompts[j].answer)}, save=False)
+            units.save()
+            done += len(todo)
+            if progress:
+                progress("mask", done, total)
 
-        def recall(heads, prompt: NeedlePrompt = prompt, past=past) -> float:
-            return rouge1_recall(decode(model, prompt, max_new_tokens, heads, False, past).text, prompt.answer)
+    def recall(setting: str, j: int) -> float:
+        return float(units.get(name[setting, j])["recall"])
 
-        base = recall(())
-        clean.append(base)
-        for i, k in enumerate(ks):
-            top[i, j] = recall(scores.top(k)) if k else base
-            rand[i, j] = sum(recall(d) if k else base for d in draws[i]) / n_random
-    return MaskingCurve(torch.tensor(list(ks)), top.mean(1), rand.mean(1), sum(clean) / len(clean), draws)
+    n = len(prompts)  # the same float arithmetic as decoding one prompt and one setting at a time
+    top, rand = torch.zeros(len(ks), n), torch.zeros(len(ks), n)
+    for i, k in enumerate(ks):
+        for j in range(n):
+            top[i, j] = recall(f"top.{i}", j) if k else recall("clean", j)
+            rand[i, j] = sum(recall(f"random.{i}.{d}", j) if k else recall("clean", j) for d in range(n_random)) / n_random
+    clean = [recall("clean", j) for j in range(n)]
+    return MaskingCurve(torch.tensor(list(ks)), top.mean(1), rand.mean(1), sum(clean) / len(clean), draws, notes)

@@ -16,8 +16,11 @@ from typing import Sequence
 
 import torch
 
-from interp.circuits.graph import Circuit, faithfulness, node_scores, overlap, parse_node, threshold
+from interp.circuits.graph import Circuit, check_nodes, faithfulness, node_scores, overlap, parse_node, threshold
 from interp.circuits.heads import DETECTORS, detect_heads, direct_logit_attribution
+from interp.circuits.limits import check_context, check_memory
+from interp.circuits.units import Units, run_units
+from interp.metrics import check_finite
 from interp.model import Model
 from interp.prompts import PromptSet
 from interp.results import RunResult, describe_tensor, load_run, run_header
@@ -27,8 +30,11 @@ def heads_run(model: Model, prompts: PromptSet | None = None, n_random: int = 4,
               backend: str | None = None, command: str = "heads detect") -> RunResult:
     """Head-detector scores, and DLA on ``prompts`` when given."""
     t0 = time.perf_counter()
+    check_context(model, 2 * period, f"--period {period} (each random sequence is repeated once)", "lower --period")
+    check_memory(model, n_random * model.n_layers * model.n_heads * (2 * period) ** 2 * 4,
+                 f"the attention patterns of {n_random} sequences of {2 * period} tokens", "lower --period or --n-random")
     found = detect_heads(model, backend=backend, n_prompts=n_random, period=period, seed=seed)
-    scores = dict(found.tensors())
+    scores = {name: check_finite(value, name) for name, value in found.tensors().items()}
     tensors = {name: describe_tensor(name, value, ["layer", "head"]) for name, value in scores.items()}
     lines = [f"{d}: " + ", ".join(f"L{layer}H{head} {score:.2f}" for layer, head, score in found.top(d, 5)) for d in DETECTORS]
     manifest = {**run_header(model, command, seed, backend), "method": "head detectors",
@@ -37,7 +43,7 @@ def heads_run(model: Model, prompts: PromptSet | None = None, n_random: int = 4,
         tokens = prompts.tokenize(model.tokenizer)
         dla = direct_logit_attribution(model, tokens.clean, tokens.answer, tokens.wrong, backend=backend)
         for name, value in dla.tensors().items():
-            scores[name] = value
+            scores[name] = check_finite(value, name)
             axes = (["prompt"] if name.endswith("/per_prompt") else []) + (["layer", "head"] if "head" in name else ["layer"])
             tensors[name] = describe_tensor(name, value, axes)
         grid = dla.heads.mean(0)
@@ -52,13 +58,16 @@ def heads_run(model: Model, prompts: PromptSet | None = None, n_random: int = 4,
 
 
 def voids_run(model: Model, prompts: Sequence[str], max_new_tokens: int = 16, alpha: float = 0.8, chat: bool = True,
-              mc: bool = True, seed: int = 0, command: str = "voids") -> RunResult:
-    """Layer usage of LAC in both phases on ``prompts``, and the multiple-choice set with and without skipping."""
+              mc: bool = True, seed: int = 0, command: str = "voids", progress=None) -> RunResult:
+    """Layer usage of LAC in both phases on ``prompts``, and the multiple-choice set with and without skipping.
+
+    ``progress(phase, done, total)`` reports the generations and the multiple-choice questions.
+    """
     from interp.circuits.mc_set import evaluate_mc
     from interp.circuits.voids import void_usage
 
     t0 = time.perf_counter()
-    usage = void_usage(model, list(prompts), max_new_tokens, alpha, chat)
+    usage = void_usage(model, list(prompts), max_new_tokens, alpha, chat, progress)
     scores = usage.tensors()
     tensors = {}
     for name, value in scores.items():
@@ -75,7 +84,7 @@ def voids_run(model: Model, prompts: Sequence[str], max_new_tokens: int = 16, al
                 "parameters": {"alpha": alpha, "max_new_tokens": max_new_tokens, "chat": chat, "prompts": list(prompts)},
                 "generations": [g.text for g in usage.generations]}
     if mc:
-        result = evaluate_mc(model, alpha=alpha)
+        result = evaluate_mc(model, alpha=alpha, progress=progress)
         scores["voids/mc_accuracy"] = torch.tensor([result.accuracy, result.accuracy_skip])
         tensors["voids/mc_accuracy"] = describe_tensor("voids/mc_accuracy", scores["voids/mc_accuracy"], ["skipping"],
                                                        {"skipping": ["off", "on"]}) | {"plot": True}
@@ -85,6 +94,15 @@ def voids_run(model: Model, prompts: Sequence[str], max_new_tokens: int = 16, al
     manifest |= {"notes": [{"title": "Voids", "text": "\n".join(text)}], "tensors": tensors,
                  "timings": {"run_s": round(time.perf_counter() - t0, 3)}}
     return RunResult(manifest=manifest, scores=scores)
+
+
+def _defined(x: float) -> float | None:
+    """``x``, or None (null in the manifest) when it is undefined (NaN)."""
+    return None if x is None or x != x else x
+
+
+def _fmt(x: float | None) -> str:
+    return "undefined" if x is None else f"{x:.3f}"
 
 
 def circuit_build_run(run_folder: str, method: str = "activation", components: Sequence[str] | None = None,
@@ -100,7 +118,8 @@ def circuit_build_run(run_folder: str, method: str = "activation", components: S
                 "parameters": {"run": str(run_folder), "method": method, "components": components, "top_k": top_k,
                                "min_abs": min_abs},
                 "circuit": circuit.to_json(),
-                "notes": [{"title": "Circuit", "text": "\n".join(f"{n}: {circuit.nodes[n]:+.4f}" for n in names)}],
+                "notes": [{"title": "Circuit", "text": "\n".join(f"{n}: {circuit.nodes[n]:+.4f}" for n in names)
+                           or f"no node kept: no node of {run_folder} has |effect| >= {min_abs}"}],
                 "tensors": {"circuit/node_score": describe_tensor("circuit/node_score", values, ["node"], {"node": names})
                             | {"plot": True}}}
     return RunResult(manifest=manifest, scores={"circuit/node_score": values}), circuit
@@ -111,13 +130,14 @@ def circuit_overlap_run(a: str, b: str, command: str = "circuit overlap") -> Run
     ca, cb = Circuit.load(a), Circuit.load(b)
     result = overlap(ca, cb)
     values = torch.tensor([result.iou, result.over_a, result.over_b])
-    text = [f"intersection over union {result.iou:.3f}, over a {result.over_a:.3f}, over b {result.over_b:.3f}",
+    ratios = {name: _defined(getattr(result, name)) for name in ("iou", "over_a", "over_b")}
+    text = [", ".join(f"{label} {_fmt(ratios[name])}" for label, name in (("intersection over union", "iou"),
+                                                                         ("over a", "over_a"), ("over b", "over_b"))),
             f"shared ({len(result.shared)}): {', '.join(result.shared)}", f"only a: {', '.join(result.only_a)}",
             f"only b: {', '.join(result.only_b)}"]
     manifest = {"schema_version": 1, "status": "complete", "command": command, "method": "circuit overlap",
                 "parameters": {"a": str(a), "b": str(b)},
-                "overlap": {"shared": result.shared, "only_a": result.only_a, "only_b": result.only_b, "iou": result.iou,
-                            "over_a": result.over_a, "over_b": result.over_b},
+                "overlap": {"shared": result.shared, "only_a": result.only_a, "only_b": result.only_b, **ratios},
                 "notes": [{"title": "Overlap", "text": "\n".join(text)}],
                 "tensors": {"circuit/overlap": describe_tensor("circuit/overlap", values, ["ratio"],
                                                               {"ratio": ["iou", "over_a", "over_b"]}) | {"plot": True}}}
@@ -140,7 +160,13 @@ def circuit_faithfulness_run(model: Model, circuit_path: str, prompts: PromptSet
     means = per_prompt.mean(0)
     labels = {"model": ["full", "circuit", "empty"]}
     text = (f"{metric}: full {float(means[0]):.4f}, circuit {float(means[1]):.4f}, empty {float(means[2]):.4f}; "
-            f"fraction {result.fraction:.3f}, normalized {result.normalized:.3f} ({result.n_ablated} components mean-ablated)")
+            f"fraction {_fmt(result.fraction)}, normalized {_fmt(result.normalized)} ({result.n_ablated} components "
+            "mean-ablated)")
+    if result.fraction is None or result.normalized is None:
+        text += "; a ratio is undefined (null) where its denominator, the full model's metric or full - empty, is 0"
+    if result.ignored:
+        text += (f"; {len(result.ignored)} nodes are not heads, MLPs or neurons and were not used: "
+                 + ", ".join(result.ignored))
     kinds = sorted({parse_node(n).kind for n in circuit.nodes})
     manifest = {**run_header(model, command, seed, backend), "metric": metric, "method": "circuit faithfulness",
                 "prompt_set": {"name": prompts.name, "n_prompts": len(prompts), "fingerprint": prompts.fingerprint()},
@@ -158,14 +184,20 @@ def circuit_faithfulness_run(model: Model, circuit_path: str, prompts: PromptSet
 
 
 def retrieval_run(model: Model, context_lengths: Sequence[int], depths: Sequence[float], ks: Sequence[int], n_random: int = 1,
-                  max_new_tokens: int = 30, seed: int = 0, command: str = "heads retrieval") -> RunResult:
-    """Retrieval scores per head on needle-in-a-haystack prompts, and recall with top-k vs random-k heads masked."""
+                  max_new_tokens: int = 30, seed: int = 0, command: str = "heads retrieval", batch_size: int | None = None,
+                  progress=None, units: Units | None = None) -> RunResult:
+    """Retrieval scores per head on needle-in-a-haystack prompts, and recall with top-k vs random-k heads masked.
+
+    ``units`` (see `retrieval_units`) keeps every decoded prompt and masking setting for a resumed run;
+    ``progress(phase, done, total)`` reports the "detect" and "mask" phases.
+    """
     from interp.circuits.haystack import niah_prompts
-    from interp.circuits.retrieval import detect_retrieval_heads, masking_curve
+    from interp.circuits.retrieval import check_ks, detect_retrieval_heads, masking_curve
 
     t0 = time.perf_counter()
+    check_ks(model, ks, n_random)
     prompts = niah_prompts(model.tokenizer, context_lengths, depths)
-    found = detect_retrieval_heads(model, prompts, max_new_tokens)
+    found = detect_retrieval_heads(model, prompts, max_new_tokens, batch_size=batch_size, progress=progress, units=units)
     t_detect = time.perf_counter() - t0
     scores = dict(found.tensors())
     tensors = {"retrieval/head_score": describe_tensor("retrieval/head_score", found.head_score, ["layer", "head"]),
@@ -176,15 +208,19 @@ def retrieval_run(model: Model, context_lengths: Sequence[int], depths: Sequence
             "top heads: " + ", ".join(f"L{layer}H{head}" for layer, head in found.top(10))]
     lines = []
     if ks and found.n_success:
-        curve = masking_curve(model, prompts, found, list(ks), n_random, max_new_tokens, seed)
+        curve = masking_curve(model, prompts, found, list(ks), n_random, max_new_tokens, seed, batch_size, progress, units)
         for name, value in curve.tensors().items():
-            scores[name] = value.float()
+            scores[name] = check_finite(value.float(), name)
             tensors[name] = describe_tensor(name, value, ["k"], {"k": [str(int(k)) for k in curve.k]})
         lines.append({"title": "NIAH recall with heads masked (uniform attention while decoding)", "x": "retrieval/k",
                       "ys": ["retrieval/recall_top", "retrieval/recall_random"], "x_title": "heads masked (k)",
                       "y_title": "ROUGE-1 recall"})
         text.append("recall, top-k vs random-k masked: " + ", ".join(
             f"k={int(k)}: {float(t):.3f} vs {float(r):.3f}" for k, t, r in zip(curve.k, curve.recall_top, curve.recall_random)))
+        text += curve.notes
+    elif ks:
+        text.append(f"masking skipped (--ks {','.join(map(str, ks))}): no test was successful, so no head has a "
+                    "retrieval score to rank by; try shorter --lengths, more --max-new-tokens or a larger model")
     manifest = {**run_header(model, command, seed, "torch (KV cache)"), "method": "retrieval heads",
                 "metric": "retrieval score (copy events / needle length)",
                 "parameters": {"context_lengths": list(context_lengths), "depths": list(depths), "ks": list(ks),
@@ -195,16 +231,43 @@ def retrieval_run(model: Model, context_lengths: Sequence[int], depths: Sequence
     return RunResult(manifest=manifest, scores=scores)
 
 
+def retrieval_units(model: Model, out, context_lengths: Sequence[int], depths: Sequence[float], ks: Sequence[int],
+                    n_random: int, max_new_tokens: int, seed: int, resume: bool = False) -> Units:
+    """The checkpointed units of a ``heads retrieval`` run in ``out`` (a resume must use the same options)."""
+    return run_units(model, out, "heads retrieval", {"context_lengths": [int(c) for c in context_lengths],
+                                                     "depths": [float(d) for d in depths], "ks": [int(k) for k in ks],
+                                                     "n_random": n_random, "max_new_tokens": max_new_tokens, "seed": seed},
+                     resume)
+
+
 def neurons_run(model: Model, relations: Sequence[str] | None = None, k: int = 100, sweep: str | None = None,
                 ks: Sequence[int] = (10, 30, 100, 300), n_identification: int = 12, keep_correct: bool = True, seed: int = 0,
-                backend: str | None = None, command: str = "neurons relation") -> RunResult:
-    """Relation-specific neurons: AP per mlp_act unit, the deactivation matrix with its random control, overlap, a k sweep."""
-    from interp.circuits.neurons import deactivation_matrix, k_sweep, layer_histogram, neuron_expertise, relation_prompt_sets, topk_overlap
+                backend: str | None = None, command: str = "neurons relation", progress=None,
+                units: Units | None = None) -> RunResult:
+    """Relation-specific neurons: AP per mlp_act unit, the deactivation matrix with its random control, overlap, a k sweep.
+
+    ``units`` (see `neurons_units`) keeps the filter, the expertise and every row for a resumed run;
+    ``progress(phase, done, total)`` reports each phase.
+    """
+    from interp.circuits.neurons import (check_k, deactivation_matrix, k_sweep, layer_histogram, neuron_expertise,
+                                         relation_prompt_sets, topk_overlap)
 
     t0 = time.perf_counter()
-    sets = relation_prompt_sets(model, relations, n_identification, seed, keep_correct, backend)
-    expertise = neuron_expertise(model, sets, "mlp_act", backend)
-    matrix = deactivation_matrix(model, expertise, sets, k, seed, True, backend)
+    units = Units() if units is None else units
+    check_k(model, k, list(ks) if sweep else [])
+
+    def step(phase: str, unit: str, compute):
+        if progress:
+            progress(phase, int(unit in units), 1)
+        value = compute()
+        if progress:
+            progress(phase, 1, 1)
+        return value
+
+    sets = step("test prompts", "filter", lambda: relation_prompt_sets(model, relations, n_identification, seed,
+                                                                          keep_correct, backend, units))
+    expertise = step("expertise", "expertise.mlp_act", lambda: neuron_expertise(model, sets, "mlp_act", backend, units))
+    matrix = deactivation_matrix(model, expertise, sets, k, seed, True, backend, progress, units)
     names = list(sets.relations)
     pair = {"relation": names, "evaluated": names}
     scores = {"neurons/acc_change": matrix.acc_change, "neurons/random_change": matrix.random_change,
@@ -225,7 +288,7 @@ def neurons_run(model: Model, relations: Sequence[str] | None = None, k: int = 1
             *(f"{name}: {int(n)} test prompts, own change {float(c):+.3f}" for name, n, c in zip(names, sets.n_test, own))]
     lines = []
     if sweep:
-        curve = k_sweep(model, expertise, sets, sweep, list(ks), seed, backend)
+        curve = k_sweep(model, expertise, sets, sweep, list(ks), seed, backend, progress, units)
         i = names.index(sweep)
         rest = [j for j in range(len(names)) if j != i]
         scores |= {"neurons/k": torch.tensor(curve.ks, dtype=torch.float32), "neurons/sweep_own": curve.acc[:, i],
@@ -245,13 +308,30 @@ def neurons_run(model: Model, relations: Sequence[str] | None = None, k: int = 1
     return RunResult(manifest=manifest, scores=scores)
 
 
-def add_path_edges(model: Model, circuit: Circuit, result: RunResult, run_folder: str) -> None:
-    """Path-patching edges among the circuit's heads, on the prompts the patching run used (regenerated and checked)."""
+def neurons_units(model: Model, out, relations: Sequence[str] | None, k: int, sweep: str | None, ks: Sequence[int],
+                  n_identification: int, keep_correct: bool, seed: int, backend: str | None = None,
+                  resume: bool = False) -> Units:
+    """The checkpointed units of a ``neurons relation`` run in ``out`` (a resume must use the same options)."""
+    return run_units(model, out, "neurons relation", {
+        "relations": list(relations) if relations else None, "k": k, "sweep": sweep, "ks": [int(x) for x in ks],
+        "n_identification": n_identification, "keep_correct": keep_correct, "seed": seed,
+        "backend": backend or model.backend_name}, resume)
+
+
+def add_path_edges(model: Model, circuit: Circuit, result: RunResult, run_folder: str, progress=None) -> None:
+    """Path-patching edges among the circuit's heads, on the prompts the patching run used (regenerated and checked).
+
+    ``progress(phase, done, total)`` is called after each receiver's path-patching pass.
+    """
     from interp.circuits.path_patching import circuit_edges
     from interp.errors import InterpError
     from interp.results import load_run
     from interp.tasks import load_prompt_set
 
+    check_nodes(model, circuit)
+    if not circuit.heads():
+        raise InterpError("--edges connects the circuit's heads, and this circuit has none: keep head_out nodes "
+                          "(--components head_out) or leave out --edges")
     manifest = load_run(run_folder).manifest
     if manifest.get("model") != model.name:
         raise InterpError(f"{run_folder} was run on {manifest.get('model')}, not {model.name}; pass --model {manifest.get('model')}")
@@ -265,8 +345,10 @@ def add_path_edges(model: Model, circuit: Circuit, result: RunResult, run_folder
             break
     else:
         raise InterpError(f"could not regenerate the prompts of {run_folder} (no fingerprint matches); edges need the same prompts")
-    circuit.add_edges(circuit_edges(model, circuit.heads(), prompts, manifest.get("metric", "logit_diff")
-                                    if isinstance(manifest.get("metric"), str) else "logit_diff"))
+    edges = circuit_edges(model, circuit.heads(), prompts, manifest.get("metric", "logit_diff")
+                          if isinstance(manifest.get("metric"), str) else "logit_diff", progress=progress)
+    check_finite(torch.tensor([score for _, _, score in edges]), "the path-patching edges")
+    circuit.add_edges(edges)
     result.manifest["circuit"] = circuit.to_json()
     result.manifest["notes"].append({"title": "Edges (path patching: change in the metric)",
                                      "text": "\n".join(f"{e.sender} -> {e.receiver}: {e.score:+.4f}" for e in circuit.edges)})

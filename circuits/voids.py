@@ -42,8 +42,10 @@ from dataclasses import dataclass, field
 import torch
 
 from interp.chat import chat_prompt
+from interp.circuits.limits import check_context, check_memory, kv_bytes_per_token
 from interp.errors import InterpError
 from interp.interventions import Intervention
+from interp.metrics import check_finite
 from interp.model import Model
 
 
@@ -108,7 +110,7 @@ class _Tracker:
             raise InterpError("the LAC observer did not see every layer; the backend skipped a resid site")
         if self.forced is not None:
             return self.forced.bool()
-        return lac_activated(torch.stack(self.norms, dim=-1), self.alpha)
+        return lac_activated(check_finite(torch.stack(self.norms, dim=-1), "the residual norms"), self.alpha)
 
 
 @dataclass(frozen=True, eq=False)
@@ -233,15 +235,41 @@ class VoidUsage:
         return out
 
 
+def check_generation(model: Model, prompts: Sequence[str], max_new_tokens: int, chat: bool = False) -> list[str]:
+    """The texts to generate from, after refusing (before any generation) an empty prompt, or a prompt plus
+    ``max_new_tokens`` longer than the model's context or than the memory its KV cache would need."""
+    if max_new_tokens < 1:
+        raise InterpError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    texts = []
+    for i, p in enumerate(prompts):
+        if not str(p).strip():
+            raise InterpError(f"prompt {i + 1} is empty: give each --prompt some text")
+        text = chat_prompt(model, p) if chat else p
+        n = int(model.to_tokens(text).shape[1])
+        if n == 0:
+            raise InterpError(f"prompt {i + 1} ({p!r}) has no tokens: give it some text")
+        check_context(model, n + max_new_tokens, f"prompt {i + 1} ({n} tokens) plus --max-new-tokens {max_new_tokens}",
+                      "lower --max-new-tokens or shorten the prompt")
+        check_memory(model, (n + max_new_tokens) * kv_bytes_per_token(model),
+                     f"generating {max_new_tokens} tokens after prompt {i + 1}", "lower --max-new-tokens")
+        texts.append(text)
+    return texts
+
+
 def void_usage(model: Model, prompts: Sequence[str], max_new_tokens: int = 16, alpha: float = 0.8,
-               chat: bool = False) -> VoidUsage:
-    """Generate from each prompt (optionally in the chat template) and pool PP and RG layer usage."""
+               chat: bool = False, progress=None) -> VoidUsage:
+    """Generate from each prompt (optionally in the chat template) and pool PP and RG layer usage.
+
+    ``progress(phase, done, total)`` is called after each prompt.
+    """
     if not prompts:
         raise InterpError("void_usage needs at least one prompt")
     gens = []
-    for p in prompts:
-        text = chat_prompt(model, p) if chat else p
+    texts = check_generation(model, prompts, max_new_tokens, chat)
+    for text in texts:
         gens.append(generate_with_voids(model, text, max_new_tokens, alpha))
+        if progress:
+            progress("generating", len(gens), len(texts))
     usage_pp = torch.cat([g.prompt.activated for g in gens]).float().mean(0)
     usage_rg = torch.cat([g.response.activated for g in gens]).float().mean(0)
     return VoidUsage(alpha, usage_pp, usage_rg, gens)

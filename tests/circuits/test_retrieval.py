@@ -240,3 +240,57 @@ def test_smollm2_finds_a_needle_and_retrieval_heads(smollm2):
     needle_len = prompt.needle_span[1] - prompt.needle_span[0]
     assert out.events.max() / needle_len > 0.5  # some head copies most of the needle
     assert (out.events / needle_len > 0.1).float().mean() < 0.25  # and most heads do not
+
+
+# ---------------------------------------------------------------- batched decoding: the same numbers as one at a time
+
+def _reference_decode(model, prompt, max_new_tokens, masked=(), track=True):
+    """The decode loop as it was before batching (one prompt, batch size 1), kept here as the reference."""
+    from interp.circuits.retrieval import _stops, uniform_attention
+
+    past = prefill(model, prompt)
+    read = [f"attn_pattern.{layer}" for layer in range(model.n_layers)] if track else []
+    start, end = prompt.needle_span
+    seq = list(prompt.ids)
+    events = torch.zeros(model.n_layers, model.n_heads)
+    generated = []
+    for _ in range(max_new_tokens):
+        out, past = model.run_cached(torch.tensor([seq[-1:]]), uniform_attention(masked, past), read, past)
+        token = int(out.logits[0, -1].argmax())
+        generated.append(token)
+        if track:
+            rows = torch.stack([out.acts[s][0, :, -1] for s in read])
+            top = rows.argmax(-1).cpu()
+            held = torch.tensor(prompt.ids)[top.clamp(start, end - 1)]
+            events += (((top >= start) & (top < end)) & (held == token)).float()
+        seq.append(token)
+        if _stops(model, token):
+            break
+    return generated, events
+
+
+def test_batched_detection_and_masking_equal_one_prompt_at_a_time(copy_model, tiny_llama):
+    from interp.circuits.retrieval import decode_batch, length_batches
+
+    model, tok = copy_model
+    # equal lengths batch together; the mix of needle places makes rows stop (or not) at different steps
+    prompts = [_copy_prompt(tok, at=at, seed=s) for s, at in [(1, 40), (2, 0), (3, 115), (4, 7)]]
+    prompts.append(_copy_prompt(tok, n_hay=60, at=10, seed=5))  # another length: its own batch
+    assert length_batches(model, prompts, 8) == [[0, 1, 2, 3], [4]]
+    batched = detect_retrieval_heads(model, prompts, max_new_tokens=8)
+    for i, p in enumerate(prompts):
+        tokens, events = _reference_decode(model, p, 8)
+        assert batched.responses[i] == model.tokenizer.decode(tokens, skip_special_tokens=True)
+        assert torch.equal(batched.per_test[i], events / (p.needle_span[1] - p.needle_span[0]))
+    curves = [masking_curve(model, prompts[:4], batched, ks=[0, 2], n_random=1, max_new_tokens=6, batch_size=b)
+              for b in (None, 1)]
+    for name in ("k", "recall_top", "recall_random"):
+        assert torch.equal(getattr(curves[0], name), getattr(curves[1], name)), name
+    assert curves[0].recall_clean == curves[1].recall_clean and curves[0].random_heads == curves[1].random_heads
+    # a real (random) model, whose rows stop at a newline at different steps: texts and events match the reference
+    real = niah_prompts(tiny_llama.tokenizer, [120], [0, 100], template="plain")
+    for p, out in zip(real, decode_batch(tiny_llama, real, 6)):
+        tokens, events = _reference_decode(tiny_llama, p, 6)
+        assert out.tokens == tokens and torch.equal(out.events, events)
+    for p, out in zip(real, decode_batch(tiny_llama, real, 6, masked=[(0, 1), (1, 3)], track=False)):
+        assert out.tokens == _reference_decode(tiny_llama, p, 6, [(0, 1), (1, 3)], False)[0]
