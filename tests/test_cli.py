@@ -144,6 +144,19 @@ def test_patch_with_every_method_writes_estimates_and_their_faithfulness(tmp_pat
     assert "relp/mlp_out vs activation/mlp_out" in report and "Comparisons" in report
 
 
+def test_a_task_file_shorter_than_the_default_n_prompts_is_every_row(tmp_path):
+    """`--n-prompts` defaults to every row of a task file (it used to be 8, refusing a 3-row file); --force reruns."""
+    task = write_jsonl(tmp_path / "three_rows.jsonl", [ROW] * 3)
+    out = tmp_path / "run"
+    args = ["patch", "--model", "tiny-llama", "--task", task, "--components", "resid_pre", "--out", out]
+    proc = interp_cli(*args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["prompt_set"]["n_prompts"] == 3
+    again = interp_cli(*args, "--n-prompts", "2", "--force", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["prompt_set"]["n_prompts"] == 2 and load_run(out).manifest["prompt_set"]["n_prompts"] == 2
+
+
 # ------------------------------------------------------------------------------------ bad inputs
 
 
@@ -159,7 +172,16 @@ def _bad_input_cases(tmp: Path, tokenizer) -> dict[str, tuple[list[str], list[st
     long_answer = write_jsonl(tmp / "long_answer.jsonl", [dict(ok, answer=" Zorblaxian"), ok])
     assert len(tokenizer(" Zorblaxian", add_special_tokens=False)["input_ids"]) > 1
     (tmp / "empty_out").mkdir()
+    (tmp / "finished").mkdir()
+    (tmp / "finished" / "manifest.json").write_text(json.dumps({"command": "interp patch --n-prompts 2"}))
+    two_rows = write_jsonl(tmp / "two_rows.jsonl", [ok, ok])
+    from interp.patching.subspace import Direction
+
+    Direction("mlp_act.1", torch.full((1, 128), float("nan")), "das").save(tmp / "nan_direction")
+    Direction("mlp_act.1", torch.ones(1, 128), "das").save(tmp / "no_site")
+    (tmp / "no_site.json").write_text(json.dumps({"method": "das"}))
     patch = ["patch", "--model", "tiny-llama", "--n-prompts", "2"]
+    subspace = ["subspace", "--model", "tiny-llama", "--site", "mlp_act.1", "--n-prompts", "4"]
     return {
         "invalid_json_line": ([*patch, "--task", bad_json], ["bad_json.jsonl", "line 2", "not valid JSON"]),
         "missing_field": ([*patch, "--task", no_wrong], ["no_wrong.jsonl", "line 2", "'wrong'"]),
@@ -178,13 +200,32 @@ def _bad_input_cases(tmp: Path, tokenizer) -> dict[str, tuple[list[str], list[st
         "unknown_method": ([*patch, "--method", "activation,relpp"], ["relpp", "activation", "atp", "relp", "ig"]),
         "unknown_rule": ([*patch, "--method", "relp", "--rules", "ln,zero"], ["unknown rule 'zero'", "ln", "identity", "half", "ah"]),
         "bad_ig_steps": ([*patch, "--method", "ig", "--ig-steps", "0"], ["--ig-steps", "at least 1"]),
+        "corruption_with_jsonl_task": ([*patch, "--task", two_rows, "--corruption", "order"],
+                                       ["--corruption only applies to the generated ioi task", "JSONL"]),
+        "mlp_layers_without_mlp_act": ([*patch, "--components", "resid_pre", "--mlp-layers", "1"],
+                                       ["--mlp-layers", "mlp_act", "not in --components"]),
+        "empty_model_name": (["patch", "--model", "", "--n-prompts", "2"], ["model name is empty"]),
+        "meta_device": ([*patch, "--device", "meta"], ["cannot use device 'meta'"]),
+        "huge_n_prompts": (["patch", "--model", "tiny-llama", "--n-prompts", "1000000000"],
+                           ["patching 1000000000 prompts", "of memory", "--n-prompts"]),
+        "finished_run_without_force": ([*patch, "--out", tmp / "finished"], ["holds a finished run", "--force"]),
+        "subspace_position_beyond_prompt": ([*subspace, "--method", "mean_diff", "--positions", "99"],
+                                            ["--positions 99 is outside the prompts"]),
+        "subspace_lr_inf": ([*subspace, "--lr", "inf"], ["--lr must be a finite number"]),
+        "subspace_nan_direction": ([*subspace, "--method", "given", "--direction-file", tmp / "nan_direction"],
+                                   ["NaN or infinite"]),
+        "subspace_direction_missing_keys": ([*subspace, "--method", "given", "--direction-file", tmp / "no_site"],
+                                            ["lacks 'site'"]),
+        "doctor_empty_model_name": (["doctor", ""], ["model name is empty"]),
     }
 
 
 BAD_INPUTS = ["invalid_json_line", "missing_field", "token_lengths_differ", "answer_not_one_token",
               "unknown_component", "unknown_metric", "model_not_available", "resume_without_interrupted_run",
               "resume_without_out", "prompt_file_missing", "bad_mlp_layers", "unknown_method", "unknown_rule",
-              "bad_ig_steps"]
+              "bad_ig_steps", "corruption_with_jsonl_task", "mlp_layers_without_mlp_act", "empty_model_name",
+              "meta_device", "huge_n_prompts", "finished_run_without_force", "subspace_position_beyond_prompt",
+              "subspace_lr_inf", "subspace_nan_direction", "subspace_direction_missing_keys", "doctor_empty_model_name"]
 
 
 @pytest.fixture(scope="module")
