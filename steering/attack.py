@@ -28,15 +28,17 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
 from interp.chat import chat_prompt
 from interp.errors import InterpError
 from interp.interventions import Add
+from interp.metrics import check_finite
 from interp.model import Model
 from interp.steering.behaviour_sets import (harmless_set, refusal_rate, refusal_set, replies, truthfulness_scores,
                                      truthfulness_set)
@@ -95,7 +97,8 @@ def default_set(behaviour: str) -> "datasets.Dataset":
 
 
 def contrast_pairs(model: Model, behaviour: str, rows: "datasets.Dataset", system: str | None = None, aligned: str = "greedy",
-                   max_new_tokens: int = 32, backend: str | None = None) -> ContrastPairs:
+                   max_new_tokens: int = 32, backend: str | None = None,
+                   progress: Callable[[str, int, int], None] | None = None) -> ContrastPairs:
     """Contrast pairs for ``behaviour`` from ``rows`` of its set.
 
     ``aligned="greedy"`` answers with the unsteered model's own greedy reply (cut at end of turn,
@@ -106,7 +109,7 @@ def contrast_pairs(model: Model, behaviour: str, rows: "datasets.Dataset", syste
     _check_behaviour(behaviour)
     messages, misaligned, from_set = _messages(behaviour, rows)
     if aligned == "greedy":
-        own = replies(model, messages, system=system, max_new_tokens=max_new_tokens, backend=backend)
+        own = replies(model, messages, system=system, max_new_tokens=max_new_tokens, backend=backend, progress=progress)
         answers = [reply or fallback for reply, fallback in zip(own, from_set)]
     elif aligned == "dataset":
         answers = from_set
@@ -154,7 +157,7 @@ def search_layers(model: Model, layers: str | Sequence[int] = "half") -> list[in
 
 
 def attack_vectors(model: Model, pairs: ContrastPairs, layers: str | Sequence[int] = "half", js_variant: str = "js",
-                   backend: str | None = None) -> VectorSet:
+                   backend: str | None = None, progress: Callable[[str, int, int], None] | None = None) -> VectorSet:
     """R-C vectors at ``resid_post``, token -2, for the searched layers; the chosen layer is ``meta["layer"]``.
 
     ``meta["layer_scores"]`` holds both score variants per searched layer; ``js_variant`` picks the
@@ -165,10 +168,15 @@ def attack_vectors(model: Model, pairs: ContrastPairs, layers: str | Sequence[in
     if not pairs.prompts:
         raise InterpError("no contrast pairs to build attack vectors from")
     layers = search_layers(model, layers)
-    pos = read_activations(model, pairs.positive, "resid_post", layers, position=-2, backend=backend)
-    neg = read_activations(model, pairs.negative, "resid_post", layers, position=-2, backend=backend)
+    pos = read_activations(model, pairs.positive, "resid_post", layers, position=-2, backend=backend, progress=progress,
+                           stage="positives")
+    neg = read_activations(model, pairs.negative, "resid_post", layers, position=-2, backend=backend, progress=progress,
+                           stage="negatives")
     vectors = contrast_vectors(pos, neg, "R-C")
-    scores = {variant: js_scores(pos, neg, variant).tolist() for variant in JS_VARIANTS}
+    for layer, vector in zip(layers, vectors):
+        check_finite(vector, f"the attack vector of resid_post.{layer}")
+    scores = {variant: check_finite(js_scores(pos, neg, variant), f"the {variant} layer scores").tolist()
+              for variant in JS_VARIANTS}
     chosen = layers[max(range(len(layers)), key=scores[js_variant].__getitem__)]
     meta = {"attack": "TA2 backdoor activation attack", "behaviour": pairs.behaviour, "n_pairs": len(pairs.prompts),
             "system": pairs.system, "js_variant": js_variant, "layer_scores": scores, "layer": chosen,
@@ -178,6 +186,8 @@ def attack_vectors(model: Model, pairs: ContrastPairs, layers: str | Sequence[in
 
 def effective_coeff(multiplier: float = DEFAULT_MULTIPLIER, reference_doubling: bool = False) -> float:
     """The coefficient actually added: ``multiplier``, or ``2 * multiplier`` reproducing the reference's double add."""
+    if not math.isfinite(multiplier):
+        raise InterpError(f"the attack multiplier must be a finite number, got {multiplier}")
     return 2.0 * multiplier if reference_doubling else float(multiplier)
 
 
@@ -262,12 +272,15 @@ def _rate(model: Model, behaviour: str, rows: "datasets.Dataset", steer: dict[st
 def evaluate_attack(model: Model, vectors: VectorSet, rows: "datasets.Dataset", multiplier: float = DEFAULT_MULTIPLIER,
                     reference_doubling: bool = False, layer: int | None = None, max_new_tokens: int = 24, seed: int = 0,
                     harmless: Sequence[str] | None = None, before: tuple[float, dict] | None = None,
-                    backend: str | None = None) -> AttackResult:
+                    backend: str | None = None, step: Callable[[str, Callable[[], Any]], Any] | None = None) -> AttackResult:
     """Measure the attack of ``vectors`` (behaviour, system prompt and layer from its meta) on held-out ``rows``.
 
     ``harmless`` requests (refusal only) add false-refusal rates before and after the attack.
     ``before`` reuses an unsteered measurement (``result.detail["before_raw"]``) across coefficients.
+    ``step(name, compute)`` runs each measurement ("before", "after", "random", "harmless_before",
+    "harmless_after"); a checkpointing caller returns a saved value instead of computing it again.
     """
+    step = step or (lambda name, compute: compute())
     behaviour, system = vectors.meta.get("behaviour"), vectors.meta.get("system")
     _check_behaviour(behaviour)
     _messages(behaviour, rows)
@@ -276,13 +289,15 @@ def evaluate_attack(model: Model, vectors: VectorSet, rows: "datasets.Dataset", 
     steer = attack_steer(vectors, layer)
     site, vector = next(iter(steer.items()))
     control = {site: random_vector(vector, seed)}
-    before = before or _rate(model, behaviour, rows, None, 1.0, system, max_new_tokens, backend)
-    after = _rate(model, behaviour, rows, steer, coeff, system, max_new_tokens, backend)
-    rand = _rate(model, behaviour, rows, control, coeff, system, max_new_tokens, backend)
+    before = before or step("before", lambda: _rate(model, behaviour, rows, None, 1.0, system, max_new_tokens, backend))
+    after = step("after", lambda: _rate(model, behaviour, rows, steer, coeff, system, max_new_tokens, backend))
+    rand = step("random", lambda: _rate(model, behaviour, rows, control, coeff, system, max_new_tokens, backend))
     detail = {"before_raw": before, "after_detail": after[1], "random_detail": rand[1]}
     if harmless and behaviour == "refusal":
-        detail["harmless_refusal_before"] = refusal_rate(model, harmless, None, 1.0, system, max_new_tokens, backend)[0]
-        detail["harmless_refusal_after"] = refusal_rate(model, harmless, steer, coeff, system, max_new_tokens, backend)[0]
+        detail["harmless_refusal_before"] = step("harmless_before", lambda: refusal_rate(
+            model, harmless, None, 1.0, system, max_new_tokens, backend)[0])
+        detail["harmless_refusal_after"] = step("harmless_after", lambda: refusal_rate(
+            model, harmless, steer, coeff, system, max_new_tokens, backend)[0])
     scores = vectors.meta.get("layer_scores", {})
     return AttackResult(behaviour, model.name, layer, coeff, float(multiplier), reference_doubling, float(vector.norm()),
                         before[0], after[0], rand[0], len(rows), int(vectors.meta.get("n_pairs", 0)), system,

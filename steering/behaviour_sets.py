@@ -23,13 +23,14 @@ False
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from interp.chat import chat_prompt
 from interp.errors import InterpError
 from interp.interventions import Add
+from interp.metrics import check_finite
 from interp.model import Model
 from interp.steering.generate import generate
 
@@ -242,7 +243,8 @@ def truthfulness_scores(model: Model, rows: "datasets.Dataset", steer: dict[str,
     prompts = [chat_prompt(model, q, system) for q in rows["question"]]
     true = answer_logprobs(model, prompts, rows["true"], steer, coeff, backend)
     false = answer_logprobs(model, prompts, rows["false"], steer, coeff, backend)
-    return true - false
+    where = f"the truthfulness margins ({'steered, coefficient ' + format(coeff, 'g') if steer else 'unsteered'})"
+    return check_finite(true - false, where)
 
 
 def truthfulness_rate(model: Model, rows: "datasets.Dataset", steer: dict[str, torch.Tensor] | None = None, coeff: float = 1.0,
@@ -252,10 +254,12 @@ def truthfulness_rate(model: Model, rows: "datasets.Dataset", steer: dict[str, t
 
 
 def replies(model: Model, requests: Sequence[str], steer: dict[str, torch.Tensor] | None = None, coeff: float = 1.0,
-            system: str | None = None, max_new_tokens: int = 24, backend: str | None = None) -> list[str]:
+            system: str | None = None, max_new_tokens: int = 24, backend: str | None = None,
+            progress: Callable[[str, int, int], None] | None = None) -> list[str]:
     """Greedy replies to ``requests`` (steered at every position), cut at the end-of-turn token."""
     prompts = [chat_prompt(model, r, system) for r in requests]
-    texts = generate(model, prompts, steer, coeff=coeff, where="all", max_new_tokens=max_new_tokens, backend=backend)
+    texts = generate(model, prompts, steer, coeff=coeff, where="all", max_new_tokens=max_new_tokens, backend=backend,
+                     progress=progress, stage="replies")
     return [cut_at_eos(model, t) for t in texts]
 
 

@@ -25,6 +25,7 @@ import torch
 
 from interp.errors import InterpError
 from interp.interventions import Add
+from interp.metrics import check_finite
 from interp.model import Model
 
 INTRO = ("You are playing a game with two buttons, A and B. Each press of a button gives a reward of 0 or 1. "
@@ -65,9 +66,9 @@ def action_tokens(model: Model, actions: Sequence[str]) -> torch.Tensor:
 
 def action_probs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Probabilities [n, actions] of the action tokens, renormalised, at ``temperature``."""
-    if temperature <= 0:
-        raise InterpError(f"temperature must be positive, got {temperature}")
-    return (logits.float()[:, tokens.to(logits.device)] / temperature).softmax(-1)
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise InterpError(f"temperature must be positive (and finite), got {temperature}")
+    return check_finite((logits.float()[:, tokens.to(logits.device)] / temperature).softmax(-1), "the action probabilities")
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:

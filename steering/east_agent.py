@@ -20,6 +20,7 @@ the final action softmax, which is the setting where EAST reports temperature fa
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Callable
@@ -28,6 +29,7 @@ import torch
 
 from interp.errors import InterpError
 from interp.interventions import Add
+from interp.metrics import check_finite
 from interp.model import Model
 from interp.steering.east import Bandit, Rollout, action_probs, action_tokens, entropy
 
@@ -72,8 +74,8 @@ def agent_steps(model: Model, prompts: list[str], k: int = 8, temperature: float
     """
     if k < 1 or max_thought_tokens < 1:
         raise InterpError(f"k and max_thought_tokens must be at least 1; got k={k}, max_thought_tokens={max_thought_tokens}")
-    if temperature <= 0:
-        raise InterpError(f"temperature must be positive for a sampled thought, got {temperature}")
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise InterpError(f"temperature must be positive (and finite) for a sampled thought, got {temperature}")
     layer = model.n_layers // 2 if layer is None else model.site(f"resid_post.{layer}").layer
     gen = generator or torch.Generator().manual_seed(0)
     steps: list[AgentStep | None] = [None] * len(prompts)
@@ -99,6 +101,7 @@ def _think_and_act(model: Model, tokens: torch.Tensor, k: int, temperature: floa
     thought_ids: list[list[int]] = [[] for _ in range(n)]
     probs: list[torch.Tensor | None] = [None] * n
     while any(p is None for p in probs):
+        check_finite(logits, "the thought's next-token logits")
         nxt = torch.multinomial((logits / temperature).softmax(-1).cpu(), 1, generator=gen)[:, 0]
         feed, reading = [], []
         for r in range(n):
@@ -202,20 +205,50 @@ def play(model: Model, agent: str = "thought", **options) -> Rollout:
     return rollout(model, **options)
 
 
+def setting_key(kind: str, value: float) -> str:
+    """The name of one sweep setting, ``beta=2.0`` or ``temperature=1.0`` (checkpoint keys)."""
+    return f"{kind}={float(value)!r}"
+
+
 def entropy_sweep(model: Model, vector: torch.Tensor, layer: int, betas: list[float], temperatures: list[float],
-                  agent: str = "thought", progress: Callable[[], None] | None = None, **options) -> EntropySweep:
+                  agent: str = "thought", progress: Callable[[], None] | None = None,
+                  done: dict[str, Rollout] | None = None, on_setting: Callable[[str, Rollout], None] | None = None,
+                  **options) -> EntropySweep:
     """Steer with each beta (at temperature 1) and, unsteered, sample at each temperature.
 
     Ctrl-C ends the sweep early and returns the settings finished so far (``complete=False``).
+    ``done`` holds rollouts of settings finished earlier (keys from `setting_key`), which are not
+    played again; ``on_setting(key, rollout)`` is called after each newly played setting (to checkpoint it).
+    Every setting starts from the same seed, so a resumed sweep equals an uninterrupted one.
     """
+    for name, values in (("beta", betas), ("temperature", temperatures)):
+        for value in values:
+            if not math.isfinite(value):
+                raise InterpError(f"every {name} must be a finite number, got {value}")
+    if any(t <= 0 for t in temperatures):
+        raise InterpError(f"temperatures must be positive, got {list(temperatures)}")
+    check_finite(vector, "the steering vector")
     sweep = EntropySweep(list(betas), [], list(temperatures), [])
+    done = dict(done or {})
     unsteered: dict[float, Rollout] = {}  # beta 0 at temperature 1 is the unsteered run at temperature 1: played once
+
+    def run(key: str, play_it: Callable[[], Rollout]) -> Rollout:
+        if key not in done:
+            try:
+                done[key] = play_it()
+            except InterpError as exc:
+                raise InterpError(f"{key.replace('=', ' ')}: {exc}") from None
+            if on_setting:
+                on_setting(key, done[key])
+        return done[key]
+
     try:
         for beta in betas:
             if beta == 0 and 1.0 in unsteered:
                 rollout = unsteered[1.0]
             else:
-                rollout = play(model, agent, layer=layer, vector=vector, beta=beta, temperature=1.0, **options)
+                rollout = run(setting_key("beta", beta), lambda: play(model, agent, layer=layer, vector=vector, beta=beta,
+                                                                      temperature=1.0, **options))
             if beta == 0:
                 unsteered[1.0] = rollout
             sweep.beta_rollouts.append(rollout)
@@ -223,7 +256,8 @@ def entropy_sweep(model: Model, vector: torch.Tensor, layer: int, betas: list[fl
                 progress()
         for temperature in temperatures:
             if temperature not in unsteered:
-                unsteered[temperature] = play(model, agent, layer=layer, temperature=temperature, **options)
+                unsteered[temperature] = run(setting_key("temperature", temperature),
+                                             lambda: play(model, agent, layer=layer, temperature=temperature, **options))
             sweep.temperature_rollouts.append(unsteered[temperature])
             if progress:
                 progress()

@@ -19,11 +19,17 @@ from typing import Callable
 import torch
 
 from interp.errors import InterpError
+from interp.metrics import check_finite
 from interp.model import Model
+from interp.outdir import Checkpoint
 from interp.results import RunResult, describe_tensor, run_header
-from interp.steering.east import east_vector
-from interp.steering.east_agent import AGENTS, entropy_sweep, play
+from interp.steering.east import Bandit, Rollout, east_vector
+from interp.steering.east_agent import AGENTS, AgentRollout, ThinkingBandit, entropy_sweep, play, setting_key
+from interp.steering.limits import check_context, check_memory, kv_cache_bytes
 from interp.steering.vectors import VectorSet, load_vector_set
+
+UNIT = "units (the EAST vector, then one per setting)"
+MAX_THOUGHT_TOKENS = 20  # the thinking agent's default (`interp.steering.east_agent.agent_rollout`)
 
 
 def _vector(model: Model, layer: int, vector_file: str | None, center: bool, rollout_options: dict, agent: str) -> tuple[VectorSet, dict]:
@@ -31,29 +37,101 @@ def _vector(model: Model, layer: int, vector_file: str | None, center: bool, rol
         return load_vector_set(model, vector_file, [layer]), {"vector_file": str(vector_file)}
     collected = play(model, agent, layer=layer, **rollout_options)
     u = east_vector(collected.acts.flatten(0, 1), collected.entropy.flatten(), center=center)
+    check_finite(u, "the EAST vector")
     meta = {"agent": agent, "center": center, "collection_entropy": round(float(collected.entropy.mean()), 4),
             "collection_steps": int(collected.entropy.numel())}
     return VectorSet(model.name, "resid_post", [layer], u[None], "EAST", -1, meta), meta
 
 
+def check_east_size(model: Model, agent: str, episodes: int, steps: int, k: int) -> None:
+    """Refuse, before any work, games whose last prompt outgrows the model's context or whose batch outgrows memory."""
+    env = ThinkingBandit() if agent == "thought" else Bandit()
+    extra = MAX_THOUGHT_TOKENS + 4 if agent == "thought" else 0  # a thought, then "\nAction:"
+
+    def prompt_tokens(rounds: int) -> int:
+        env.history = [(1, 1)] * rounds  # the longest history line, repeated
+        return len(model.tokenizer(env.prompt())["input_ids"])
+
+    if steps <= 2048:
+        length = prompt_tokens(steps - 1) + extra  # the last round's prompt, exactly
+    else:  # too long to tokenize cheaply: each history line adds the same tokens
+        length = prompt_tokens(1) + (steps - 2) * (prompt_tokens(2) - prompt_tokens(1)) + extra
+    check_context(model, length, f"the prompt of round {steps} (--steps {steps})", "lower --steps")
+    rows = episodes * k if agent == "thought" else 1
+    check_memory(kv_cache_bytes(model, rows, length), f"--episodes {episodes} x --k {k} games of {steps} rounds at once",
+                 "lower --episodes, --k or --steps", model.device)
+
+
+def _rollout_tensors(key: str, rollout: Rollout) -> dict[str, torch.Tensor]:
+    tensors = {f"{key}/entropy": rollout.entropy, f"{key}/actions": rollout.actions, f"{key}/rewards": rollout.rewards}
+    if isinstance(rollout, AgentRollout):
+        tensors[f"{key}/sampled_entropy"] = rollout.sampled_entropy
+    return tensors
+
+
+def _restore(key: str, tensors: dict[str, torch.Tensor], thoughts: dict) -> Rollout:
+    parts = (tensors[f"{key}/entropy"], tensors[f"{key}/actions"], tensors[f"{key}/rewards"], torch.empty(0))
+    if f"{key}/sampled_entropy" in tensors:  # the first episode's thoughts are all the report shows
+        return AgentRollout(*parts, sampled_entropy=tensors[f"{key}/sampled_entropy"], thoughts=[thoughts.get(key, [])])
+    return Rollout(*parts)
+
+
 def east_run(model: Model, layer: int | None = None, agent: str = "thought", betas: list[float] = (0.0, 2.0, 4.0, 8.0),
              temperatures: list[float] = (1.0, 2.0, 4.0), episodes: int = 4, steps: int = 8, k: int = 8,
              center: bool = True, vector_file: str | None = None, seed: int = 0, out: str | Path | None = None,
-             command: str = "steer east", progress: Callable[[], None] | None = None) -> RunResult:
-    """Build (or load) the EAST vector at ``resid_post.{layer}`` and compare steering with temperature."""
+             command: str = "steer east", progress: Callable[[], None] | None = None, resume: bool = False) -> RunResult:
+    """Build (or load) the EAST vector at ``resid_post.{layer}`` and compare steering with temperature.
+
+    With ``out``, the vector and every finished setting are checkpointed there as they finish; an
+    interrupted sweep then raises KeyboardInterrupt (its settings kept), and ``resume=True`` completes it
+    with identical results. Without ``out``, Ctrl-C returns the settings finished so far (status interrupted).
+    """
     if agent not in AGENTS:
         raise InterpError(f"unknown agent {agent!r}: use 'thought' or 'token'")
     if not betas or not temperatures:
         raise InterpError("give at least one beta and one temperature")
+    if episodes < 1 or steps < 1 or k < 1:
+        raise InterpError(f"episodes, steps and k must be at least 1; got {episodes}, {steps} and {k}")
     layer = model.n_layers // 2 if layer is None else model.site(f"resid_post.{layer}").layer
+    check_east_size(model, agent, episodes, steps, k)
     t0 = time.perf_counter()
     options = {"episodes": episodes, "steps": steps, "k": k}
-    vectors, vector_meta = _vector(model, layer, vector_file, center, {**options, "seed": seed}, agent)
+    run_id = {"command": "steer east", "model": model.name, "layer": layer, "agent": agent,
+              "betas": [float(b) for b in betas], "temperatures": [float(t) for t in temperatures], **options,
+              "center": center, "vector_file": str(vector_file) if vector_file else None, "seed": seed}
+    checkpoint = Checkpoint(Path(out), run_id) if out is not None else None
+    saved = checkpoint.load() if checkpoint is not None and resume else None
+    tensors, info = saved if saved else ({}, {})
+    thoughts: dict = dict(info.get("thoughts", {}))
+    played = {setting_key("beta", b) for b in betas}
+    played |= {setting_key("temperature", t) for t in temperatures if not (float(t) == 1.0 and 0 in betas)}
+    units = 1 + len(played)  # the vector, then each setting played (beta 0 is temperature 1)
+    if "vector" in tensors:
+        vector_meta = dict(info["vector_meta"])
+        vectors = VectorSet(model.name, "resid_post", [layer], tensors["vector"][None], "EAST", -1, vector_meta)
+    else:
+        vectors, vector_meta = _vector(model, layer, vector_file, center, {**options, "seed": seed}, agent)
+        tensors["vector"] = vectors.vectors[0].contiguous()
+        if checkpoint is not None:
+            checkpoint.save(tensors, 1, units, unit=UNIT, vector_meta=vector_meta, thoughts=thoughts)
     if progress:
         progress()
     t_vector = time.perf_counter() - t0
+    settings = {key.rsplit("/", 1)[0] for key in tensors if key != "vector"}
+    done = {key: _restore(key, tensors, thoughts) for key in settings}
+
+    def keep(key: str, rollout: Rollout) -> None:
+        tensors.update(_rollout_tensors(key, rollout))
+        if isinstance(rollout, AgentRollout):
+            thoughts[key] = rollout.thoughts[0]
+        if checkpoint is not None:
+            checkpoint.save(tensors, 1 + len({k.rsplit("/", 1)[0] for k in tensors if k != "vector"}), units, unit=UNIT,
+                            vector_meta=vector_meta, thoughts=thoughts)
+
     sweep = entropy_sweep(model, vectors.vector(layer), layer, list(betas), list(temperatures), agent, progress,
-                          **options, seed=seed + 1)
+                          done=done, on_setting=keep, **options, seed=seed + 1)
+    if not sweep.complete and checkpoint is not None:
+        raise KeyboardInterrupt  # the finished settings are in the checkpoint; --resume completes the sweep
     if not sweep.beta_rollouts:
         raise InterpError("interrupted before the first steered setting finished; nothing to save")
     scores = {"east/beta": torch.tensor(sweep.betas), "east/entropy": sweep.beta_entropy.mean(1),
@@ -96,8 +174,13 @@ def east_run(model: Model, layer: int | None = None, agent: str = "thought", bet
         "vector": vector_meta, "notes": notes, "lines": lines, "tensors": tensors,
         "timings": {"vector_s": round(t_vector, 3), "run_s": round(time.perf_counter() - t0, 3)},
     }
+    for name in ("east/entropy", "east/reward", "east/temperature_entropy", "east/sampled_entropy"):
+        if name in scores:
+            check_finite(scores[name], name)
     result = RunResult(manifest=manifest, scores=scores)
     if out is not None:
         result.save(out)
         vectors.save(Path(out) / "vectors")
+        if checkpoint is not None:
+            checkpoint.clear()
     return result

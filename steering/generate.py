@@ -20,13 +20,16 @@ Decoding is greedy (``temperature=0``) or sampled with a seeded generator; it al
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
 
 from interp.errors import InterpError
 from interp.interventions import Add
+from interp.metrics import check_finite
 from interp.model import Model
+from interp.steering.limits import check_context, check_memory, kv_cache_bytes
 
 
 def _positions(where: str | int, prompt_len: int, total: int) -> list[int]:
@@ -46,32 +49,60 @@ def _positions(where: str | int, prompt_len: int, total: int) -> list[int]:
 
 def generate(model: Model, prompts: str | Sequence[str], steer: dict[str, torch.Tensor] | None = None, coeff: float = 1.0,
              where: str | int = "all", keep_norm: bool = False, max_new_tokens: int = 20, temperature: float = 0.0,
-             seed: int = 0, backend: str | None = None, until: Callable[[str], bool] | None = None) -> list[str]:
+             seed: int = 0, backend: str | None = None, until: Callable[[str], bool] | None = None,
+             progress: Callable[[str, int, int], None] | None = None, stage: str = "generating") -> list[str]:
     """Continuations of ``prompts`` with ``coeff * steer[site]`` added at every site of ``steer`` (None: unsteered).
 
     ``until(text)`` may end a group early: once it is true for every continuation in the group.
+    ``progress(stage, tokens written, tokens to write)`` is called after every step. Prompts that
+    tokenize to nothing, a request longer than the model's context or too large for memory, and
+    NaN or infinite logits (an overflowing steer) are one-line errors.
     """
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not texts:
+        raise InterpError("give at least one prompt to generate from")
     if max_new_tokens < 1:
         raise InterpError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if temperature < 0:
-        raise InterpError(f"temperature must be 0 (greedy) or positive, got {temperature}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise InterpError(f"temperature must be 0 (greedy) or a positive finite number, got {temperature}")
+    if not math.isfinite(coeff):
+        raise InterpError(f"the steering coefficient must be a finite number, got {coeff}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text:
+            raise InterpError(f"prompt {i + 1} is empty: give some text to continue")
     for site in steer or {}:
         model.site(site)
+    groups = model.length_groups(texts)
+    for rows, tokens in groups:
+        if tokens.shape[1] == 0:
+            raise InterpError(f"prompt {rows[0] + 1} ({texts[rows[0]]!r}) tokenizes to nothing: give some text to continue")
+        check_context(model, tokens.shape[1] + max_new_tokens, f"prompt {rows[0] + 1} plus {max_new_tokens} new tokens",
+                      "use a shorter prompt or fewer new tokens")
+        check_memory(kv_cache_bytes(model, len(rows), tokens.shape[1] + max_new_tokens),
+                     f"generating {max_new_tokens} tokens for {len(rows)} prompts at once",
+                     "use fewer prompts or fewer new tokens", model.device)
     gen = torch.Generator().manual_seed(seed)
     out: list[str] = [""] * len(texts)
-    for rows, tokens in model.length_groups(texts):
+    total, written = len(texts) * max_new_tokens, 0
+    for rows, tokens in groups:
         prompt_len = tokens.shape[1]
         step = _recompute_step(model, steer, coeff, where, keep_norm, prompt_len, backend) if backend else \
             _cached_step(model, steer, coeff, where, keep_norm, prompt_len)
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             logits = step(tokens)
+            check_finite(logits, f"generation step {i + 1} (logits of prompt {rows[0] + 1}{' steered' if steer else ''})")
+            written += len(rows)
+            if progress:
+                progress(stage, written, total)
             if temperature == 0:
                 nxt = logits.argmax(-1)
             else:
                 nxt = torch.multinomial((logits / temperature).softmax(-1).cpu(), 1, generator=gen)[:, 0].to(tokens.device)
             tokens = torch.cat([tokens, nxt[:, None]], dim=1)
             if until is not None and all(until(model.tokenizer.decode(row[prompt_len:])) for row in tokens):
+                written += len(rows) * (max_new_tokens - i - 1)
+                if progress:
+                    progress(stage, written, total)
                 break
         for j, i in enumerate(rows):
             out[i] = model.tokenizer.decode(tokens[j, prompt_len:])

@@ -30,18 +30,28 @@ def llamacpp_layer(kind: str, layer: int) -> int:
 
 def export_gguf(vectors: VectorSet, path: str | Path, model_hint: str = "llama") -> Path:
     """Write ``vectors`` as a llama.cpp control-vector GGUF at ``path``; returns the path."""
-    import gguf
+    try:
+        import gguf
+    except ImportError:
+        raise InterpError("exporting a GGUF needs the gguf package: pip install gguf") from None
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise InterpError(f"{path} is a folder: give a file name for the GGUF, such as {path / 'vectors.gguf'}")
+    if not vectors.layers:
+        raise InterpError("no vectors to export")
     layers = [llamacpp_layer(vectors.kind, layer) for layer in vectors.layers]
-    writer = gguf.GGUFWriter(str(path), ARCH)
-    writer.add_string(f"{ARCH}.model_hint", model_hint)
-    writer.add_uint32(f"{ARCH}.layer_count", len(layers))
-    for n, vector in zip(layers, vectors.vectors):
-        writer.add_tensor(f"direction.{n}", vector.float().contiguous().numpy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = gguf.GGUFWriter(str(path), ARCH)
+        writer.add_string(f"{ARCH}.model_hint", model_hint)
+        writer.add_uint32(f"{ARCH}.layer_count", len(layers))
+        for n, vector in zip(layers, vectors.vectors):
+            writer.add_tensor(f"direction.{n}", vector.float().contiguous().numpy())
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    except OSError as exc:
+        raise InterpError(f"cannot write the GGUF {path}: {exc.strerror or exc}; choose a writable file path") from None
     return path

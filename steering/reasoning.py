@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from interp.errors import InterpError
@@ -67,9 +67,13 @@ class ReasoningSweep:
 
 
 def vectors_from_puzzles(model: Model, puzzles: PuzzleSet, method: str = "R-C", layers: Sequence[int] | None = None,
-                         seed: int = 0, only_correct: bool = True, backend: str | None = None) -> ReasoningVectors:
-    """Filter ``puzzles`` by the model's own answers (if ``only_correct``) and build the vectors."""
-    hits = candidate_hits(model, puzzles.prompts, puzzles.candidate_ids(model.tokenizer), puzzles.correct, backend)
+                         seed: int = 0, only_correct: bool = True, backend: str | None = None,
+                         progress: Callable[[str, int, int], None] | None = None) -> ReasoningVectors:
+    """Filter ``puzzles`` by the model's own answers (if ``only_correct``) and build the vectors.
+
+    ``progress(stage, done, total)`` follows the answer check and the reading of positives and negatives.
+    """
+    hits = candidate_hits(model, puzzles.prompts, puzzles.candidate_ids(model.tokenizer), puzzles.correct, backend, progress)
     used = puzzles.select(hits) if only_correct else puzzles
     if len(used) == 0:
         raise InterpError(f"the model answered none of the {len(puzzles)} {puzzles.task} prompts correctly; "
@@ -79,7 +83,7 @@ def vectors_from_puzzles(model: Model, puzzles: PuzzleSet, method: str = "R-C", 
     provenance = {"task": puzzles.task, "contrast": puzzles.contrast, "seed": puzzles.seed, "only_correct": only_correct,
                   "n_generated": len(puzzles), "n_correct": int(hits.sum())}
     vectors = build_vectors(model, used.positives, used.negatives if method != "R" else None, method, "resid_post",
-                            layers, position=-1, seed=seed, backend=backend, provenance=provenance)
+                            layers, position=-1, seed=seed, backend=backend, provenance=provenance, progress=progress)
     return ReasoningVectors(vectors, puzzles, [bool(h) for h in hits], only_correct)
 
 

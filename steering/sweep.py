@@ -16,7 +16,8 @@ so its logits are bit-identical to it and its KL is exactly 0, also with ``keep_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import plotly.graph_objects as go
@@ -25,8 +26,10 @@ from plotly.subplots import make_subplots
 
 from interp.errors import InterpError
 from interp.interventions import Add
+from interp.metrics import check_finite
 from interp.model import Model
 from interp.steering.effects import entropy_bits, kl_nats
+from interp.steering.limits import check_context
 from interp.steering.puzzles import single_token_id
 from interp.steering.vectors import KINDS, VectorSet
 
@@ -130,14 +133,20 @@ def last_logits(model: Model, tokens: torch.Tensor, edits: Sequence[Add] = (), b
 
 
 def candidate_hits(model: Model, prompts: Sequence[str], candidates: torch.Tensor | Sequence[Sequence[str]],
-                   correct: torch.Tensor | Sequence[int] | None = None, backend: str | None = None) -> torch.Tensor:
+                   correct: torch.Tensor | Sequence[int] | None = None, backend: str | None = None,
+                   progress: Callable[[str, int, int], None] | None = None) -> torch.Tensor:
     """Bool ``[n]``: whether the unsteered model ranks the right candidate highest on each prompt."""
     cand = candidate_ids(model, candidates, len(prompts))
     right = _correct(correct, cand)
     hits = torch.zeros(len(prompts), dtype=torch.bool)
+    done = 0
     for rows, tokens in model.length_groups(prompts):
         logits = last_logits(model, tokens, backend=backend)
+        check_finite(logits.gather(-1, cand[rows]), f"the unsteered answer logits of prompt {rows[0] + 1}")
         hits[rows] = logits.gather(-1, cand[rows]).argmax(-1) == right[rows]
+        done += len(rows)
+        if progress:
+            progress("answers", done, len(prompts))
     return hits
 
 
@@ -152,7 +161,9 @@ def coefficient_sweep(model: Model, vectors: VectorSet | torch.Tensor, layers: i
                       prompts: Sequence[str], candidates: torch.Tensor | Sequence[Sequence[str]],
                       correct: torch.Tensor | Sequence[int] | None = None,
                       coefficients: Sequence[float] = DEFAULT_COEFFICIENTS, keep_norm: bool = False,
-                      positions: str | int = "all", kind: str | None = None, backend: str | None = None) -> SweepResult:
+                      positions: str | int = "all", kind: str | None = None, backend: str | None = None,
+                      progress: Callable[[str, int, int], None] | None = None, state: dict | None = None,
+                      on_group: Callable[[dict], None] | None = None) -> SweepResult:
     """Steer with ``coeff * vector`` at ``layers`` for every coefficient; measure the first answer token.
 
     ``vectors``: a `VectorSet` (``layers=None``: all its layers) or a tensor ``[d_model]`` (the same
@@ -160,6 +171,12 @@ def coefficient_sweep(model: Model, vectors: VectorSet | torch.Tensor, layers: i
     strings; ``correct``: the right candidate's index per prompt (default 0). ``positions``: "all"
     (every prompt token, as the reference does), "last", or a start index. ``kind``: the residual
     site (default: the vector set's, else ``resid_post``).
+
+    Resumable: ``state`` holds the per-prompt tensors (``kl``, ``entropy``, ``p_right``, ``p_wrong``,
+    ``hits`` [k, n] and ``done`` [n]) of groups finished earlier, which are skipped; ``on_group(state)``
+    is called after each group of equal-length prompts (to checkpoint it). ``progress(stage, done,
+    total)`` counts prompt x coefficient runs. A NaN or infinite metric (a non-finite vector or an
+    overflowing coefficient) is a one-line error naming the coefficient.
     """
     by_layer = _vectors_by_layer(vectors, layers)
     kind = kind or (vectors.kind if isinstance(vectors, VectorSet) else "resid_post")
@@ -169,17 +186,34 @@ def coefficient_sweep(model: Model, vectors: VectorSet | torch.Tensor, layers: i
         model.site(f"{kind}.{layer}")
         if vec.shape != (model.d_model,):
             raise InterpError(f"the vector for layer {layer} has shape {tuple(vec.shape)}, not ({model.d_model},)")
+        check_finite(vec, f"the vector for layer {layer}")
     coefficients = [float(c) for c in coefficients]
     if not coefficients:
         raise InterpError("give at least one coefficient")
+    for coeff in coefficients:
+        if not math.isfinite(coeff):
+            raise InterpError(f"coefficients must be finite numbers, got {coeff}")
     cand = candidate_ids(model, candidates, len(prompts))
     right = _correct(correct, cand)
     k, n = len(coefficients), len(prompts)
-    kl, entropy, p_right, p_wrong = (torch.zeros(k, n) for _ in range(4))
-    hits = torch.zeros(k, n, dtype=torch.bool)
+    state = state if state is not None else {}
+    for name in ("kl", "entropy", "p_right", "p_wrong"):
+        state.setdefault(name, torch.zeros(k, n))
+    state.setdefault("hits", torch.zeros(k, n, dtype=torch.bool))
+    state.setdefault("done", torch.zeros(n, dtype=torch.bool))
+    if any(tuple(state[name].shape) != (k, n) for name in ("kl", "entropy", "p_right", "p_wrong", "hits")) \
+            or tuple(state["done"].shape) != (n,):
+        raise InterpError(f"the saved sweep does not match {k} coefficients x {n} prompts; start over")
+    kl, entropy, p_right, p_wrong, hits, done = (state[name] for name in ("kl", "entropy", "p_right", "p_wrong", "hits", "done"))
     for rows, tokens in model.length_groups(prompts):
+        if bool(done[rows].all()):
+            if progress:
+                progress("sweep", int(done.sum()) * k, n * k)
+            continue
+        check_context(model, tokens.shape[1], f"prompt {rows[0] + 1}", "shorten it")
         where = _positions(positions, tokens.shape[1])
         plain = last_logits(model, tokens, backend=backend)
+        check_finite(plain, f"the unsteered logits of prompt {rows[0] + 1}")
         for i, coeff in enumerate(coefficients):
             edits = [Add(f"{kind}.{layer}", vec, coeff, where, keep_norm) for layer, vec in by_layer.items()]
             logits = plain if coeff == 0.0 else last_logits(model, tokens, edits, backend)
@@ -189,6 +223,13 @@ def coefficient_sweep(model: Model, vectors: VectorSet | torch.Tensor, layers: i
             probs = logits.softmax(-1).gather(-1, cand[rows])
             p_right[i, rows] = probs.gather(-1, right[rows, None])[:, 0]
             p_wrong[i, rows] = probs.sum(-1) - p_right[i, rows]
+            for name, values in (("KL", kl), ("entropy", entropy), ("answer mass", p_right), ("wrong-answer mass", p_wrong)):
+                check_finite(values[i, rows], f"coefficient {coeff:g} ({name} of prompts {rows[0] + 1}...)")
+            if progress:
+                progress("sweep", int(done.sum()) * k + (i + 1) * len(rows), n * k)
+        done[rows] = True
+        if on_group:
+            on_group(state)
     return SweepResult(
         coefficients=coefficients, layers=list(by_layer), kind=kind, positions=positions, keep_norm=keep_norm,
         accuracy=hits.float().mean(1).tolist(), kl_mean=kl.mean(1).tolist(), kl_std=kl.std(1, correction=0).tolist(),

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from interp.errors import InterpError
+from interp.metrics import check_finite
 from interp.model import Model
 from interp.results import load_vectors, save_vectors
+from interp.steering.limits import check_context
 
 METHODS = ("R", "R-C", "PCA-C", "probe")
 KINDS = ("resid_pre", "resid_mid", "resid_post")
@@ -64,10 +66,45 @@ class VectorSet:
 
     @classmethod
     def load(cls, path: str | Path) -> "VectorSet":
-        vectors, info = load_vectors(path, "vector set")
-        if vectors.shape[0] != len(info["layers"]):
-            raise InterpError(f"{Path(path).name}: {vectors.shape[0]} vectors for {len(info['layers'])} layers; the files do not match")
-        return cls(info["model"], info["kind"], list(info["layers"]), vectors, info["method"], info["position"], info.get("meta", {}))
+        """A saved set; a one-line error when the files are damaged, lack a key, or hold a non-finite number."""
+        name = Path(path).with_suffix("").name
+        try:
+            vectors, info = load_vectors(path, "vector set")
+        except (ValueError, KeyError) as e:  # not JSON / not UTF-8 / no "vectors" tensor in the safetensors file
+            reason = f"no tensor {e}" if isinstance(e, KeyError) else " ".join(str(e).split())[:160]
+            raise InterpError(f"{name} is not a readable vector set ({reason}): save it again with VectorSet.save "
+                              "or `interp steer build`") from None
+        return cls._from_saved(name, vectors, info)
+
+    @classmethod
+    def _from_saved(cls, name: str, vectors: torch.Tensor, info) -> "VectorSet":
+        if not isinstance(info, dict):
+            raise InterpError(f"{name}.json must hold a JSON object, not {type(info).__name__}")
+        missing = [key for key in ("model", "kind", "layers", "method", "position") if key not in info]
+        if missing:
+            raise InterpError(f"{name}.json lacks {', '.join(missing)}: a vector set's JSON needs model, kind, layers, "
+                              "method and position (as VectorSet.save writes them)")
+        layers = info["layers"]
+        if not isinstance(layers, list) or not layers or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+            raise InterpError(f"{name}.json: layers must be a non-empty list of layer indices, got {layers!r}"[:300])
+        if len(set(layers)) != len(layers):
+            raise InterpError(f"{name}.json: layers {layers} repeat a layer")
+        if not isinstance(info["model"], str) or info["kind"] not in KINDS or not isinstance(info["method"], str):
+            raise InterpError(f"{name}.json: model and method must be strings and kind one of {', '.join(KINDS)}")
+        position = info["position"]
+        if position != "mean" and (not isinstance(position, int) or isinstance(position, bool)):
+            raise InterpError(f"{name}.json: position must be a token index or 'mean', got {position!r}")
+        meta = info.get("meta", {})
+        if not isinstance(meta, dict):
+            raise InterpError(f"{name}.json: meta must be a JSON object")
+        if vectors.ndim != 2 or vectors.shape[0] != len(layers):
+            raise InterpError(f"{name}: {tuple(vectors.shape)} vectors for {len(layers)} layers; the files do not match")
+        bad = ~torch.isfinite(vectors)
+        if bad.any():
+            row = int(bad.nonzero()[0, 0])
+            raise InterpError(f"{name}: the vector for layer {layers[row]} holds a non-finite number "
+                              f"({float(vectors[bad][0])}); rebuild the vector set")
+        return cls(info["model"], info["kind"], list(layers), vectors, info["method"], position, meta)
 
 
 def _check_position(position: int | str) -> None:
@@ -76,8 +113,12 @@ def _check_position(position: int | str) -> None:
 
 
 def read_activations(model: Model, prompts: Sequence[str], kind: str = "resid_post", layers: Sequence[int] | None = None,
-                     position: int | str = -1, backend: str | None = None) -> torch.Tensor:
-    """Activations ``[len(prompts), len(layers), d_model]`` at one position (or the mean) of every prompt."""
+                     position: int | str = -1, backend: str | None = None,
+                     progress: Callable[[str, int, int], None] | None = None, stage: str = "activations") -> torch.Tensor:
+    """Activations ``[len(prompts), len(layers), d_model]`` at one position (or the mean) of every prompt.
+
+    ``progress(stage, prompts done, prompts)`` is called after each group of equal-length prompts.
+    """
     if kind not in KINDS:
         raise InterpError(f"control vectors are read from the residual stream: kind must be one of {', '.join(KINDS)}, not {kind!r}")
     _check_position(position)
@@ -86,8 +127,10 @@ def read_activations(model: Model, prompts: Sequence[str], kind: str = "resid_po
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     sites = [f"{kind}.{layer}" for layer in layers]
     out = torch.empty(len(prompts), len(layers), model.d_model)
+    done = 0
     for rows, tokens in model.length_groups(prompts):
         length = tokens.shape[1]
+        check_context(model, length, f"prompt {rows[0] + 1}", "shorten it")
         if position != "mean" and not -length <= position < length:
             raise InterpError(f"position {position} is outside a prompt of {length} tokens: {prompts[rows[0]]!r}")
         with torch.no_grad():
@@ -95,6 +138,9 @@ def read_activations(model: Model, prompts: Sequence[str], kind: str = "resid_po
         stacked = torch.stack([acts[s] for s in sites], dim=1)  # [rows, layers, pos, d]
         picked = stacked.mean(2) if position == "mean" else stacked[:, :, position]
         out[rows] = picked.float().cpu()
+        done += len(rows)
+        if progress:
+            progress(stage, done, len(prompts))
     return out
 
 
@@ -136,14 +182,22 @@ def contrast_vectors(positive: torch.Tensor, negative: torch.Tensor | None, meth
 
 def build_vectors(model: Model, positive: Sequence[str], negative: Sequence[str] | None = None, method: str = "R-C",
                   kind: str = "resid_post", layers: Sequence[int] | None = None, position: int | str = -1,
-                  seed: int = 0, backend: str | None = None, provenance: dict | None = None) -> VectorSet:
-    """A control-vector set, one vector per layer, from positive (and paired negative) prompts."""
+                  seed: int = 0, backend: str | None = None, provenance: dict | None = None,
+                  progress: Callable[[str, int, int], None] | None = None) -> VectorSet:
+    """A control-vector set, one vector per layer, from positive (and paired negative) prompts.
+
+    ``progress(stage, done, total)`` follows the reading of the positives and the negatives.
+    A vector with a NaN or infinite number (an overflowing model) is a one-line error naming its layer.
+    """
     if method not in METHODS:
         raise InterpError(f"unknown control-vector method {method!r}: use one of {', '.join(METHODS)}")
     layers = list(range(model.n_layers)) if layers is None else [int(model.site(f"{kind}.{layer}").layer) for layer in layers]
-    pos = read_activations(model, positive, kind, layers, position, backend)
-    neg = read_activations(model, negative, kind, layers, position, backend) if negative and method != "R" else None
+    pos = read_activations(model, positive, kind, layers, position, backend, progress, "positives")
+    neg = read_activations(model, negative, kind, layers, position, backend, progress, "negatives") \
+        if negative and method != "R" else None
     vectors = contrast_vectors(pos, neg, method, seed)
+    for layer, vector in zip(layers, vectors):
+        check_finite(vector, f"the {method} vector of {kind}.{layer}")
     meta = {"n_positive": len(positive), "n_negative": len(negative or []), **(provenance or {})}
     return VectorSet(model.name, kind, layers, vectors, method, position, meta)
 
@@ -153,4 +207,8 @@ def load_vector_set(model: Model, path: str, layers: Sequence[int] = ()) -> Vect
     vectors = VectorSet.load(path)
     if vectors.model != model.name:
         raise InterpError(f"{path} was built on {vectors.model}, not {model.name}; build a vector set on this model")
+    if vectors.vectors.shape[1] != model.d_model:
+        raise InterpError(f"{path} holds {vectors.vectors.shape[1]}-wide vectors; {model.name} is {model.d_model} wide")
+    for layer in vectors.layers:
+        model.site(f"{vectors.kind}.{layer}")  # one clear error for a layer the model does not have
     return vectors.select(layers) if layers else vectors
