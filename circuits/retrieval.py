@@ -9,6 +9,14 @@ events / needle length; a head's retrieval score is the mean over *successful* t
 recall of the response against the needle sentence > 0.5). Retrieval head <=> score > 0.1.
 Decoding stops after ``max_new_tokens`` or at a token containing a newline / end of text.
 
+Batching (`decode_batch`, `length_batches`). NIAH prompts of one context length have the same number of
+tokens, so they decode together without padding: each prompt is prefilled on its own, the caches are joined
+along the batch axis (`stack_caches`), and one `Model.run_cached` step advances every row; a row that has
+stopped rides along until all have, its later tokens dropped. Each row sees exactly what a lone decode of its
+prompt sees, so tokens, texts and copy events are those of one-prompt-at-a-time decoding (tested against the
+unbatched loop). Masking decodes each setting's batch the same way. Finished prompts and settings go into
+`interp.circuits.units.Units`, which ``interp heads retrieval`` checkpoints for ``--resume``.
+
 Masking (`masking_curve`). A masked head attends uniformly to every key it can see, only while
 decoding (the prefill is unmasked). `UniformAttention` implements this without touching the
 attention kernel: with uniform weights a head's output z is the plain mean of its value vectors
