@@ -40,7 +40,7 @@ neurons = typer.Typer(help="Relation-specific neurons: which MLP neurons carry a
 circuit = typer.Typer(help="Circuits: build one from a patching run, compare two, measure faithfulness.",
                       no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
-def _outside_inputs(out: Path | None, *inputs) -> None:
+def _outside_inputs(out: Path | str | None, *inputs) -> None:
     """Refuse an --out that is (or holds) one of the command's inputs: --force would delete it."""
     if out is None or not str(out).strip():
         return
@@ -51,7 +51,7 @@ def _outside_inputs(out: Path | None, *inputs) -> None:
             raise InterpError(f"--out {out} is where the input {path} lives: write the run into another folder")
 
 
-def _out(out: Path | None, name: str, force: bool, resume: bool = False, inputs=()) -> Path:
+def _out(out: Path | str | None, name: str, force: bool, resume: bool = False, inputs=()) -> Path:
     """The run folder, checked (and created) before any model loads."""
     if resume and out is None:
         raise InterpError("--resume needs --out DIR: the folder of the interrupted run")
@@ -133,7 +133,7 @@ def heads_detect(
     n_random: int = typer.Option(4, help="Repeated random-token sequences for the detectors."),
     period: int = typer.Option(20, help="Length of each random sequence (it is repeated once)."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
-    out: Path = typer.Option(None, help="Run folder (default runs/heads-<time>)."),
+    out: str = typer.Option(None, help="Run folder (default runs/heads-<time>)."),
     as_json: bool = AS_JSON, seed: int = SEED, force: bool = FORCE,
 ) -> None:
     """Induction, previous-token and duplicate-token scores per head, and direct logit attribution on a task."""
@@ -166,7 +166,7 @@ def heads_retrieval(
     batch_size: int = typer.Option(0, help="Prompts decoded together (equal lengths only); 0: as many as keep the "
                                            "batch's KV cache within 1 GiB. The numbers do not depend on it."),
     model: str = MODEL, device: str = DEVICE, dtype: str = DTYPE,
-    out: Path = typer.Option(None, help="Run folder (default runs/retrieval-<time>)."),
+    out: str = typer.Option(None, help="Run folder (default runs/retrieval-<time>)."),
     as_json: bool = AS_JSON, seed: int = SEED, force: bool = FORCE, resume: bool = RESUME,
 ) -> None:
     """Retrieval heads: which heads copy the needle while the model answers, and does masking them break recall?
@@ -208,7 +208,7 @@ def neurons_relation(
     n_identification: int = typer.Option(12, help="Facts per relation used to score neurons; the rest are test facts."),
     keep_correct: bool = typer.Option(True, help="Test only on facts the unedited model gets right."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
-    out: Path = typer.Option(None, help="Run folder (default runs/neurons-<time>)."),
+    out: str = typer.Option(None, help="Run folder (default runs/neurons-<time>)."),
     as_json: bool = AS_JSON, seed: int = SEED, force: bool = FORCE, resume: bool = RESUME,
 ) -> None:
     """Score every MLP neuron per relation (AP), zero each relation's top-k, and measure every relation's accuracy.
@@ -260,7 +260,7 @@ def voids(
     chat: bool = typer.Option(True, help="Wrap prompts in the chat template."),
     mc: bool = typer.Option(True, help="Also score the built-in multiple-choice set with and without skipping voids."),
     model: str = MODEL, device: str = DEVICE, dtype: str = DTYPE,
-    out: Path = typer.Option(None, help="Run folder (default runs/voids-<time>)."),
+    out: str = typer.Option(None, help="Run folder (default runs/voids-<time>)."),
     as_json: bool = AS_JSON, force: bool = FORCE,
 ) -> None:
     """Void layers (LAC): which layers each token uses while reading the prompt and while answering."""
@@ -296,7 +296,7 @@ def circuit_build(
     edges: bool = typer.Option(False, help="Add edges between the circuit's heads (and to the logits) by path patching, "
                                            "on the run's own prompts."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
-    out: Path = typer.Option(None, help="Folder for circuit.json and its report (default runs/circuit-<time>)."),
+    out: str = typer.Option(None, help="Folder for circuit.json and its report (default runs/circuit-<time>)."),
     as_json: bool = AS_JSON, force: bool = FORCE,
 ) -> None:
     """Build a circuit by thresholding a patching run's node scores; writes circuit.json."""
@@ -327,7 +327,7 @@ def circuit_build(
 def circuit_overlap(
     a: Path = typer.Argument(..., help="circuit.json (or its folder) of the first circuit."),
     b: Path = typer.Argument(..., help="circuit.json (or its folder) of the second circuit."),
-    out: Path = typer.Option(None, help="Run folder (default runs/overlap-<time>)."),
+    out: str = typer.Option(None, help="Run folder (default runs/overlap-<time>)."),
     as_json: bool = AS_JSON, force: bool = FORCE,
 ) -> None:
     """Shared nodes of two circuits: intersection over union and over each."""
@@ -351,7 +351,7 @@ def circuit_faithfulness(
     reference: str = typer.Option("clean", help="Mean-ablation means from the clean, corrupt or both prompt sets."),
     keep_mlps: bool = typer.Option(False, help="Keep every MLP (a head circuit with MLPs intact, as in the IOI paper)."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
-    out: Path = typer.Option(None, help="Run folder (default runs/faithfulness-<time>)."),
+    out: str = typer.Option(None, help="Run folder (default runs/faithfulness-<time>)."),
     as_json: bool = AS_JSON, seed: int = SEED, force: bool = FORCE,
 ) -> None:
     """The metric with every head and MLP outside the circuit mean-ablated, as a fraction of the full model's."""

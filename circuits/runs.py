@@ -31,8 +31,9 @@ def heads_run(model: Model, prompts: PromptSet | None = None, n_random: int = 4,
     """Head-detector scores, and DLA on ``prompts`` when given."""
     t0 = time.perf_counter()
     check_context(model, 2 * period, f"--period {period} (each random sequence is repeated once)", "lower --period")
-    check_memory(model, n_random * model.n_layers * model.n_heads * (2 * period) ** 2 * 4,
-                 f"the attention patterns of {n_random} sequences of {2 * period} tokens", "lower --period or --n-random")
+    check_memory(model, n_random * (model.n_layers * model.n_heads * 2 * period + model.d_vocab) * 2 * period * 4,
+                 f"the attention patterns and logits of {n_random} sequences of {2 * period} tokens",
+                 "lower --period or --n-random")
     found = detect_heads(model, backend=backend, n_prompts=n_random, period=period, seed=seed)
     scores = {name: check_finite(value, name) for name, value in found.tensors().items()}
     tensors = {name: describe_tensor(name, value, ["layer", "head"]) for name, value in scores.items()}

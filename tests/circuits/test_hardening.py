@@ -130,6 +130,8 @@ def _bad_cases(runs: Path, tmp: Path) -> dict[str, tuple[list, list[str]]]:
         "faithfulness_unknown_metric": (["circuit", "faithfulness", runs / "a", "--metric", "accuracy", *TINY], ["accuracy"]),
         "faithfulness_no_prompts": (["circuit", "faithfulness", runs / "a", "--n-prompts", "0", *TINY], ["--n-prompts"]),
         "faithfulness_missing_circuit": (["circuit", "faithfulness", tmp / "nope", *TINY], ["nope"]),
+        "out_empty": (["heads", "detect", *TINY, "--out", ""], ["--out is empty"]),
+        "out_empty_overlap": (["circuit", "overlap", runs / "a", runs / "a", "--out", ""], ["--out is empty"]),
         "out_is_a_file": (["circuit", "overlap", runs / "a", runs / "a", "--out", tmp / "a_file"], ["a_file", "is a file"]),
         "out_is_an_input": (["circuit", "overlap", runs / "a", runs / "empty", "--out", runs / "a", "--force"],
                             ["--out", "input"]),
