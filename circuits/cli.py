@@ -39,6 +39,8 @@ neurons = typer.Typer(help="Relation-specific neurons: which MLP neurons carry a
                       pretty_exceptions_enable=False, add_completion=False)
 circuit = typer.Typer(help="Circuits: build one from a patching run, compare two, measure faithfulness.",
                       no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+_CREATED: set[Path] = set()  # run folders this process created (removed again if the run fails while empty)
+
 
 def _outside_inputs(out: Path | str | None, *inputs) -> None:
     """Refuse an --out that is (or holds) one of the command's inputs: --force would delete it."""
@@ -56,7 +58,11 @@ def _out(out: Path | str | None, name: str, force: bool, resume: bool = False, i
     if resume and out is None:
         raise InterpError("--resume needs --out DIR: the folder of the interrupted run")
     _outside_inputs(out, *inputs)
-    return prepare_out(out, name, force, resume)
+    existed = out is not None and Path(out).exists()
+    folder = prepare_out(out, name, force, resume)
+    if not existed:
+        _CREATED.add(folder)
+    return folder
 
 
 def _resume_command() -> str:
@@ -101,6 +107,9 @@ def _guard(console: Console, out: Path, units=None, what: str = "units"):
 
 
 def _remove_if_empty(out: Path) -> None:
+    """Remove the run folder if this process created it and it is still empty (a user's own folder stays)."""
+    if Path(out) not in _CREATED:
+        return
     try:
         Path(out).rmdir()  # only an empty folder; a folder with a checkpoint or anything else stays
     except OSError:
