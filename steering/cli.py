@@ -67,6 +67,14 @@ def _not_inside(path: Path | None, out: Path | None, force: bool, option: str) -
                       "or choose another --out")
 
 
+def _check_vectors(path: Path | None) -> None:
+    """Read a vector set before the model loads: a missing, damaged or non-finite file fails in one line, at once."""
+    if path is not None:
+        from interp.steering.vectors import VectorSet
+
+        VectorSet.load(path)
+
+
 def _check_gguf(path: Path | None, layers: list[int] | None) -> None:
     """Check --export-gguf up front: a file path (not a folder) in a writable place, and a layer it can hold."""
     if path is None:
@@ -245,6 +253,7 @@ def evaluate(
     where = positions if positions in ("all", "last") else _where(positions)
     if task not in PUZZLE_TASKS + BEHAVIOUR_TASKS:
         read_task_file(task, "eval")  # a malformed file fails before the model loads
+    _check_vectors(vectors)
     _not_inside(vectors, out, force, "--vectors")
     out = _start(out, "steer-eval", force, resume)
     console = Console(stderr=True)
@@ -333,6 +342,7 @@ def east(
         raise InterpError("--episodes, --steps and --k must be at least 1")
     if any(t <= 0 for t in temperature_list):
         raise InterpError(f"--temperatures must be positive, got {temperatures}")
+    _check_vectors(vector_file)
     _not_inside(vector_file, out, force, "--vector-file")
     out = _start(out, "steer-east", force, resume)
     console = Console(stderr=True)
@@ -379,6 +389,7 @@ def generate(
         raise InterpError(f"--temperature must be 0 (greedy) or positive, got {temperature}")
     if max_new_tokens < 1:
         raise InterpError("--max-new-tokens must be at least 1")
+    _check_vectors(vectors)
     _not_inside(vectors, out, force, "--vectors")
     out = _start(out, "steer-generate", force)
     console = Console(stderr=True)

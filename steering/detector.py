@@ -28,6 +28,7 @@ import torch
 from interp.errors import InterpError
 from interp.interventions import Add
 from interp.model import Model
+from interp.steering.limits import BATCH_ROWS
 
 SCORES = ("projection", "norm", "combined")
 
@@ -100,7 +101,7 @@ def site_activations(model: Model, prompts: Sequence[str], site: str, edits: Seq
     if not prompts:
         raise InterpError("no prompts to read activations from")
     out: list[torch.Tensor | None] = [None] * len(prompts)
-    for rows, tokens in model.length_groups(prompts):
+    for rows, tokens in model.length_groups(prompts, BATCH_ROWS):
         with torch.no_grad():
             acts = model.run(tokens, list(edits), read=[site], backend=backend).acts[site]
         for j, i in enumerate(rows):

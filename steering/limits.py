@@ -16,6 +16,7 @@ from interp.errors import InterpError
 from interp.model import Model
 
 SHARE = 0.8  # refuse a request estimated to need more than this share of the memory available now
+BATCH_ROWS = 64  # prompts of one length run in batches of at most this many rows, so a large --n never makes one huge batch
 TEXT_BYTES = 4096  # a generous allowance for one prompt's strings (prompt, answer, negative) and their Python objects
 
 

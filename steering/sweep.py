@@ -29,7 +29,7 @@ from interp.interventions import Add
 from interp.metrics import check_finite
 from interp.model import Model
 from interp.steering.effects import entropy_bits, kl_nats
-from interp.steering.limits import check_context
+from interp.steering.limits import BATCH_ROWS, check_context
 from interp.steering.puzzles import single_token_id
 from interp.steering.vectors import KINDS, VectorSet
 
@@ -140,7 +140,7 @@ def candidate_hits(model: Model, prompts: Sequence[str], candidates: torch.Tenso
     right = _correct(correct, cand)
     hits = torch.zeros(len(prompts), dtype=torch.bool)
     done = 0
-    for rows, tokens in model.length_groups(prompts):
+    for rows, tokens in model.length_groups(prompts, BATCH_ROWS):
         logits = last_logits(model, tokens, backend=backend)
         check_finite(logits.gather(-1, cand[rows]), f"the unsteered answer logits of prompt {rows[0] + 1}")
         hits[rows] = logits.gather(-1, cand[rows]).argmax(-1) == right[rows]
@@ -205,7 +205,7 @@ def coefficient_sweep(model: Model, vectors: VectorSet | torch.Tensor, layers: i
             or tuple(state["done"].shape) != (n,):
         raise InterpError(f"the saved sweep does not match {k} coefficients x {n} prompts; start over")
     kl, entropy, p_right, p_wrong, hits, done = (state[name] for name in ("kl", "entropy", "p_right", "p_wrong", "hits", "done"))
-    for rows, tokens in model.length_groups(prompts):
+    for rows, tokens in model.length_groups(prompts, BATCH_ROWS):
         if bool(done[rows].all()):
             if progress:
                 progress("sweep", int(done.sum()) * k, n * k)

@@ -30,7 +30,7 @@ from interp.errors import InterpError
 from interp.metrics import check_finite
 from interp.model import Model
 from interp.results import load_vectors, save_vectors
-from interp.steering.limits import check_context
+from interp.steering.limits import BATCH_ROWS, check_context
 
 METHODS = ("R", "R-C", "PCA-C", "probe")
 KINDS = ("resid_pre", "resid_mid", "resid_post")
@@ -128,7 +128,7 @@ def read_activations(model: Model, prompts: Sequence[str], kind: str = "resid_po
     sites = [f"{kind}.{layer}" for layer in layers]
     out = torch.empty(len(prompts), len(layers), model.d_model)
     done = 0
-    for rows, tokens in model.length_groups(prompts):
+    for rows, tokens in model.length_groups(prompts, BATCH_ROWS):
         length = tokens.shape[1]
         check_context(model, length, f"prompt {rows[0] + 1}", "shorten it")
         if position != "mean" and not -length <= position < length:

@@ -101,7 +101,7 @@ def test_a_vector_file_holding_nan_or_lacking_keys_is_one_line(tmp_path, steer):
     tiny_vectors(tmp_path, values, "inf")
     one_line_error(steer("generate", *TINY, "-p", "Hi", "--vectors", tmp_path / "inf", "--max-new-tokens", "1",
                          "--out", tmp_path / "g"), "layer 1 holds a non-finite number")
-    assert not (tmp_path / "g" / "manifest.json").exists()
+    assert not (tmp_path / "g").exists(), "the vector file is read before the run folder is made"
 
 
 def test_an_overflowing_sweep_stops_naming_the_coefficient(tmp_path, steer):
@@ -232,9 +232,11 @@ def test_east_interrupted_in_the_vector_phase_or_the_sweep_resumes_exactly(tmp_p
 
 
 def test_attack_interrupted_resumes_exactly_and_shows_its_progress(tmp_path, steer, monkeypatch):
-    from interp.steering import attack
+    from interp.steering import attack, attack_run
 
-    args = [*TINY, "--n", "8", "--pair-tokens", "2", "--search", "0,1", "--layer", "1"]
+    pool = attack_run.detector_pool()[:8]  # a short calibration pool keeps the detector phase quick on the CPU
+    monkeypatch.setattr(attack_run, "detector_pool", lambda: list(pool))
+    args = [*TINY, "--n", "4", "--pair-tokens", "2", "--search", "0,1", "--layer", "1"]
     code, _, err = steer("attack", *args, "--out", tmp_path / "whole")
     assert code == 0, err
     assert "6/6" in err and "replies" in err and "positives" in err, err  # a bar per stage: phases, replies, reads
@@ -259,15 +261,15 @@ def test_eval_resumes_exactly_and_build_says_nothing_was_kept(tmp_path, steer, m
     from interp.steering import sweep, vectors
 
     vector_file = tiny_vectors(tmp_path)
-    args = [*TINY, "--vectors", vector_file, "--layers", "1", "--task", "deduction", "--n", "6", "--coefficients", "-1,0,2"]
+    args = [*TINY, "--vectors", vector_file, "--layers", "1", "--task", "deduction", "--n", "4", "--coefficients", "0,2"]
     code, _, err = steer("eval", *args, "--out", tmp_path / "whole")
     assert code == 0, err
     whole = load_run(tmp_path / "whole")
     out = tmp_path / "cut"
-    with monkeypatch.context() as patch:  # the second group of equal-length prompts (1 unsteered + 2 steered runs each)
-        _interrupt_on_call(patch, [(sweep, "last_logits")], at=4)
+    with monkeypatch.context() as patch:  # in the second group of equal-length prompts (1 unsteered + 1 steered run each)
+        _interrupt_on_call(patch, [(sweep, "last_logits")], at=3)
         code, _, err = steer("eval", *args, "--out", out)
-    assert code == 130 and "held-out prompts are saved" in err and "--resume" in err, err
+    assert code == 130 and "2 of 4 held-out prompts are saved" in err and "--resume" in err, err
     code, _, err = steer("eval", *args, "--out", out, "--resume")
     assert code == 0, err
     _same_scores(whole, load_run(out))
