@@ -53,6 +53,7 @@ SUCCESS_RECALL = 0.5  # a test counts for detection when ROUGE-1 recall > this
 RETRIEVAL_THRESHOLD = 0.1  # retrieval head <=> mean score > this
 PREFILL_CHUNK = 1024  # prefill in chunks so eager attention never holds a [S, S] matrix per layer
 BATCH_CACHE_BYTES = 2**30  # rows per decode batch: as many as keep the batch's KV cache within this
+PREFILL_KEEP_BYTES = 2**30  # detection keeps its prefill caches for the masking pass when all of them fit in this
 
 
 def rouge1_recall(response: str, reference: str) -> float:
@@ -226,6 +227,11 @@ def decode_batch(model: Model, prompts: Sequence[NeedlePrompt], max_new_tokens: 
     return _decode(model, list(prompts), max_new_tokens, masked, track, stack_caches([prefill(model, p) for p in prompts]))
 
 
+def prefill_bytes(model: Model, prompts: Sequence[NeedlePrompt]) -> int:
+    """Bytes of the prefill caches of all ``prompts`` together."""
+    return sum(len(p.ids) - 1 for p in prompts) * kv_bytes_per_token(model)
+
+
 def length_batches(model: Model, prompts: Sequence[NeedlePrompt], max_new_tokens: int = 30,
                    batch_size: int | None = None) -> list[list[int]]:
     """Indices of ``prompts`` in batches of equal length, in order of first appearance.
@@ -292,12 +298,14 @@ class RetrievalScores:
 
 def detect_retrieval_heads(model: Model, prompts: Sequence[NeedlePrompt], max_new_tokens: int = 30,
                            success_recall: float = SUCCESS_RECALL, threshold: float = RETRIEVAL_THRESHOLD,
-                           batch_size: int | None = None, progress=None, units: Units | None = None) -> RetrievalScores:
+                           batch_size: int | None = None, progress=None, units: Units | None = None,
+                           prefills: dict | None = None) -> RetrievalScores:
     """Retrieval score of every head from greedy decoding of ``prompts`` (see the module docstring).
 
     Prompts of equal length decode together (`length_batches`; ``batch_size=1``: one at a time, the same
     numbers). ``progress(phase, done, total)`` is called after each batch; ``units`` keeps each decoded prompt
-    (``detect.<i>``) so an interrupted run resumes without decoding it again.
+    (``detect.<i>``) so an interrupted run resumes without decoding it again. ``prefills`` (a dict) receives
+    each prompt's prefill cache by index, for `masking_curve` to reuse instead of prefilling again.
     """
     if not prompts:
         raise InterpError("retrieval-head detection needs at least one needle prompt")
@@ -310,7 +318,10 @@ def detect_retrieval_heads(model: Model, prompts: Sequence[NeedlePrompt], max_ne
         todo = [i for i in batch if name[i] not in units]
         if not todo:
             continue
-        for i, out in zip(todo, decode_batch(model, [prompts[i] for i in todo], max_new_tokens)):
+        pasts = [prefill(model, prompts[i]) for i in todo]
+        if prefills is not None:
+            prefills.update(zip(todo, pasts))
+        for i, out in zip(todo, _decode(model, [prompts[i] for i in todo], max_new_tokens, (), True, stack_caches(pasts))):
             units.put(name[i], {"events": out.events, "recall": rouge1_recall(out.text, prompts[i].answer),
                                 "response": out.text}, save=False)
         units.save()
@@ -390,7 +401,9 @@ def check_request(model: Model, context_lengths: Sequence[int], ks: Sequence[int
     longest = int(max(context_lengths)) + max_new_tokens
     rows = min(len(NEEDLES) * len(depths), max(1, BATCH_CACHE_BYTES // (longest * kv_bytes_per_token(model))))
     chunk = min(PREFILL_CHUNK, longest)
-    need = 2 * rows * longest * kv_bytes_per_token(model) + 3 * model.n_heads * chunk * longest * 4
+    kept = len(NEEDLES) * len(depths) * sum(int(c) for c in context_lengths) * kv_bytes_per_token(model)
+    need = (2 * rows * longest * kv_bytes_per_token(model) + 3 * model.n_heads * chunk * longest * 4
+            + (kept if kept <= PREFILL_KEEP_BYTES else 0))
     check_memory(model, need, f"decoding a context of {longest} tokens", "use shorter --lengths")
 
 
@@ -415,12 +428,13 @@ def masking_settings(scores: RetrievalScores, ks: Sequence[int], n_random: int =
 
 def masking_curve(model: Model, prompts: Sequence[NeedlePrompt], scores: RetrievalScores, ks: Sequence[int],
                   n_random: int = 1, max_new_tokens: int = 30, seed: int = 0, batch_size: int | None = None,
-                  progress=None, units: Units | None = None) -> MaskingCurve:
+                  progress=None, units: Units | None = None, prefills: dict | None = None) -> MaskingCurve:
     """Mean ROUGE-1 recall over ``prompts`` with the top-k vs k random heads attending uniformly while decoding.
 
     Each setting (no heads masked; per k the top k and each random draw) decodes the prompts of equal length
     as one batch. ``units`` keeps each (setting, prompt) recall (``mask.<setting>.<i>``) for a resumed run;
-    ``progress(phase, done, total)`` is called after each batch.
+    ``progress(phase, done, total)`` is called after each batch. ``prefills`` holds prefill caches by prompt
+    index from `detect_retrieval_heads` (used, never changed, and dropped once a batch is done).
     """
     if not prompts:
         raise InterpError("the masking experiment needs at least one needle prompt")
@@ -446,7 +460,7 @@ def masking_curve(model: Model, prompts: Sequence[NeedlePrompt], scores: Retriev
                 continue
             for j in todo:
                 if j not in pasts:
-                    pasts[j] = prefill(model, prompts[j])
+                    pasts[j] = prefills.pop(j) if prefills and j in prefills else prefill(model, prompts[j])
             outs = _decode(model, [prompts[j] for j in todo], max_new_tokens, heads, False,
                            stack_caches([pasts[j] for j in todo]))
             for j, out in zip(todo, outs):

@@ -193,12 +193,16 @@ def retrieval_run(model: Model, context_lengths: Sequence[int], depths: Sequence
     ``progress(phase, done, total)`` reports the "detect" and "mask" phases.
     """
     from interp.circuits.haystack import niah_prompts
-    from interp.circuits.retrieval import check_ks, detect_retrieval_heads, masking_curve
+    from interp.circuits.retrieval import (PREFILL_KEEP_BYTES, check_ks, detect_retrieval_heads, masking_curve,
+                                           prefill_bytes)
 
     t0 = time.perf_counter()
     check_ks(model, ks, n_random)
     prompts = niah_prompts(model.tokenizer, context_lengths, depths)
-    found = detect_retrieval_heads(model, prompts, max_new_tokens, batch_size=batch_size, progress=progress, units=units)
+    # keep the prefill caches for the masking pass when they fit in PREFILL_KEEP_BYTES (the same caches either way)
+    kept = {} if prefill_bytes(model, prompts) <= PREFILL_KEEP_BYTES and ks else None
+    found = detect_retrieval_heads(model, prompts, max_new_tokens, batch_size=batch_size, progress=progress, units=units,
+                                   prefills=kept)
     t_detect = time.perf_counter() - t0
     scores = dict(found.tensors())
     tensors = {"retrieval/head_score": describe_tensor("retrieval/head_score", found.head_score, ["layer", "head"]),
@@ -209,7 +213,8 @@ def retrieval_run(model: Model, context_lengths: Sequence[int], depths: Sequence
             "top heads: " + ", ".join(f"L{layer}H{head}" for layer, head in found.top(10))]
     lines = []
     if ks and found.n_success:
-        curve = masking_curve(model, prompts, found, list(ks), n_random, max_new_tokens, seed, batch_size, progress, units)
+        curve = masking_curve(model, prompts, found, list(ks), n_random, max_new_tokens, seed, batch_size, progress, units,
+                              kept)
         for name, value in curve.tensors().items():
             scores[name] = check_finite(value.float(), name)
             tensors[name] = describe_tensor(name, value, ["k"], {"k": [str(int(k)) for k in curve.k]})

@@ -277,16 +277,20 @@ def test_batched_detection_and_masking_equal_one_prompt_at_a_time(copy_model, ti
     prompts = [_copy_prompt(tok, at=at, seed=s) for s, at in [(1, 40), (2, 0), (3, 115), (4, 7)]]
     prompts.append(_copy_prompt(tok, n_hay=60, at=10, seed=5))  # another length: its own batch
     assert length_batches(model, prompts, 8) == [[0, 1, 2, 3], [4]]
-    batched = detect_retrieval_heads(model, prompts, max_new_tokens=8)
+    kept = {}
+    batched = detect_retrieval_heads(model, prompts, max_new_tokens=8, prefills=kept)
+    assert sorted(kept) == [0, 1, 2, 3, 4]  # each prompt's prefill cache, for the masking pass to reuse
     for i, p in enumerate(prompts):
         tokens, events = _reference_decode(model, p, 8)
         assert batched.responses[i] == model.tokenizer.decode(tokens, skip_special_tokens=True)
         assert torch.equal(batched.per_test[i], events / (p.needle_span[1] - p.needle_span[0]))
-    curves = [masking_curve(model, prompts[:4], batched, ks=[0, 2], n_random=1, max_new_tokens=6, batch_size=b)
-              for b in (None, 1)]
-    for name in ("k", "recall_top", "recall_random"):
-        assert torch.equal(getattr(curves[0], name), getattr(curves[1], name)), name
-    assert curves[0].recall_clean == curves[1].recall_clean and curves[0].random_heads == curves[1].random_heads
+    curves = [masking_curve(model, prompts[:4], batched, ks=[0, 2], n_random=1, max_new_tokens=6, batch_size=b,
+                            prefills=reuse) for b, reuse in ((None, None), (1, None), (None, kept))]
+    for curve in curves[1:]:
+        for name in ("k", "recall_top", "recall_random"):
+            assert torch.equal(getattr(curves[0], name), getattr(curve, name)), name
+        assert curves[0].recall_clean == curve.recall_clean and curves[0].random_heads == curve.random_heads
+    assert sorted(kept) == [4]  # the reused caches are handed over once used
     # a real (random) model, whose rows stop at a newline at different steps: texts and events match the reference
     real = niah_prompts(tiny_llama.tokenizer, [120], [0, 100], template="plain")
     for p, out in zip(real, decode_batch(tiny_llama, real, 6)):
