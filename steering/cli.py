@@ -67,6 +67,15 @@ def _not_inside(path: Path | None, out: Path | None, force: bool, option: str) -
                       "or choose another --out")
 
 
+def _layers(text: str, option: str) -> list[int]:
+    """A comma list of distinct layer indices (a repeated layer would be steered or built twice)."""
+    layers = numbers(text, option, int)
+    repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
+    if repeated:
+        raise InterpError(f"{option} repeats layer {', '.join(map(str, repeated))}: give each layer once")
+    return layers
+
+
 def _check_vectors(path: Path | None) -> None:
     """Read a vector set before the model loads: a missing, damaged or non-finite file fails in one line, at once."""
     if path is not None:
@@ -196,7 +205,7 @@ def build(
         raise InterpError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
     if n < 1:
         raise InterpError("--n must be at least 1")
-    layer_list = numbers(layers, "--layers", int) or None
+    layer_list = _layers(layers, "--layers") or None
     pos = _position(position)
     if task not in PUZZLE_TASKS + BEHAVIOUR_TASKS:
         read_task_file(task, "build")  # a malformed file fails before the model loads
@@ -245,7 +254,7 @@ def evaluate(
     from interp.steering.runs import BEHAVIOUR_TASKS, PUZZLE_TASKS, eval_run, read_task_file
 
     coeffs = numbers(coefficients, "--coefficients")
-    layer_list = numbers(layers, "--layers", int)
+    layer_list = _layers(layers, "--layers")
     if not coeffs or not layer_list:
         raise InterpError("give at least one coefficient and one layer")
     if n < 1:
@@ -299,7 +308,7 @@ def attack(
         raise InterpError("--n must be 0 (every row) or a positive number of rows")
     if pair_tokens < 1 or max_new_tokens < 1:
         raise InterpError("--pair-tokens and --max-new-tokens must be at least 1")
-    layers = search if search in ("half", "all") else numbers(search, "--search", int)
+    layers = search if search in ("half", "all") else _layers(search, "--search")
     if not layers:
         raise InterpError("--search needs half, all or a comma list of layers")
     out = _start(out, "steer-attack", force, resume)
@@ -380,7 +389,7 @@ def generate(
     for i, text in enumerate(prompt):
         if not text.strip():
             raise InterpError(f"--prompt {i + 1} is empty: give some text to continue, e.g. -p \"The capital of France is\"")
-    layer_list = numbers(layers, "--layers", int)
+    layer_list = _layers(layers, "--layers")
     if layer_list and vectors is None:
         raise InterpError("--layers picks layers of a vector set: give --vectors too (or leave --layers out)")
     finite(coeff, "--coeff")

@@ -132,6 +132,7 @@ def test_bad_task_files_are_one_line(tmp_path, steer):
 def test_generate_and_export_mistakes_are_one_line(tmp_path, steer):
     one_line_error(steer("generate", *TINY, "-p", "", "--out", tmp_path / "g"), "--prompt 1 is empty")
     one_line_error(steer("generate", *TINY, "-p", "Hi", "--layers", "1", "--out", tmp_path / "g"), "--layers", "--vectors")
+    one_line_error(steer("build", *TINY, "--layers", "1,1", "--out", tmp_path / "b"), "--layers repeats layer 1")
     one_line_error(steer("build", *TINY, "--export-gguf", tmp_path, "--out", tmp_path / "b"), "is a folder")
     (tmp_path / "file").write_text("x")
     one_line_error(steer("build", *TINY, "--export-gguf", tmp_path / "file" / "v.gguf", "--out", tmp_path / "b"),
