@@ -27,7 +27,7 @@ import interp
 from interp.circuits.graph import Circuit, faithfulness
 from interp.circuits.haystack import niah_prompts
 from interp.circuits.retrieval import decode, detect_retrieval_heads, masking_curve
-from interp.circuits.units import Units, run_units
+from interp.circuits.units import run_units
 from interp.errors import InterpError
 from interp.results import load_run
 
