@@ -8,6 +8,7 @@ import os
 import shlex
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -120,6 +121,41 @@ DTYPE = typer.Option("float32", help="float32, bfloat16 or float16.")
 SEED = typer.Option(0, help="Seed for generated prompts, sampling and splits.")
 AS_JSON = typer.Option(False, "--json", help="Print the manifest as JSON on stdout.")
 FORCE = typer.Option(False, "--force", help="Overwrite a finished (or interrupted) run in --out.")
+
+
+def check_outside_out(out: Path | str | None, force: bool, **inputs: str | Path | None) -> None:
+    """With ``--force`` (which deletes the old run folder), refuse an input file that lies inside ``--out``.
+
+    ``inputs`` maps an option name (``task``, ``direction_file``) to its path; values that are not paths
+    (``ioi``) or None are skipped. A saved direction or vector set ``x`` counts as ``x.json``/``x.safetensors``.
+    """
+    if not force or out is None or not str(out).strip():
+        return
+    folder = Path(out).resolve()
+    for option, value in inputs.items():
+        if value is None or not str(value).strip():
+            continue
+        path = Path(value)
+        candidates = [path, path.with_suffix(".json"), path.with_suffix(".safetensors")]
+        for candidate in (c for c in candidates if c.exists()):
+            where = candidate.resolve()
+            if where == folder or folder in where.parents:
+                raise InterpError(f"--{option.replace('_', '-')} {value} is inside --out {out}, which --force would "
+                                  "delete first: copy it elsewhere or choose another --out")
+
+
+@contextmanager
+def removed_if_failed_empty(folder: Path, created: bool):
+    """Remove ``folder`` again when the command fails (or is interrupted) leaving it empty, if it created it."""
+    try:
+        yield
+    except BaseException:
+        if created:
+            try:
+                folder.rmdir()  # only an empty folder: one with a checkpoint or anything else stays
+            except OSError:
+                pass
+        raise
 
 
 def command_line() -> str:

@@ -13,7 +13,8 @@ from typing import Callable
 import typer
 from rich.console import Console
 
-from interp.cli_support import FORCE, load_model, progress_bar, split as _split
+from interp.cli_support import (FORCE, check_outside_out, load_model, progress_bar, removed_if_failed_empty,
+                                split as _split)
 from interp.errors import InterpError
 from interp.outdir import PROGRESS, prepare_out
 
@@ -57,7 +58,7 @@ def patch(
     engine: str = typer.Option("batched", help="batched (fast) or hooks (one forward per patch through the backend)."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, mps."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
-    out: Path = typer.Option(None, help="Run folder (default runs/patch-<time>)."),
+    out: str = typer.Option(None, help="Run folder (default runs/patch-<time>)."),
     resume: bool = typer.Option(False, help="Complete the interrupted run in --out."),
     force: bool = FORCE,
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
@@ -68,7 +69,7 @@ def patch(
     """Activation patching (and its estimators AtP, RelP, IG): which components carry the clean behaviour?"""
 
     from interp.tasks import check_task
-    from interp.patching.run import check_options, check_size
+    from interp.patching.run import check_options
 
     comps, methods = check_options(_split(components), _split(method), direction, metric, engine, rules, ig_steps)
     if n_prompts is not None and n_prompts < 1:
@@ -86,9 +87,18 @@ def patch(
     if resume and force:
         raise InterpError("--resume and --force contradict each other: --resume completes the run in --out, "
                           "--force starts it over")
+    check_outside_out(out, force, task=task)
+    created = out is None or not Path(out).exists()
     out = prepare_out(out, "patch", force=force, resume=resume)
+    with removed_if_failed_empty(out, created):
+        _patch(out, model, backend, device, dtype, task, n_prompts, seed, corruption, comps, methods, layers, direction,
+               metric, engine, resume, as_json, rules, ig_steps)
 
-    from interp.patching.run import activation_patching
+
+def _patch(out: Path, model: str, backend: str, device: str, dtype: str, task: str, n_prompts: int | None, seed: int,
+           corruption: str | None, comps: list[str], methods: list[str], layers: list[int], direction: str,
+           metric: str, engine: str, resume: bool, as_json: bool, rules: str, ig_steps: int) -> None:
+    from interp.patching.run import activation_patching, check_size
 
     console = Console(stderr=True)
     # SIGTERM behaves like Ctrl-C: finished patches are checkpointed before exiting
@@ -122,7 +132,7 @@ def patch(
                 console.print(f"interrupted: finished work is saved in {out}; complete it with "
                               f"`interp patch ... --out {out} --resume`", highlight=False)
             else:
-                console.print(f"interrupted before any patch finished: nothing was kept (run again; {out} is empty)",
+                console.print("interrupted before any patch finished: nothing was kept (run the command again)",
                               highlight=False)
             raise typer.Exit(130)
     result.manifest["timings"]["load_s"] = round(load_s, 3)

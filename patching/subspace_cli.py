@@ -13,7 +13,8 @@ import typer
 from rich.console import Console
 
 from interp.errors import InterpError
-from interp.cli_support import FORCE, finite, progress_bar, split as _split
+from interp.cli_support import (FORCE, check_outside_out, finite, progress_bar, removed_if_failed_empty,
+                                split as _split)
 from interp.outdir import PROGRESS, prepare_out
 from interp.patching.cli import N_PROMPTS_HELP, load_model_and_prompts
 
@@ -45,7 +46,7 @@ def subspace(
     test_fraction: float = typer.Option(0.5, help="Fraction of prompts held out for the check (0: check on the training prompts)."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, mps."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
-    out: Path = typer.Option(None, help="Run folder (default runs/subspace-<time>)."),
+    out: str = typer.Option(None, help="Run folder (default runs/subspace-<time>)."),
     resume: bool = typer.Option(False, help="Complete the interrupted DAS run in --out (its finished epochs are kept)."),
     force: bool = FORCE,
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
@@ -53,7 +54,7 @@ def subspace(
 ) -> None:
     """Subspace patching: which direction carries the feature, and is it an illusion?"""
     from interp.tasks import TASKS, check_task
-    from interp.patching.subspace import Direction, check_pairs_size
+    from interp.patching.subspace import Direction
     from interp.patching.subspace_run import TRAIN_ONLY_NOTE, check_subspace_options
 
     finite(lr, "--lr")
@@ -79,23 +80,33 @@ def subspace(
     if resume and force:
         raise InterpError("--resume and --force contradict each other: --resume completes the run in --out, "
                           "--force starts it over")
+    check_outside_out(out, force, task=task, direction_file=direction_file)
+    created = out is None or not Path(out).exists()
     out = prepare_out(out, "subspace", force=force, resume=resume)
     if n_prompts is None and task in TASKS:
         n_prompts = N_GENERATED
     if test_fraction == 0:
         Console(stderr=True).print(f"note: {TRAIN_ONLY_NOTE}", highlight=False)
+    run = dict(site=site, method=method, k=k, positions=pos, heads=head_list, direction_file=direction_file,
+               test_fraction=test_fraction, seed=seed, das_options=das_options, out=out,
+               command="interp " + shlex.join(sys.argv[1:]), resume=resume)
+    with removed_if_failed_empty(out, created):
+        _subspace(out, run, model, backend, device, dtype, task, n_prompts, corruption, epochs, as_json)
 
+
+def _subspace(out: Path, run: dict, model: str, backend: str, device: str, dtype: str, task: str,
+              n_prompts: int | None, corruption: str | None, epochs: int, as_json: bool) -> None:
+    from interp.patching.subspace import check_pairs_size
     from interp.patching.subspace_run import subspace_run
 
+    method, site, seed = run["method"], run["site"], run["seed"]
     console = Console(stderr=True)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     t0 = time.perf_counter()
     try:
         m, prompts = load_model_and_prompts(console, model, backend, device, dtype, task, n_prompts, seed,
                                             corruption or "order", check_size=check_pairs_size)
-        run = dict(model=m, prompts=prompts, site=site, method=method, k=k, positions=pos, heads=head_list,
-                   direction_file=direction_file, test_fraction=test_fraction, seed=seed, das_options=das_options,
-                   out=out, command="interp " + shlex.join(sys.argv[1:]), resume=resume)
+        run |= {"model": m, "prompts": prompts}
         if method == "das":
             with progress_bar(console) as bar:
                 tasks: list = []  # the bar's task, added at the first finished epoch (an input error shows no bar)

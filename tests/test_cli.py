@@ -175,6 +175,7 @@ def _bad_input_cases(tmp: Path, tokenizer) -> dict[str, tuple[list[str], list[st
     (tmp / "finished").mkdir()
     (tmp / "finished" / "manifest.json").write_text(json.dumps({"command": "interp patch --n-prompts 2"}))
     two_rows = write_jsonl(tmp / "two_rows.jsonl", [ok, ok])
+    inside = write_jsonl(tmp / "finished" / "prompts.jsonl", [ok, ok])
     from interp.patching.subspace import Direction
 
     Direction("mlp_act.1", torch.full((1, 128), float("nan")), "das").save(tmp / "nan_direction")
@@ -205,7 +206,7 @@ def _bad_input_cases(tmp: Path, tokenizer) -> dict[str, tuple[list[str], list[st
         "mlp_layers_without_mlp_act": ([*patch, "--components", "resid_pre", "--mlp-layers", "1"],
                                        ["--mlp-layers", "mlp_act", "not in --components"]),
         "empty_model_name": (["patch", "--model", "", "--n-prompts", "2"], ["model name is empty"]),
-        "meta_device": ([*patch, "--device", "meta"], ["cannot use device 'meta'"]),
+        "meta_device": ([*patch, "--device", "meta", "--out", tmp / "meta_out"], ["cannot use device 'meta'"]),
         "huge_n_prompts": (["patch", "--model", "tiny-llama", "--n-prompts", "1000000000"],
                            ["patching 1000000000 prompts", "of memory", "--n-prompts"]),
         "finished_run_without_force": ([*patch, "--out", tmp / "finished"], ["holds a finished run", "--force"]),
@@ -217,6 +218,9 @@ def _bad_input_cases(tmp: Path, tokenizer) -> dict[str, tuple[list[str], list[st
         "subspace_direction_missing_keys": ([*subspace, "--method", "given", "--direction-file", tmp / "no_site"],
                                             ["lacks 'site'"]),
         "doctor_empty_model_name": (["doctor", ""], ["model name is empty"]),
+        "empty_out": ([*patch, "--out", ""], ["--out is empty"]),
+        "task_inside_out_with_force": ([*patch, "--task", inside, "--out", tmp / "finished", "--force"],
+                                       ["prompts.jsonl is inside --out", "--force would delete"]),
     }
 
 
@@ -225,7 +229,8 @@ BAD_INPUTS = ["invalid_json_line", "missing_field", "token_lengths_differ", "ans
               "resume_without_out", "prompt_file_missing", "bad_mlp_layers", "unknown_method", "unknown_rule",
               "bad_ig_steps", "corruption_with_jsonl_task", "mlp_layers_without_mlp_act", "empty_model_name",
               "meta_device", "huge_n_prompts", "finished_run_without_force", "subspace_position_beyond_prompt",
-              "subspace_lr_inf", "subspace_nan_direction", "subspace_direction_missing_keys", "doctor_empty_model_name"]
+              "subspace_lr_inf", "subspace_nan_direction", "subspace_direction_missing_keys", "doctor_empty_model_name",
+              "empty_out", "task_inside_out_with_force"]
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +241,15 @@ def bad_input_results(tmp_path_factory, tiny_llama):
     assert sorted(cases) == sorted(BAD_INPUTS)
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
         futures = {name: pool.submit(interp_cli, *args, cwd=tmp) for name, (args, _) in cases.items()}
-        return {name: (cases[name][1], future.result()) for name, future in futures.items()}
+        return {name: (cases[name][1], future.result()) for name, future in futures.items()} | {"tmp": tmp}
+
+
+def test_a_run_that_fails_leaves_no_empty_folder_behind(bad_input_results):
+    tmp = bad_input_results["tmp"]
+    assert bad_input_results["meta_device"][1].returncode == 2
+    assert not (tmp / "meta_out").exists()  # --out created, then removed when loading failed
+    assert not list((tmp / "runs").glob("*")) if (tmp / "runs").exists() else True  # default runs/patch-<time>
+    assert (tmp / "empty_out").is_dir()  # a folder the user made stays
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
