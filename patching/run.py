@@ -67,8 +67,9 @@ def check_size(model: Model, n: int, n_pos: int, components: list[str], methods:
         raise InterpError(f"the prompts are {n_pos} tokens but {model.name} supports at most {model.n_ctx}: "
                           "use shorter prompts")
     need = memory_needed(model, n, n_pos, components, methods, mlp_layers, ig_steps)
-    check_memory(need, f"patching {n} prompts of {n_pos} tokens", str(model.device),
-                 "use fewer --n-prompts or fewer --components")
+    check_memory(need, f"patching {n} prompts of {n_pos} tokens" + (f" with {ig_steps} IG steps" if "ig" in methods else ""),
+                 str(model.device), "use fewer --n-prompts" + (", fewer --ig-steps" if "ig" in methods else "")
+                 + " or fewer --components")
 
 
 def check_options(components: list[str], methods: list[str], direction: str, metric: str,
