@@ -20,6 +20,12 @@ _NO_MARKUP = {"<": "‹", ">": "›"}
 _FIGURE_CONFIG = {"responsive": True, "displaylogo": False}
 
 
+def inert(text) -> str:
+    """``text`` as plotly shows it literally: "<" and ">" drawn as "‹" and "›", so a label, title or name that comes
+    from a run folder or a prompt ("<b>", "<a href=...>") is never read as plotly's HTML-like markup."""
+    return "".join(_NO_MARKUP.get(ch, ch) for ch in str(text))
+
+
 def token_label(token: str) -> str:
     """One token as readable text: whitespace drawn visibly, angle brackets made inert."""
     if token == "":
@@ -68,8 +74,9 @@ def heatmap(
     z = _to_numpy(values)
     if z.ndim != 2:
         raise ValueError(f"heatmap needs a 2-D tensor, got shape {list(z.shape)}")
-    x_labels = [str(label) for label in x_labels]
-    y_labels = [str(label) for label in y_labels]
+    x_labels = [inert(label) for label in x_labels]
+    y_labels = [inert(label) for label in y_labels]
+    title, x_title, y_title, colorbar_title = inert(title), inert(x_title), inert(y_title), inert(colorbar_title)
     if len(x_labels) != z.shape[1] or len(y_labels) != z.shape[0]:
         raise ValueError(
             f"heatmap of shape {list(z.shape)} needs {z.shape[0]} y labels and {z.shape[1]} x labels, "
@@ -107,7 +114,8 @@ def bar(
     y = _to_numpy(values)
     if y.ndim != 1 or len(labels) != y.shape[0]:
         raise ValueError(f"bar needs a 1-D tensor and one label per element, got {list(y.shape)} and {len(labels)} labels")
-    labels = [str(label) for label in labels]
+    labels = [inert(label) for label in labels]
+    title, x_title, y_title = inert(title), inert(x_title), inert(y_title)
     fig = go.Figure(
         go.Bar(x=labels, y=y, hovertemplate=f"{x_title}: %{{x}}<br>{y_title or 'value'}: %{{y:.4g}}<extra></extra>")
     )
@@ -135,6 +143,7 @@ def scatter(
         raise ValueError(f"scatter needs as many x as y values, got {xs.shape[0]} and {ys.shape[0]}")
     if labels is not None and len(labels) != xs.shape[0]:
         raise ValueError(f"scatter got {xs.shape[0]} points but {len(labels)} labels")
+    x_title, y_title, title = inert(x_title), inert(y_title), inert(title)
     hover = f"{x_title}: %{{x:.4g}}<br>{y_title}: %{{y:.4g}}"
     if labels is not None:
         hover = "%{text}<br>" + hover
@@ -143,7 +152,7 @@ def scatter(
             x=xs,
             y=ys,
             mode="markers",
-            text=[str(label) for label in labels] if labels is not None else None,
+            text=[inert(label) for label in labels] if labels is not None else None,
             hovertemplate=hover + "<extra></extra>",
             name="points",
         )
@@ -167,8 +176,8 @@ def histogram(series: dict[str, Sequence[float] | torch.Tensor], title: str, x_t
     """Overlaid histograms, one per named series (e.g. projections of base vs source activations)."""
     fig = go.Figure()
     for name, values in series.items():
-        fig.add_trace(go.Histogram(x=_to_numpy(values).reshape(-1), name=str(name), opacity=0.6, nbinsx=40))
-    fig.update_layout(barmode="overlay", title=dict(text=title), xaxis=dict(title=x_title), yaxis=dict(title="count"),
+        fig.add_trace(go.Histogram(x=_to_numpy(values).reshape(-1), name=inert(name), opacity=0.6, nbinsx=40))
+    fig.update_layout(barmode="overlay", title=dict(text=inert(title)), xaxis=dict(title=inert(x_title)), yaxis=dict(title="count"),
                       template="plotly_white")
     return fig
 
@@ -179,8 +188,9 @@ def lines(x: Sequence[float] | torch.Tensor, series: dict[str, Sequence[float] |
     fig = go.Figure()
     xs = _to_numpy(x).reshape(-1)
     for name, values in series.items():
-        fig.add_trace(go.Scatter(x=xs, y=_to_numpy(values).reshape(-1), mode="lines+markers", name=str(name)))
-    fig.update_layout(title=dict(text=title), xaxis=dict(title=x_title), yaxis=dict(title=y_title), template="plotly_white")
+        fig.add_trace(go.Scatter(x=xs, y=_to_numpy(values).reshape(-1), mode="lines+markers", name=inert(name)))
+    fig.update_layout(title=dict(text=inert(title)), xaxis=dict(title=inert(x_title)), yaxis=dict(title=inert(y_title)),
+                      template="plotly_white")
     return fig
 
 

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import stat
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -209,28 +210,125 @@ def describe_tensor(
     return {"axes": axes, "sizes": sizes, "labels": checked}
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_size(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_label(value) -> bool:
+    return isinstance(value, str) or _is_number(value)
+
+
 def _consistency_problem(manifest: dict, scores: dict[str, torch.Tensor]) -> str | None:
-    """What is wrong between a manifest's "tensors" entry and the scores, or None if they agree."""
+    """What is wrong between a manifest's "tensors" entry and the scores, or None if they agree.
+
+    Never raises, whatever the manifest holds: every entry needs a list of distinct axis names, one
+    non-negative integer size per axis equal to the tensor's shape, and labels (if any) that map axes to
+    one label (a string or number) per index.
+    """
     described = manifest.get("tensors")
     if not isinstance(described, dict):
         return "manifest.json has no 'tensors' object describing the scores"
     for name, info in described.items():
-        if not (isinstance(info, dict) and isinstance(info.get("axes"), list) and isinstance(info.get("sizes"), list)):
+        if not (isinstance(info, dict) and isinstance(info.get("axes"), (list, tuple))
+                and isinstance(info.get("sizes"), (list, tuple))):
             return f"manifest.json entry for tensor {name!r} lacks 'axes' and 'sizes' lists"
-        if len(info["axes"]) != len(info["sizes"]):
-            n_axes, n_sizes = len(info["axes"]), len(info["sizes"])
-            return f"manifest.json entry for tensor {name!r} has {n_axes} axes but {n_sizes} sizes"
+        axes, sizes = list(info["axes"]), list(info["sizes"])
+        if not all(isinstance(axis, str) for axis in axes):
+            return f"manifest.json entry for tensor {name!r} has axis names that are not strings: {_short(axes)}"
+        if len(set(axes)) != len(axes):
+            return f"manifest.json entry for tensor {name!r} repeats an axis name: {_short(axes)}"
+        if not all(_is_size(size) for size in sizes):
+            return f"manifest.json entry for tensor {name!r} has sizes that are not non-negative integers: {_short(sizes)}"
+        if len(axes) != len(sizes):
+            return f"manifest.json entry for tensor {name!r} has {len(axes)} axes but {len(sizes)} sizes"
         if name not in scores:
             return f"manifest.json describes tensor {name!r} but scores.safetensors has no such tensor"
         shape = list(scores[name].shape)
-        if shape != info["sizes"]:
-            return f"tensor {name!r} has shape {shape} in scores.safetensors but manifest.json says {info['sizes']}"
-        for axis, axis_labels in (info.get("labels") or {}).items():
-            if axis not in info["axes"] or len(axis_labels) != shape[info["axes"].index(axis)]:
+        if shape != sizes:
+            return f"tensor {name!r} has shape {shape} in scores.safetensors but manifest.json says {_short(sizes)}"
+        labels = info.get("labels")
+        if labels is None:
+            continue
+        if not isinstance(labels, dict):
+            return f"manifest.json 'labels' of tensor {name!r} is not an object mapping axis names to label lists"
+        for axis, axis_labels in labels.items():
+            if axis not in axes:
+                return f"manifest.json has labels for axis {axis!r} of tensor {name!r}, which is not one of its axes {axes}"
+            if not isinstance(axis_labels, (list, tuple)) or not all(_is_label(label) for label in axis_labels):
+                return f"manifest.json labels for axis {axis!r} of tensor {name!r} are not a list of strings"
+            if len(axis_labels) != shape[axes.index(axis)]:
                 return f"manifest.json labels for axis {axis!r} of tensor {name!r} do not match its size"
     for name in scores:
         if name not in described:
             return f"scores.safetensors holds tensor {name!r} that manifest.json does not describe"
+    return None
+
+
+def _short(value, limit: int = 80) -> str:
+    return _one_line(repr(value), limit)
+
+
+# What a read manifest may hold where the format gives a field a meaning: top-level types, the extras of a
+# tensor entry, and the objects in the lists the report draws (key -> the types allowed, None: any).
+_STR = (str,)
+_FIELD_TYPES = {
+    "command": _STR, "model": _STR, "status": _STR, "created": _STR, "backend": _STR, "dtype": _STR,
+    "metric": (str, dict), "methods": (list,), "components": (list,), "parameters": (dict,),
+    "prompt_set": (dict,), "baselines": (dict,), "timings": (dict,), "versions": (dict,),
+    "notes": (list,), "histograms": (list,), "lines": (list,), "comparisons": (list,),
+}
+_LIST_ITEMS = {  # list field -> {key: allowed types} of each of its objects; "*list" a list of strings
+    "notes": {"title": _STR, "text": _STR},
+    "histograms": {"title": _STR, "x_title": _STR, "tensors": "*list"},
+    "lines": {"title": _STR, "text": _STR, "x": _STR, "ys": "*list", "x_title": _STR, "y_title": _STR},
+    "comparisons": {"x": _STR, "y": _STR, "stats": (dict,)},
+}
+
+
+def _type_name(value) -> str:
+    return "null" if value is None else {dict: "object", list: "list", str: "string", bool: "boolean"}.get(
+        type(value), "number" if _is_number(value) else type(value).__name__)
+
+
+def _manifest_problem(manifest: dict, scores: dict[str, torch.Tensor]) -> str | None:
+    """What is wrong with the fields of a read manifest that the report and the app rely on, or None."""
+    for key, types in _FIELD_TYPES.items():
+        if key in manifest and not isinstance(manifest[key], types):
+            return f"manifest.json field {key!r} is a {_type_name(manifest[key])}, not a {' or '.join(_type_name(t()) for t in types)}"
+    for key in ("methods", "components"):
+        if not all(isinstance(item, str) for item in manifest.get(key, [])):
+            return f"manifest.json field {key!r} holds items that are not strings"
+    if isinstance(manifest.get("metric"), dict) and not isinstance(manifest["metric"].get("name", ""), str):
+        return "manifest.json field 'metric' has a 'name' that is not a string"
+    for key, fields in _LIST_ITEMS.items():
+        for i, item in enumerate(manifest.get(key, [])):
+            if not isinstance(item, dict):
+                return f"manifest.json {key}[{i}] is a {_type_name(item)}, not an object"
+            for field, types in fields.items():
+                if field not in item:
+                    continue
+                value = item[field]
+                ok = (isinstance(value, list) and all(isinstance(v, str) for v in value)) if types == "*list" \
+                    else isinstance(value, types)
+                if not ok:
+                    wanted = "a list of strings" if types == "*list" else f"a {_type_name(types[0]())}"
+                    return f"manifest.json {key}[{i}].{field} is a {_type_name(value)}, not {wanted}"
+    for i, comparison in enumerate(manifest.get("comparisons", [])):
+        x, y = comparison.get("x"), comparison.get("y")
+        if x in scores and y in scores and scores[x].shape != scores[y].shape:
+            return f"manifest.json comparisons[{i}] compares {x!r} and {y!r}, which differ in shape"
+    for name, info in manifest["tensors"].items():
+        zmid = info.get("zmid")
+        if "zmid" in info and not (_is_number(zmid) and math.isfinite(zmid)):
+            return f"manifest.json 'zmid' of tensor {name!r} is not a finite number"
+        if "plot" in info and not isinstance(info["plot"], bool):
+            return f"manifest.json 'plot' of tensor {name!r} is not true or false"
+        if "note" in info and not isinstance(info["note"], str):
+            return f"manifest.json 'note' of tensor {name!r} is not a string"
     return None
 
 
@@ -393,16 +491,57 @@ def _summary_text(manifest: dict) -> str:
 # --- reading -------------------------------------------------------------------------------------
 
 
+MAX_MANIFEST_BYTES = 64 * 2**20  # far above any manifest interp writes
+
+
+def read_regular_file(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file (a link to one is fine) of at most ``limit`` bytes.
+
+    Raises `RunFolderError` otherwise: a FIFO, device or folder is never opened for reading (a FIFO
+    would block the reader forever), and a file over the limit is not read into memory.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: opening a FIFO does not wait for a writer
+    except OSError as e:
+        raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise RunFolderError(f"{path} is not a regular file: {_DAMAGED}")
+        if info.st_size > limit:
+            raise RunFolderError(f"{path} is {info.st_size / 2**20:.0f} MiB, more than the {limit / 2**20:.0f} MiB "
+                                 f"such a file can be: {_DAMAGED}")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise RunFolderError(f"{path} grew past {limit / 2**20:.0f} MiB while being read: {_DAMAGED}")
+        return b"".join(chunks)
+    except OSError as e:
+        raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
 def _read_manifest(folder: Path) -> dict:
     path = folder / MANIFEST
     if not path.is_file():
         raise RunFolderError(
             f"run folder {folder} has no {MANIFEST}: the run did not finish, or this is not a run folder"
         )
+    data = read_regular_file(path, MAX_MANIFEST_BYTES)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        manifest = json.loads(data.decode("utf-8"))
+        json.dumps(manifest, ensure_ascii=False).encode("utf-8")  # lone surrogates ("\ud800") are not text
+    except (json.JSONDecodeError, UnicodeError) as e:
         raise RunFolderError(f"{path} is not valid JSON ({_one_line(str(e))}): {_DAMAGED}") from e
+    except RecursionError:
+        raise RunFolderError(f"{path} nests its JSON too deeply to read: {_DAMAGED}") from None
     if not isinstance(manifest, dict):
         raise RunFolderError(f"{path} holds a JSON {type(manifest).__name__}, not an object: {_DAMAGED}")
     version = manifest.get("schema_version")
@@ -430,7 +569,7 @@ def load_run(folder: str | os.PathLike) -> RunResult:
     if not scores_path.is_file():
         raise RunFolderError(f"run folder {folder} has no {SCORES}: the run did not finish writing; rerun the command")
     scores = read_tensors(scores_path)
-    problem = _consistency_problem(manifest, scores)
+    problem = _consistency_problem(manifest, scores) or _manifest_problem(manifest, scores)
     if problem is not None:
         raise RunFolderError(f"run folder {folder} is inconsistent: {problem}; rerun the command")
     return RunResult(manifest=manifest, scores=scores, path=folder)
