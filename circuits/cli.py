@@ -128,17 +128,19 @@ def _progress(bar):
     return update
 
 
-def _prompts(model, task: str, n: int, seed: int):
-    from interp.tasks import check_task, load_prompt_set
+def _prompts(model, task: str, n: int | None, seed: int, default: int = 8):
+    """``n`` prompts of ``task`` (default: ``default`` for a generated task, every row of a JSONL file)."""
+    from interp.tasks import TASKS, check_task, load_prompt_set
 
     check_task(task)
-    return load_prompt_set(task, model.tokenizer, n=n, seed=seed)
+    return load_prompt_set(task, model.tokenizer, n=n or (default if task in TASKS else None), seed=seed)
 
 
 @heads.command("detect")
 def heads_detect(
     task: str = typer.Option("ioi", help="Task for direct logit attribution (ioi, colored_objects or a JSONL file); 'none' skips it."),
-    n_prompts: int = typer.Option(8, help="Prompts for direct logit attribution."),
+    n_prompts: int = typer.Option(None, help="Prompts for direct logit attribution (generated tasks: 8; a JSONL file: "
+                                  "every row, capped by this)."),
     n_random: int = typer.Option(4, help="Repeated random-token sequences for the detectors."),
     period: int = typer.Option(20, help="Length of each random sequence (it is repeated once)."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
@@ -148,7 +150,7 @@ def heads_detect(
     """Induction, previous-token and duplicate-token scores per head, and direct logit attribution on a task."""
     from interp.circuits.runs import heads_run
 
-    if n_random < 1 or period < 2 or n_prompts < 1:
+    if n_random < 1 or period < 2 or (n_prompts is not None and n_prompts < 1):
         raise InterpError("--n-random and --n-prompts must be at least 1, --period at least 2")
     if task != "none":
         from interp.tasks import check_task
@@ -355,7 +357,8 @@ def circuit_overlap(
 def circuit_faithfulness(
     circuit_path: Path = typer.Argument(..., help="circuit.json (or its folder)."),
     task: str = typer.Option("ioi", help="ioi, colored_objects or a JSONL file."),
-    n_prompts: int = typer.Option(16, help="Prompts to measure on."),
+    n_prompts: int = typer.Option(None, help="Prompts to measure on (generated tasks: 16; a JSONL file: every row, "
+                                  "capped by this)."),
     metric: str = typer.Option("logit_diff", help="logit_diff, norm_logit_diff, answer_prob or kl."),
     reference: str = typer.Option("clean", help="Mean-ablation means from the clean, corrupt or both prompt sets."),
     keep_mlps: bool = typer.Option(False, help="Keep every MLP (a head circuit with MLPs intact, as in the IOI paper)."),
@@ -371,7 +374,7 @@ def circuit_faithfulness(
 
     if reference not in ("clean", "corrupt", "both"):
         raise InterpError(f"unknown --reference '{reference}': use clean, corrupt or both")
-    if n_prompts < 1:
+    if n_prompts is not None and n_prompts < 1:
         raise InterpError("--n-prompts must be at least 1")
     get_metric(metric)
     check_task(task)
@@ -381,7 +384,7 @@ def circuit_faithfulness(
     t0 = time.perf_counter()
     with _guard(console, out):
         m = load_model(console, model, backend, device, dtype)
-        prompts = _prompts(m, task, n_prompts, seed)
+        prompts = _prompts(m, task, n_prompts, seed, default=16)
         with console.status("ablating outside the circuit"):
             result = circuit_faithfulness_run(m, str(circuit_path), prompts, metric, reference, keep_mlps, seed,
                                               command=command_line())

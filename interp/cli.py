@@ -104,8 +104,13 @@ def main() -> None:
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
         if type(exc).__name__ == "Abort":
             sys.exit(130)
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()  # a ClickException, from click or from the copy of click that typer >= 0.24 vendors
+        if callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            # a ClickException (from click or the copy typer >= 0.24 vendors): one line, not click's usage block
+            command = getattr(getattr(exc, "ctx", None), "command_path", None) or "interp"
+            hint = f" (see `{command} --help`)" if getattr(exc, "ctx", None) is not None else ""
+            message = " ".join(exc.format_message().split())
+            if message:  # empty after no-args help, which click has already printed
+                err.print(f"[bold red]error:[/] {message}{hint}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         raise
     if isinstance(code, int) and code:

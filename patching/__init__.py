@@ -1,6 +1,6 @@
 """Patching methods on the interp hook layer.
 
->>> from patching import activation_patching
+>>> from interp.patching import activation_patching
 >>> run = activation_patching(model, prompts, ["resid_pre", "head_out"], methods=["activation", "relp"])  # doctest: +SKIP
 
 - `interp.patching.activation`: the activation-patching sweep engines;

@@ -107,3 +107,17 @@ def test_build_with_path_patching_edges(patch_run, tmp_path, tiny_llama, interp_
         if edge.receiver == "logits":
             layer, head = map(int, edge.sender.split(".")[1:])
             assert edge.score == pytest.approx(float(direct[layer, head]), abs=1e-5)
+
+
+def test_task_file_default_is_every_row(patch_run, tmp_path, interp_cli):
+    row = {"clean": "When Mary and John went to the park, John gave a ball to",
+           "corrupt": "When Mary and John went to the park, Mary gave a ball to", "answer": " Mary", "wrong": " John"}
+    task = tmp_path / "ten.jsonl"
+    task.write_text("".join(json.dumps(row) + "\n" for _ in range(10)))  # more than detect's 8, fewer than faithfulness's 16
+    _ok(interp_cli("heads", "detect", *TINY, "--task", task, "--out", tmp_path / "h"))
+    assert load_run(tmp_path / "h").manifest["prompt_set"]["n_prompts"] == 10
+    _ok(interp_cli("circuit", "build", "--run", patch_run, "--top-k", "3", "--out", tmp_path / "c"))
+    _ok(interp_cli("circuit", "faithfulness", tmp_path / "c", *TINY, "--task", task, "--out", tmp_path / "f"))
+    assert load_run(tmp_path / "f").scores["circuit/faithfulness/per_prompt"].shape == (10, 3)
+    _ok(interp_cli("heads", "detect", *TINY, "--task", task, "--n-prompts", "4", "--out", tmp_path / "h4"))
+    assert load_run(tmp_path / "h4").manifest["prompt_set"]["n_prompts"] == 4
