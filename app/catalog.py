@@ -13,10 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from interp.errors import RunFolderError
-from interp.results import MANIFEST, RunResult, load_run
+from interp.outdir import PROGRESS  # written by every resumable command while it runs
+from interp.results import MANIFEST, RunResult, load_run, read_regular_file
 
-PROGRESS = "progress.json"  # written by `interp patch --out` while it runs (patching.run)
 CIRCUIT_FILE = "circuit.json"
+MAX_PROGRESS_BYTES = 4 * 2**20
+# `interp patch` sweeps each component over a grid; components of one family share its size.
+_PATCH_GRID_FAMILY = {"resid_pre": "layer-pos", "resid_mid": "layer-pos", "resid_post": "layer-pos", "attn_out": "layer-pos",
+                      "mlp_out": "layer-pos", "head_out": "head_out", "head_out_pos": "head_out_pos", "mlp_act": "mlp_act"}
 
 # Which view shows a run, decided from its tensors (prefix -> kind), so runs made from the Python API
 # with any command string are shown too. The first matching prefix wins.
@@ -73,15 +77,93 @@ def _created(manifest: dict, folder: Path) -> str:
     return stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _running_entry(folder: Path) -> RunEntry | None:
-    """An unfinished `interp patch` run (progress.json, no manifest yet), or None."""
+def read_progress(folder: Path) -> dict | None:
+    """A run folder's progress.json (an interrupted or running command's checkpoint), or None if there is none or
+    it cannot be read: only a regular file of at most 4 MiB is read (a FIFO there must not block the app)."""
     try:
-        progress = json.loads((folder / PROGRESS).read_text(encoding="utf-8"))
-        done, total = sum(progress["done"].values()), sum(progress["total"].values())
-        model = str(progress.get("run", {}).get("model", ""))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        progress = json.loads(read_regular_file(Path(folder) / PROGRESS, MAX_PROGRESS_BYTES).decode("utf-8"))
+    except (RunFolderError, ValueError, RecursionError):
         return None
-    return RunEntry(folder, folder.name, "interp patch", model, "", f"unfinished: {done}/{total} patches", "running")
+    return progress if isinstance(progress, dict) else None
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far an unfinished run got: ``done`` of ``total`` units; ``exact`` False when part of the total is not
+    known yet (components not started), then ``fraction`` weighs each component equally."""
+
+    command: str
+    model: str
+    done: int
+    total: int
+    unit: str
+    exact: bool
+    fraction: float
+    parts: str = ""  # "1 of 3 components started" when the total is not fully known
+
+    @property
+    def status(self) -> str:
+        if self.exact:
+            return f"unfinished: {self.done}/{self.total} {self.unit}"
+        return f"unfinished: {self.done}/{self.total}+ {self.unit} ({self.parts})"
+
+
+def _patch_totals(run: dict, done: dict, total: dict) -> tuple[dict[str, int | None], list[str]]:
+    """Every component's number of patches as far as known: from progress.json, else from a started component of
+    the same grid (resid_pre and attn_out share [layer, pos]); None where unknown. The components come from the
+    run's identity (``components``, when it patches activations), else those progress.json lists."""
+    components = [c for c in run.get("components", []) if isinstance(c, str)] if isinstance(run.get("components"), list) else []
+    methods = run.get("methods")
+    if isinstance(methods, list) and "activation" not in methods:
+        components = []
+    elif not components:
+        components = list(total)
+    components += [c for c in total if c not in components]
+    family_size = {_PATCH_GRID_FAMILY.get(c, c): total[c] for c in total}
+    return {c: total[c] if c in total else family_size.get(_PATCH_GRID_FAMILY.get(c, c)) for c in components}, components
+
+
+def progress_of(progress: dict) -> Progress | None:
+    """What an unfinished run's progress.json says, or None if it does not hold a count of units done and to do.
+
+    `interp patch` writes ``done`` and ``total`` per component for the components it has started; the others it
+    will sweep are named in its run identity, so the total counts them too. Other commands write whole counts.
+    """
+    run = progress.get("run") if isinstance(progress.get("run"), dict) else {}
+    command = run.get("command")
+    command = f"interp {command}" if isinstance(command, str) and command else "interp patch"
+    model = str(run.get("model", ""))
+    done, total = progress.get("done"), progress.get("total")
+    if isinstance(done, dict) and isinstance(total, dict):
+        if not all(_count(v) is not None for v in (*done.values(), *total.values())):
+            return None
+        totals, components = _patch_totals(run, done, total)
+        known = [t for t in totals.values() if t is not None]
+        n_done = sum(done.values())
+        exact = len(known) == len(totals)
+        fraction = sum(min(1.0, done.get(c, 0) / t) if t else 0.0 for c, t in totals.items()) / max(1, len(totals))
+        if exact and sum(known):
+            fraction = min(1.0, n_done / sum(known))
+        unit = progress.get("unit") if isinstance(progress.get("unit"), str) else "patches"
+        parts = f"{sum(c in done for c in components)} of {len(components)} components started"
+        return Progress(command, model, n_done, sum(known), unit, exact, fraction, parts)
+    if _count(done) is None or _count(total) is None:
+        return None
+    unit = progress.get("unit") if isinstance(progress.get("unit"), str) else "units"
+    return Progress(command, model, done, total, unit, True, min(1.0, done / total) if total else 0.0)
+
+
+def _running_entry(folder: Path) -> RunEntry | None:
+    """An unfinished run (progress.json, no manifest yet), or None."""
+    progress = read_progress(folder)
+    state = progress_of(progress) if progress is not None else None
+    if state is None:
+        return None
+    return RunEntry(folder, folder.name, state.command, state.model, "", state.status, "running")
 
 
 def read_entry(folder: Path) -> RunEntry:
@@ -120,12 +202,22 @@ def scan_runs(root: str | Path) -> list[RunEntry]:
         if (child / MANIFEST).exists() or (child / PROGRESS).exists():
             entries.append(read_entry(child))
             continue
-        nested = sorted(p for p in child.iterdir() if p.is_dir() and ((p / MANIFEST).exists() or (p / PROGRESS).exists()))
+        try:
+            inside = list(child.iterdir())
+        except OSError as exc:
+            entries.append(RunEntry(child, child.name, kind="broken", error=f"cannot read folder {child}: {exc.strerror or exc}"))
+            continue
+        nested = sorted(p for p in inside if p.is_dir() and ((p / MANIFEST).exists() or (p / PROGRESS).exists()))
         if nested:
             entries.extend(read_entry(p) for p in nested)
-        elif any(child.iterdir()):  # a non-empty folder that is not a run: say so rather than hide it
+        elif inside:  # a non-empty folder that is not a run: say so rather than hide it
             entries.append(RunEntry(child, child.name, kind="broken",
                                     error=f"run folder {child} has no {MANIFEST}: the run did not finish, or this is not a run folder"))
     for entry in entries:
-        object.__setattr__(entry, "name", str(entry.path.relative_to(root)) if entry.path != root else root.name)
+        name = str(entry.path.relative_to(root)) if entry.path != root else root.name
+        # a folder name that is not UTF-8 holds lone surrogates in Python, which no page can send: "?" shows instead
+        object.__setattr__(entry, "name", name)
+        for field in ("name", "command", "model", "status", "error"):
+            if getattr(entry, field) is not None:
+                object.__setattr__(entry, field, getattr(entry, field).encode("utf-8", "replace").decode("utf-8"))
     return sorted(entries, key=lambda e: (e.created or "9999", e.name), reverse=True)

@@ -28,12 +28,16 @@ def default_runs_dir() -> str:
 def _signature(folder: Path) -> tuple:
     """What changes when a folder's run changes: its files' sizes and modification times."""
     stamps = []
-    for name in sorted(os.listdir(folder)) if folder.is_dir() else []:
+    try:
+        names = sorted(os.listdir(folder)) if folder.is_dir() else []
+    except OSError:
+        names = []
+    for name in names:
         try:
             stat = (folder / name).stat()
         except OSError:
             continue
-        stamps.append((name, stat.st_size, stat.st_mtime_ns))
+        stamps.append((os.fsencode(name), stat.st_size, stat.st_mtime_ns))
     return tuple(stamps)
 
 
@@ -43,30 +47,36 @@ def _tree_signature(root: Path) -> tuple:
         return ()
     parts = [_signature(root)]
     for child in sorted(p for p in root.iterdir() if p.is_dir()):
-        parts.append((child.name, _signature(child)))
-        parts.extend((child.name, p.name, _signature(p)) for p in sorted(child.iterdir()) if p.is_dir())
+        parts.append((os.fsencode(child.name), _signature(child)))
+        try:
+            nested = sorted(p for p in child.iterdir() if p.is_dir())
+        except OSError:  # unreadable: `scan_runs` says so
+            continue
+        parts.extend((os.fsencode(child.name), os.fsencode(p.name), _signature(p)) for p in nested)
     return tuple(parts)
 
 
+# Paths and names go to the caches as bytes: a folder name that is not UTF-8 is a str Streamlit cannot hash.
 @st.cache_data(show_spinner=False, max_entries=64)
-def _entries(root: str, signature: tuple) -> list[RunEntry]:
-    return scan_runs(root)
+def _entries(root: bytes, signature: tuple) -> list[RunEntry]:
+    return scan_runs(os.fsdecode(root))
 
 
 def list_runs(root: str | Path) -> list[RunEntry]:
     """`scan_runs`, read again only when something under ``root`` changed."""
-    return _entries(str(root), _tree_signature(Path(root)))
+    return _entries(os.fsencode(root), _tree_signature(Path(root)))
 
 
 @st.cache_data(show_spinner="Reading the run folder…", max_entries=32)
-def _run(path: str, signature: tuple) -> RunResult:
-    return load_run(path)
+def _run(path: bytes, signature: tuple) -> RunResult:
+    return load_run(os.fsdecode(path))
 
 
 def read_run(path: str | Path) -> RunResult:
     """`load_run`, read again only when the folder's files changed; raises `RunFolderError`."""
     path = Path(path)
-    return _run(str(path), tuple(s for s in _signature(path) if s[0] in (MANIFEST, SCORES)))
+    wanted = (os.fsencode(MANIFEST), os.fsencode(SCORES))
+    return _run(os.fsencode(path), tuple(s for s in _signature(path) if s[0] in wanted))
 
 
 @st.cache_resource(show_spinner="Loading the model (once per app session)…", max_entries=2)

@@ -11,7 +11,7 @@ import streamlit as st
 from interp.app.catalog import RunEntry
 from interp.app.loading import attention_patterns, read_run
 from interp.app.loading import model as cached_model
-from interp.app.widgets import show_figure
+from interp.app.widgets import md, show_figure
 from interp import plots
 from interp.errors import InterpError
 
@@ -26,15 +26,32 @@ def _defaults(entries: list[RunEntry]) -> tuple[str, str]:
     chosen = st.session_state.get("run")
     for entry in entries:
         if str(entry.path) == chosen and entry.ok:
-            manifest = read_run(entry.path).manifest
-            return manifest.get("model") or "smollm2-135m", manifest.get("prompt_set", {}).get("example_clean") or PRESETS["IOI"]
+            try:
+                manifest = read_run(entry.path).manifest
+            except InterpError:  # changed since the runs were listed
+                break
+            model, example = manifest.get("model"), manifest.get("prompt_set", {}).get("example_clean")
+            return (model if isinstance(model, str) and model.strip() else "smollm2-135m",
+                    example if isinstance(example, str) and example.strip() else PRESETS["IOI"])
     return "smollm2-135m", PRESETS["IOI"]
+
+
+def _model_name(default: str) -> str:
+    """The model box: any name or local path; a choice among the registry's names when the app is served beyond
+    this machine without --allow-remote-control (no loading arbitrary paths for whoever reaches it)."""
+    if st.session_state.get("control", True):
+        return st.text_input("Model", value=default, key="attention-model", help="A name from `interp models`, or a local path")
+    from interp.models import list_models
+
+    names = [info.name for info in list_models()]
+    return st.selectbox("Model", names, index=names.index(default) if default in names else 0, key="attention-model",
+                        help="A name from `interp models` (local paths are off: the app is served beyond this machine)")
 
 
 def render(entries: list[RunEntry]) -> None:
     st.header("Attention patterns")
     model_default, prompt_default = _defaults(entries)
-    name = st.text_input("Model", value=model_default, key="attention-model", help="A name from `interp models`, or a local path")
+    name = _model_name(model_default)
     preset = st.radio("Prompt", ["From the chosen run", *PRESETS, "Your own"], horizontal=True, key="attention-preset")
     text = prompt_default if preset == "From the chosen run" else PRESETS.get(preset, prompt_default)
     prompt = st.text_area("Text", value=text, key=f"attention-text-{preset}", disabled=preset != "Your own")
@@ -46,7 +63,7 @@ def render(entries: list[RunEntry]) -> None:
     try:
         model = cached_model(name)
     except InterpError as exc:
-        st.error(str(exc))
+        st.error(md(exc, None))
         return
     if not prompt.strip():
         st.warning("Type a prompt first.")
@@ -57,7 +74,7 @@ def render(entries: list[RunEntry]) -> None:
     try:
         patterns, tokens = attention_patterns(name, prompt, layer)
     except InterpError as exc:
-        st.error(str(exc))
+        st.error(md(exc, None))
         return
     labels = plots.position_labels(tokens)
     figure = plots.heatmap(patterns[head], labels, labels, f"{name}: layer {layer}, head {head}", "key (attended to)",

@@ -3,21 +3,33 @@ overlap of two circuits, and faithfulness runs."""
 
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 
 from interp.app.catalog import RunEntry
-from interp.app.widgets import entry_label, open_run, pick_run, show_figure, show_notes
+from interp.app.widgets import entry_label, md, number, open_run, pick_run, scalar, show_figure, show_notes
 from interp.circuits.figures import circuit_figure, edges_of
 from interp.circuits.graph import Circuit, overlap, parse_node
-from interp.errors import RunFolderError
+from interp.errors import InterpError
+from interp.plots import inert
 
 
 def _load(entry: RunEntry) -> Circuit | None:
+    """The folder's circuit.json, or None (with the one-line reason shown) when it is missing or malformed."""
     try:
-        return Circuit.load(entry.path)
-    except RunFolderError as exc:
-        st.error(str(exc))
+        circuit = Circuit.load(entry.path)
+        for name in circuit.nodes:
+            parse_node(name)
+    except InterpError as exc:
+        st.error(md(exc, None))
         return None
+    bad = [name for name, score in circuit.nodes.items() if not math.isfinite(score)]
+    bad += [f"{e.sender} -> {e.receiver}" for e in circuit.edges if not math.isfinite(e.score)]
+    if bad:
+        st.error(f"{md(entry.path)}/circuit.json holds a score that is not a finite number (at {md(bad[0])}): rebuild the circuit")
+        return None
+    return circuit
 
 
 def node_table(circuit: Circuit) -> list[dict]:
@@ -42,13 +54,14 @@ def _graph(entries: list[RunEntry]) -> None:
     names = list(circuit.nodes)
     chosen = st.selectbox("Node", ["(none)"] + names, key="circuit-node")
     highlight = None if chosen == "(none)" else chosen
-    show_figure(circuit_figure(circuit, title=entry.name, highlight=highlight), key=f"graph-{entry.path}", name=f"{entry.name}_graph")
+    show_figure(circuit_figure(circuit, title=inert(entry.name), highlight=highlight), key=f"graph-{entry.path}", name=f"{entry.name}_graph")
     if highlight is not None:
         node = parse_node(highlight)
         incoming, outgoing = edges_of(circuit, highlight)
-        st.markdown(f"**{highlight}**: {node.kind}, layer {node.layer}"
+        metric = run.manifest.get("metric") if isinstance(run.manifest.get("metric"), str) else None
+        st.markdown(f"**{md(highlight)}**: {node.kind}, layer {node.layer}"
                     + ("" if node.unit is None else f", unit {node.unit}") + ("" if node.pos is None else f", position {node.pos}")
-                    + f"; score {circuit.nodes[highlight]:+.4f} (change in {run.manifest.get('metric') or 'the metric'} when patched)")
+                    + f"; score {circuit.nodes[highlight]:+.4f} (change in {md(metric or 'the metric')} when patched)")
         cols = st.columns(2)
         cols[0].markdown("Edges in")
         cols[0].dataframe([{"from": e.sender, "score": round(e.score, 5)} for e in incoming], hide_index=True)
@@ -57,7 +70,8 @@ def _graph(entries: list[RunEntry]) -> None:
     if not circuit.edges:
         st.caption("No edges: build with `interp circuit build --edges` to add path-patching edges.")
     st.dataframe(node_table(circuit), hide_index=True, width="stretch")
-    st.caption(f"built from {circuit.provenance.get('run', '—')} with {circuit.provenance.get('method', '—')}")
+    provenance = circuit.provenance if isinstance(circuit.provenance, dict) else {}
+    st.caption(f"built from {md(scalar(provenance.get('run')))} with {md(scalar(provenance.get('method')))}")
 
 
 def _overlap(entries: list[RunEntry]) -> None:
@@ -82,7 +96,7 @@ def _overlap(entries: list[RunEntry]) -> None:
             cols = st.columns(2)
             for col, entry, circuit, tag in ((cols[0], circuits[a], ca, "a"), (cols[1], circuits[b], cb, "b")):
                 with col:
-                    show_figure(circuit_figure(circuit, title=entry.name), key=f"overlap-{tag}-{entry.path}", name=f"{entry.name}_graph")
+                    show_figure(circuit_figure(circuit, title=inert(entry.name)), key=f"overlap-{tag}-{entry.path}", name=f"{entry.name}_graph")
     if stored:
         st.subheader("Saved overlap runs")
         picked = pick_run(entries, ("overlap",), key="overlap-run")
@@ -95,12 +109,14 @@ def _faithfulness(entries: list[RunEntry]) -> None:
     if picked is None:
         return
     _, run = picked
-    f = run.manifest.get("faithfulness", {})
+    f = run.manifest.get("faithfulness")
+    f = f if isinstance(f, dict) else {}
     cols = st.columns(3)
-    cols[0].metric("fraction of the full metric", f"{f.get('fraction', float('nan')):.3f}")
-    cols[1].metric("normalized (empty = 0, full = 1)", f"{f.get('normalized', float('nan')):.3f}")
-    cols[2].metric("components mean-ablated", f.get("n_ablated", "—"))
-    show_figure(run.plot("circuit/faithfulness"), key="faithfulness", name="faithfulness")
+    cols[0].metric("fraction of the full metric", number(f.get("fraction"), ".3f", "nan"))
+    cols[1].metric("normalized (empty = 0, full = 1)", number(f.get("normalized"), ".3f", "nan"))
+    cols[2].metric("components mean-ablated", str(scalar(f.get("n_ablated"))))
+    if "circuit/faithfulness" in run.scores and run.scores["circuit/faithfulness"].ndim >= 1:
+        show_figure(run.plot("circuit/faithfulness"), key="faithfulness", name="faithfulness")
 
 
 def render(entries: list[RunEntry]) -> None:

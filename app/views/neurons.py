@@ -18,17 +18,22 @@ def render(entries: list[RunEntry]) -> None:
     if picked is None:
         return
     _, run = picked
-    names = [n for n in MATRICES if n in run.scores]
-    name = st.radio("Matrix", names, horizontal=True, key="neurons-matrix", format_func=lambda n: MATRICES[n])
-    show_figure(run.plot(name), key=f"neurons-{name}", name=name.replace("/", "_"))
-    if "neurons/acc_change" in run.scores:
-        change = run.scores["neurons/acc_change"].float()
+    names = [n for n in MATRICES if n in run.scores and run.scores[n].ndim >= 1]
+    if names:
+        name = st.radio("Matrix", names, horizontal=True, key="neurons-matrix", format_func=lambda n: MATRICES[n])
+        show_figure(run.plot(name), key=f"neurons-{name}", name=name.replace("/", "_"))
+    else:
+        st.info("This run holds none of the matrices this page draws; the Report page shows what it holds.")
+    change = run.scores.get("neurons/acc_change")
+    if change is not None and change.ndim == 2:
+        change = change.float()
         own = float(change.diagonal().mean())
-        others = float((change.sum() - change.diagonal().sum()) / max(1, change.numel() - change.shape[0]))
+        others = float((change.sum() - change.diagonal().sum()) / max(1, change.numel() - min(change.shape)))
         cols = st.columns(3)
         cols[0].metric("own relation", f"{own:+.3f}")
         cols[1].metric("other relations", f"{others:+.3f}")
-        if "neurons/random_change" in run.scores:
-            cols[2].metric("random-k, own relation", f"{float(run.scores['neurons/random_change'].float().diagonal().mean()):+.3f}")
+        random = run.scores.get("neurons/random_change")
+        if random is not None and random.ndim == 2:
+            cols[2].metric("random-k, own relation", f"{float(random.float().diagonal().mean()):+.3f}")
     show_lines(run, key="neurons")
     show_notes(run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from interp.app.catalog import KIND_TITLES, RunEntry
+from interp.app.widgets import md
 
 # The page that shows each kind of run (see `interp.app.main.PAGES`).
 PAGE_OF_KIND = {
@@ -29,12 +30,13 @@ def render(entries: list[RunEntry]) -> None:
     st.dataframe(rows, hide_index=True, width="stretch")
     for entry in entries:
         if entry.error is not None:
-            st.error(f"**{entry.name}**: {entry.error}")
+            st.error(f"**{md(entry.name)}**: {md(entry.error, None)}")
     readable = [e for e in entries if e.ok]
     if readable:
         st.subheader("Open a run")
         for i, entry in enumerate(readable):
             page = PAGE_OF_KIND.get(entry.kind, "Report")
             left, right = st.columns([5, 1])
-            left.markdown(f"**{entry.name}** · {KIND_TITLES.get(entry.kind, entry.kind)} · {entry.model or '—'} · {entry.created}")
+            left.markdown(f"**{md(entry.name)}** · {KIND_TITLES.get(entry.kind, entry.kind)} · {md(entry.model or '—')} · "
+                          f"{md(entry.created)}")
             right.button(f"Open in {page}", key=f"open-{i}", on_click=_open, args=(str(entry.path), page))

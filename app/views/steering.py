@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from interp.app.catalog import RunEntry
-from interp.app.widgets import open_run, show_figure, show_lines, show_notes
+from interp.app.widgets import md, number, open_run, show_figure, show_lines, show_notes
 
 _BARS = {"attack/rate": "truthful or refusal rate: before, after, random vector", "detector/tpr": "detector true-positive rate",
          "detector/fpr": "detector false-positive rate", "vectors/norm": "vector norm by layer"}
@@ -20,15 +20,15 @@ def render(entries: list[RunEntry]) -> None:
     _, run = picked
     sweep = run.manifest.get("sweep") or {}
     if isinstance(sweep, dict) and sweep:
-        st.caption(", ".join(f"{k}: {v}" for k, v in sweep.items() if not isinstance(v, (list, dict))))
+        st.caption(md(", ".join(f"{k}: {v}" for k, v in sweep.items() if not isinstance(v, (list, dict)))))
     attack = run.manifest.get("attack")
     if isinstance(attack, dict):
         cols = st.columns(3)
         for col, key in zip(cols, ("before", "after", "random")):
             if key in attack:
-                col.metric(key, f"{attack[key]:.3f}")
+                col.metric(key, number(attack[key]))
     show_lines(run, key="steering")
-    bars = [n for n in _BARS if n in run.scores]
+    bars = [n for n in _BARS if n in run.scores and run.scores[n].ndim >= 1]
     cols = st.columns(max(1, min(3, len(bars))))
     for i, name in enumerate(bars):
         with cols[i % len(cols)]:

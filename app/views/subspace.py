@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from interp.app.catalog import RunEntry
-from interp.app.widgets import open_run, show_sections
+from interp.app.widgets import md, number, open_run, scalar, show_sections, table
 
 PARTS = ("direction", "readable", "unreadable", "full")
 PART_TITLES = {"direction": "the direction v", "readable": "its readable part (in the row space of W_out)",
@@ -18,7 +18,7 @@ def illusion_rows(illusion: dict) -> list[dict]:
     rows = []
     for part in PARTS:
         if isinstance(illusion.get(part), dict):
-            rows.append({"patched": PART_TITLES[part], **illusion[part]})
+            rows.append({"patched": PART_TITLES[part], **{str(k): scalar(v) for k, v in illusion[part].items() if k != "patched"}})
     return rows
 
 
@@ -33,14 +33,14 @@ def render(entries: list[RunEntry]) -> None:
         st.info("This run has no illusion check (it patched a given direction without one).")
     else:
         cols = st.columns(3)
-        cols[0].metric("site", str(illusion.get("site", run.manifest.get("site", "—"))))
-        cols[1].metric("base logit diff", f"{illusion.get('base_logit_diff', float('nan')):.4f}")
-        cols[2].metric("illusion", "yes" if illusion.get("illusion") else "no", help=str(illusion.get("signature", "")))
-        (st.warning if illusion.get("illusion") else st.success)(str(illusion.get("verdict", "")))
-        st.dataframe(illusion_rows(illusion), hide_index=True, width="stretch")
+        cols[0].metric("site", str(scalar(illusion.get("site", run.manifest.get("site", "—")))))
+        cols[1].metric("base logit diff", number(illusion.get("base_logit_diff"), ".4f", "nan"))
+        cols[2].metric("illusion", "yes" if illusion.get("illusion") is True else "no", help=md(illusion.get("signature", "")) or None)
+        (st.warning if illusion.get("illusion") is True else st.success)(md(illusion.get("verdict", ""), 2000))
+        st.dataframe(table(illusion_rows(illusion)), hide_index=True, width="stretch")
         norms = illusion.get("norms")
         if isinstance(norms, dict):
-            st.caption("norms of the parts: " + ", ".join(f"{k} {v}" for k, v in norms.items()))
-    titles = tuple(str(h.get("title", "")) for h in run.manifest.get("histograms", []))
+            st.caption("norms of the parts: " + md(", ".join(f"{k} {v}" for k, v in norms.items())))
+    titles = tuple(str(h.get("title", "")) for h in run.manifest.get("histograms", []) if isinstance(h, dict))
     if titles:
         show_sections(run, key="subspace", only=titles)

@@ -58,3 +58,10 @@ def app_runs(tmp_path_factory) -> Path:
     (running / "progress.json").write_text(json.dumps({"run": {"model": "tiny-llama"}, "done": {"head_out": 3},
                                                        "total": {"head_out": 8}}))
     return runs
+
+
+@pytest.fixture(autouse=True)
+def _app_control_on(monkeypatch):
+    """Every page usable, as `interp app` on localhost has it (AppTest runs without a server address, which the
+    app treats as served beyond this machine); the tests of remote serving set it off themselves."""
+    monkeypatch.setenv("INTERP_APP_CONTROL", "on")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from streamlit.testing.v1 import AppTest
 
 from interp.app.catalog import scan_runs
 from interp.circuits.graph import Circuit
-from interp.plots import position_labels
+from interp.plots import inert, position_labels
 from interp.results import load_run
 
 MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
@@ -39,6 +40,11 @@ def _array(value) -> np.ndarray:
             shape = [int(s) for s in shape.split(",")]
         return flat.reshape(shape) if shape else flat
     return np.asarray(value, dtype=float)
+
+
+def unescape(markdown: str) -> str:
+    """Text the app escaped for markdown (`interp.app.widgets.md`), as it reads on screen."""
+    return re.sub(r"\\(.)", r"\1", markdown)
 
 
 def charts(at: AppTest) -> list[dict]:
@@ -72,7 +78,7 @@ def test_runs_page_lists_every_folder_and_shows_bad_ones_in_place(app_runs, monk
     assert sorted(table["run"]) == sorted(e.name for e in entries)
     row = table[table["run"] == "patch"].iloc[0]
     assert row["model"] == "tiny-llama" and row["command"].startswith("interp patch") and row["status"] == "complete"
-    errors = " ".join(e.value for e in at.error)
+    errors = unescape(" ".join(e.value for e in at.error))
     for phrase in BROKEN.values():
         assert phrase in errors
     assert table[table["run"] == "running"].iloc[0]["status"] == "unfinished: 3/8 patches"
@@ -103,7 +109,7 @@ def test_every_run_opens_on_its_page_and_in_the_report(app_runs, monkeypatch, fo
 def test_patching_heatmaps_show_the_tensors_with_the_real_tokens(app_runs, monkeypatch):
     run = load_run(app_runs / "patch")
     at = open_page(app_runs, "Patching", monkeypatch, "patch")
-    assert at.radio(key="patching-component").options == ["resid_pre", "head_out", "mlp_out"]
+    assert [unescape(o) for o in at.radio(key="patching-component").options] == ["resid_pre", "head_out", "mlp_out"]
     for component in ("resid_pre", "head_out"):
         at.radio(key="patching-component").set_value(component).run()
         for method in ("activation", "atp", "relp", "ig"):
@@ -161,7 +167,7 @@ def test_void_maps_per_prompt(app_runs, monkeypatch):
     shown = charts(at)
     assert np.allclose(_array(shown[2]["data"][0]["z"]), run.scores["voids/prompt_map.1"].numpy())
     assert np.allclose(_array(shown[3]["data"][0]["z"]), run.scores["voids/response_map.1"].numpy())
-    assert shown[2]["data"][0]["y"] == run.axis_labels("voids/prompt_map.1", "token")
+    assert shown[2]["data"][0]["y"] == [inert(label) for label in run.axis_labels("voids/prompt_map.1", "token")]  # "<|im_start|>" as text
 
 
 def test_steering_sweep_lines(app_runs, monkeypatch):
@@ -182,7 +188,7 @@ def test_subspace_illusion_table(app_runs, monkeypatch):
     table = at.dataframe[0].value
     illusion = run.manifest["illusion"]
     assert len(table) == 4 and table["fldd"].tolist() == [illusion[p]["fldd"] for p in ("direction", "readable", "unreadable", "full")]
-    assert illusion["verdict"] in " ".join(m.value for m in [*at.success, *at.warning])
+    assert illusion["verdict"] in unescape(" ".join(m.value for m in [*at.success, *at.warning]))
 
 
 def test_circuit_graph_node_details_and_overlap(app_runs, monkeypatch):
