@@ -67,9 +67,14 @@ def _slug(text: str) -> str:
 
 
 def plain(value) -> str:
-    """``str(value)`` that Streamlit can send: a folder name that is not UTF-8 (Python holds its bytes as lone
-    surrogates) gets "?" in their place instead of breaking the page."""
-    return str(value).encode("utf-8", "replace").decode("utf-8")
+    """``str(value)`` that Streamlit can send and a person can read: a folder name that is not UTF-8 (Python holds
+    its bytes as lone surrogates) gets "?" in their place instead of breaking the page; control characters (a NUL
+    byte, a terminal escape) show as ``\x00``."""
+    text = str(value).encode("utf-8", "replace").decode("utf-8")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)  # a NUL byte shows as \x00
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=\"'^])")

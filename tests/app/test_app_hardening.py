@@ -168,6 +168,23 @@ def _nan_scores(folder: Path) -> None:
     path.write_bytes(safetensors.torch.save(bad))
 
 
+def _empty_scores(folder: Path, manifest: dict) -> dict:
+    """Cut every tensor of a folder to length 0 along its first axis; the manifest that describes the result."""
+    path = folder / "scores.safetensors"
+    scores = safetensors.torch.load(path.read_bytes())
+    manifest = json.loads(json.dumps(manifest))
+    for name, t in scores.items():
+        if t.ndim:
+            scores[name] = t[:0].contiguous()
+            info = manifest["tensors"][name]
+            info["sizes"][0] = 0
+            if info.get("labels", {}).get(info["axes"][0]) is not None:
+                info["labels"][info["axes"][0]] = []
+    path.unlink()
+    path.write_bytes(safetensors.torch.save(scores))
+    return manifest
+
+
 @pytest.fixture(scope="module")
 def fuzz_runs(app_runs, tmp_path_factory) -> Path:
     """A runs directory of malformed folders that `load_run` accepts: each field the pages read broken in turn,
@@ -189,8 +206,17 @@ def fuzz_runs(app_runs, tmp_path_factory) -> Path:
         (nan / "scores.safetensors").unlink()
         (nan / "scores.safetensors").write_bytes((app_runs / source / "scores.safetensors").read_bytes())
         _nan_scores(nan)
+        empty = write_folder(runs / f"{source}-empty", app_runs / source, manifest)
+        (empty / "scores.safetensors").unlink()
+        (empty / "scores.safetensors").write_bytes((app_runs / source / "scores.safetensors").read_bytes())
+        (empty / "manifest.json").write_text(json.dumps(_empty_scores(empty, manifest)))
     (runs.parent / "broken_fields.json").write_text(json.dumps(broken_fields))
     return runs
+
+
+def test_report_of_runs_with_non_finite_or_empty_scores(fuzz_runs):
+    for folder in sorted(fuzz_runs.glob("*-nan")) + sorted(fuzz_runs.glob("*-empty")):
+        assert load_run(folder).report().startswith("<!DOCTYPE html>"), folder.name
 
 
 def _problems(at: AppTest) -> list[str]:
@@ -230,7 +256,7 @@ def test_the_report_page_shows_folders_with_broken_report_fields(fuzz_runs, monk
     broken_fields = json.loads((fuzz_runs.parent / "broken_fields.json").read_text())
     shown = ("command", "model", "status", "created", "metric", "notes", "lines", "histograms", "comparisons")
     wanted = {name for name, what in broken_fields.items() if what.removeprefix("del ").startswith(shown)}
-    wanted |= {p.name for p in fuzz_runs.iterdir() if p.name.endswith("-nan") or p.name.startswith("overlap")}
+    wanted |= {p.name for p in fuzz_runs.iterdir() if p.name.endswith(("-nan", "-empty")) or p.name.startswith("overlap")}
     monkeypatch.setenv("INTERP_RUNS_DIR", str(fuzz_runs))
     at = AppTest.from_file(MAIN, default_timeout=120).run()
     at.sidebar.radio(key="page").set_value("Report").run()
@@ -313,6 +339,18 @@ def test_new_run_names_with_nul_or_too_long_are_one_line(tmp_path, monkeypatch, 
     assert not at.exception
     assert len(at.error) == 1 and phrase in at.error[0].value and "\n" not in at.error[0].value
     assert "launched" not in at.session_state and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("root, phrase", [("runs\x00dir", "does not exist"), ("r" * 300, "cannot read the runs directory"),
+                                          ("/etc/passwd", "is a file")])
+def test_a_runs_directory_with_nul_too_long_or_a_file_is_one_line(tmp_path, monkeypatch, root, phrase):
+    monkeypatch.setenv("INTERP_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(MAIN, default_timeout=60).run()
+    at.sidebar.text_input(key="runs-dir").set_value(root).run()
+    for page in ("Runs", "Report", "Patching"):
+        at.sidebar.radio(key="page").set_value(page).run()
+        assert not at.exception and len(at.error) == 1, page
+        assert phrase in at.error[0].value.replace("\\", "") and "\x00" not in at.error[0].value
 
 
 # --- served beyond this machine -------------------------------------------------------------------------------------
