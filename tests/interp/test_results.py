@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from interp import results, stats
-from interp.errors import RunFolderError
+from interp.errors import InterpError, RunFolderError
 from interp.results import (
     SCHEMA_VERSION,
     RunResult,
@@ -53,7 +53,7 @@ def make_run() -> RunResult:
         "metric": "logit_diff",
         "methods": ["activation"],
         "components": ["resid_pre", "head_out"],
-        "parameters": {"positions": "all", "nan": float("nan")},
+        "parameters": {"positions": "all", "undefined": None},
         "baselines": {"clean": 3.5, "corrupt": -1.25},
         "timings": {"total_s": 0.5},
         "versions": package_versions(),
@@ -65,7 +65,7 @@ def make_run() -> RunResult:
 
 
 def assert_same_json(a, b):
-    """Equal as JSON text, so NaN compares equal to NaN."""
+    """Equal as JSON text."""
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
@@ -368,3 +368,11 @@ def test_bootstrap_map_matches_elementwise(monkeypatch, max_chunk):
             assert lo[i, j].item() == pytest.approx(lo_ij, abs=1e-12)
             assert hi[i, j].item() == pytest.approx(hi_ij, abs=1e-12)
     assert bool((lo <= per_prompt.mean(0)).all() and (per_prompt.mean(0) <= hi).all())
+
+
+def test_a_nan_in_the_manifest_is_refused_before_any_file_is_written(tmp_path):
+    run = make_run()
+    run.manifest["parameters"]["lr"] = float("nan")
+    with pytest.raises(InterpError, match=r"non-finite number .* at parameters\.lr"):
+        run.save(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
