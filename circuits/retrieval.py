@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 
 from interp.circuits.haystack import NeedlePrompt
-from interp.circuits.limits import check_context, check_memory, kv_bytes_per_token
+from interp.limits import check_context, check_memory, kv_bytes_per_token
 from interp.circuits.units import Units
 from interp.errors import InterpError
 from interp.interventions import Intervention
@@ -404,7 +404,7 @@ def check_request(model: Model, context_lengths: Sequence[int], ks: Sequence[int
     kept = len(NEEDLES) * len(depths) * sum(int(c) for c in context_lengths) * kv_bytes_per_token(model)
     need = (2 * rows * longest * kv_bytes_per_token(model) + 3 * model.n_heads * chunk * longest * 4
             + (kept if kept <= PREFILL_KEEP_BYTES else 0))
-    check_memory(model, need, f"decoding a context of {longest} tokens", "use shorter --lengths")
+    check_memory(need, f"decoding a context of {longest} tokens", model.device, "use shorter --lengths")
 
 
 def masking_settings(scores: RetrievalScores, ks: Sequence[int], n_random: int = 1, seed: int = 0

@@ -18,7 +18,7 @@ import torch
 
 from interp.circuits.graph import Circuit, check_nodes, faithfulness, node_scores, overlap, parse_node, threshold
 from interp.circuits.heads import DETECTORS, detect_heads, direct_logit_attribution
-from interp.circuits.limits import check_context, check_memory
+from interp.limits import check_context, check_memory
 from interp.circuits.units import Units, run_units
 from interp.metrics import check_finite
 from interp.model import Model
@@ -31,8 +31,8 @@ def heads_run(model: Model, prompts: PromptSet | None = None, n_random: int = 4,
     """Head-detector scores, and DLA on ``prompts`` when given."""
     t0 = time.perf_counter()
     check_context(model, 2 * period, f"--period {period} (each random sequence is repeated once)", "lower --period")
-    check_memory(model, n_random * (model.n_layers * model.n_heads * 2 * period + model.d_vocab) * 2 * period * 4,
-                 f"the attention patterns and logits of {n_random} sequences of {2 * period} tokens",
+    check_memory(n_random * (model.n_layers * model.n_heads * 2 * period + model.d_vocab) * 2 * period * 4,
+                 f"the attention patterns and logits of {n_random} sequences of {2 * period} tokens", model.device,
                  "lower --period or --n-random")
     found = detect_heads(model, backend=backend, n_prompts=n_random, period=period, seed=seed)
     scores = {name: check_finite(value, name) for name, value in found.tensors().items()}

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 
 from interp.chat import chat_prompt
-from interp.circuits.limits import check_context, check_memory, kv_bytes_per_token
+from interp.limits import check_context, check_memory, kv_bytes_per_token
 from interp.errors import InterpError
 from interp.interventions import Intervention
 from interp.metrics import check_finite
@@ -250,8 +250,8 @@ def check_generation(model: Model, prompts: Sequence[str], max_new_tokens: int, 
             raise InterpError(f"prompt {i + 1} ({p!r}) has no tokens: give it some text")
         check_context(model, n + max_new_tokens, f"prompt {i + 1} ({n} tokens) plus --max-new-tokens {max_new_tokens}",
                       "lower --max-new-tokens or shorten the prompt")
-        check_memory(model, (n + max_new_tokens) * kv_bytes_per_token(model),
-                     f"generating {max_new_tokens} tokens after prompt {i + 1}", "lower --max-new-tokens")
+        check_memory((n + max_new_tokens) * kv_bytes_per_token(model),
+                     f"generating {max_new_tokens} tokens after prompt {i + 1}", model.device, "lower --max-new-tokens")
         texts.append(text)
     return texts
 

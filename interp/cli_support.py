@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -48,48 +47,6 @@ def finite(value: float, option: str) -> float:
     if not math.isfinite(value):
         raise InterpError(f"{option} must be a finite number, got {value}")
     return value
-
-
-def available_memory(device: str = "cpu") -> int | None:
-    """Bytes free for new tensors on ``device`` (the host's available RAM for cpu), or None when unknown."""
-    import torch
-
-    try:
-        kind = torch.device(device).type
-        if kind == "cuda":
-            return int(torch.cuda.mem_get_info(torch.device(device))[0])
-        if kind == "mps":
-            return int(torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory())
-    except Exception:
-        return None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def size_text(n_bytes: float) -> str:
-    """``1.5 GB``-style size."""
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n_bytes) < 1000 or unit == "PB":
-            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
-        n_bytes /= 1000
-    return f"{n_bytes:.1f} PB"
-
-
-def check_memory(need: float, what: str, device: str = "cpu", hint: str = "ask for less") -> None:
-    """A one-line error, before anything is allocated, when ``what`` needs more than ``device`` has free."""
-    free = available_memory(device)
-    if free is not None and need > free:
-        raise InterpError(f"{what} needs about {size_text(need)} of memory but {device} has {size_text(free)} "
-                          f"free: {hint}")
 
 
 def load_model(console: Console, model: str, backend: str, device: str = "cpu", dtype: str = "float32"):

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from interp.cli_support import check_memory
+from interp.limits import check_context, check_memory
 from interp.errors import InterpError
 from interp.metrics import MetricContext, check_finite, get_metric
 from interp.model import Model
@@ -63,9 +63,7 @@ def memory_needed(model: Model, n: int, n_pos: int, components: list[str], metho
 def check_size(model: Model, n: int, n_pos: int, components: list[str], methods: list[str],
                mlp_layers: list[int] | None = None, ig_steps: int = 10) -> None:
     """Refuse, before anything is allocated, prompts longer than the model's context or a run larger than memory."""
-    if model.n_ctx and n_pos > model.n_ctx:
-        raise InterpError(f"the prompts are {n_pos} tokens but {model.name} supports at most {model.n_ctx}: "
-                          "use shorter prompts")
+    check_context(model, n_pos, "each prompt", "use shorter prompts")
     need = memory_needed(model, n, n_pos, components, methods, mlp_layers, ig_steps)
     check_memory(need, f"patching {n} prompts of {n_pos} tokens" + (f" with {ig_steps} IG steps" if "ig" in methods else ""),
                  str(model.device), "use fewer --n-prompts" + (", fewer --ig-steps" if "ig" in methods else "")

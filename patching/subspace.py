@@ -34,7 +34,7 @@ from typing import Sequence
 
 import torch
 
-from interp.cli_support import check_memory
+from interp.limits import check_context, check_memory
 from interp.errors import InterpError
 from interp.interventions import Replace, SubspaceReplace
 from interp.model import Model
@@ -67,9 +67,7 @@ class PatchPairs:
 
 def check_pairs_size(model: Model, n: int, n_pos: int) -> None:
     """Refuse, before anything is allocated, prompts longer than the model's context or more than memory holds."""
-    if model.n_ctx and n_pos > model.n_ctx:
-        raise InterpError(f"the prompts are {n_pos} tokens but {model.name} supports at most {model.n_ctx}: "
-                          "use shorter prompts")
+    check_context(model, n_pos, "each prompt", "use shorter prompts")
     item = next(model.hf.parameters()).element_size()
     width = max(model.d_model, model.d_mlp)
     need = int(n) * n_pos * item * (2 * model.d_vocab + 4 * width + model.n_layers * model.d_model)

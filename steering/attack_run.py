@@ -31,7 +31,7 @@ from interp.steering.attack import (BEHAVIOURS, attack_vectors, contrast_pairs, 
                                     split_rows)
 from interp.steering.behaviour_sets import SYSTEM_PROMPTS, detector_pool, harmless_set
 from interp.steering.detector import SCORES, DetectionRates, detection_rates, fit_detector
-from interp.steering.limits import check_context
+from interp.limits import check_context
 from interp.steering.vectors import VectorSet
 
 PHASES = ("pairs", "vectors", "before", "after", "random", "harmless_before", "harmless_after", "detector")

@@ -25,7 +25,8 @@ from interp.outdir import Checkpoint
 from interp.results import RunResult, describe_tensor, run_header
 from interp.steering.east import Bandit, Rollout, east_vector
 from interp.steering.east_agent import AGENTS, AgentRollout, ThinkingBandit, entropy_sweep, play, setting_key
-from interp.steering.limits import check_context, check_memory, kv_cache_bytes
+from interp.limits import check_context, check_memory
+from interp.steering.limits import kv_cache_bytes
 from interp.steering.vectors import VectorSet, load_vector_set
 
 UNIT = "units (the EAST vector, then one per setting)"
@@ -59,7 +60,7 @@ def check_east_size(model: Model, agent: str, episodes: int, steps: int, k: int)
     check_context(model, length, f"the prompt of round {steps} (--steps {steps})", "lower --steps")
     rows = episodes * k if agent == "thought" else 1
     check_memory(kv_cache_bytes(model, rows, length), f"--episodes {episodes} x --k {k} games of {steps} rounds at once",
-                 "lower --episodes, --k or --steps", model.device)
+                 model.device, "lower --episodes, --k or --steps")
 
 
 def _rollout_tensors(key: str, rollout: Rollout) -> dict[str, torch.Tensor]:

@@ -29,7 +29,8 @@ from interp.errors import InterpError
 from interp.interventions import Add
 from interp.metrics import check_finite
 from interp.model import Model
-from interp.steering.limits import check_context, check_memory, kv_cache_bytes
+from interp.limits import check_context, check_memory
+from interp.steering.limits import kv_cache_bytes
 
 
 def _positions(where: str | int, prompt_len: int, total: int) -> list[int]:
@@ -80,7 +81,7 @@ def generate(model: Model, prompts: str | Sequence[str], steer: dict[str, torch.
                       "use a shorter prompt or fewer new tokens")
         check_memory(kv_cache_bytes(model, len(rows), tokens.shape[1] + max_new_tokens),
                      f"generating {max_new_tokens} tokens for {len(rows)} prompts at once",
-                     "use fewer prompts or fewer new tokens", model.device)
+                     model.device, "use fewer prompts or fewer new tokens")
     gen = torch.Generator().manual_seed(seed)
     out: list[str] = [""] * len(texts)
     total, written = len(texts) * max_new_tokens, 0

@@ -24,7 +24,8 @@ from interp.model import Model
 from interp.outdir import Checkpoint
 from interp.results import RunResult, describe_tensor, run_header
 from interp.steering.generate import generate
-from interp.steering.limits import TEXT_BYTES, check_memory, check_prompt_count
+from interp.limits import check_memory
+from interp.steering.limits import TEXT_BYTES, check_prompt_count
 from interp.steering.puzzles import PuzzleSet, load_puzzles
 from interp.steering.reasoning import vectors_from_puzzles
 from interp.steering.sweep import DEFAULT_COEFFICIENTS, coefficient_sweep
@@ -211,7 +212,7 @@ def _eval_prompts(model: Model, task: str, vectors: VectorSet, n: int, seed: int
         except (TypeError, ValueError):
             raise InterpError("the vector set's meta has a malformed n_generated or seed; rebuild it") from None
         check_memory((start + n) * (TEXT_BYTES + 5 * k * 4), f"--n {n} (after the {start} rows the vectors were built on, "
-                     f"{start + n} prompts to make)", "lower --n", "cpu")
+                     f"{start + n} prompts to make)", "cpu", "lower --n")
         everything = load_puzzles(task, model.tokenizer, start + n, seed, "wrong_answer", n_rules)
         return everything.select(range(start, start + n))
     rows = read_task_file(task, "eval")

@@ -29,7 +29,8 @@ from interp.interventions import Add
 from interp.metrics import check_finite
 from interp.model import Model
 from interp.steering.effects import entropy_bits, kl_nats
-from interp.steering.limits import BATCH_ROWS, check_context
+from interp.limits import check_context
+from interp.steering.limits import BATCH_ROWS
 from interp.steering.puzzles import single_token_id
 from interp.steering.vectors import KINDS, VectorSet
 

@@ -30,7 +30,8 @@ from interp.errors import InterpError
 from interp.metrics import check_finite
 from interp.model import Model
 from interp.results import load_vectors, save_vectors
-from interp.steering.limits import BATCH_ROWS, check_context
+from interp.limits import check_context
+from interp.steering.limits import BATCH_ROWS
 
 METHODS = ("R", "R-C", "PCA-C", "probe")
 KINDS = ("resid_pre", "resid_mid", "resid_post")
