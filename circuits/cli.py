@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from interp.cli_support import (
+    phase_callback,
     AS_JSON,
     BACKEND,
     DEVICE,
@@ -116,18 +117,6 @@ def _remove_if_empty(out: Path) -> None:
         pass
 
 
-def _progress(bar):
-    """A ``progress(phase, done, total)`` callback drawing one bar per phase."""
-    tasks: dict[str, int] = {}
-
-    def update(phase: str, done: int, total: int) -> None:
-        if phase not in tasks:
-            tasks[phase] = bar.add_task(phase, total=total)
-        bar.update(tasks[phase], completed=done, total=total)
-
-    return update
-
-
 def _prompts(model, task: str, n: int | None, seed: int, default: int = 8):
     """``n`` prompts of ``task`` (default: ``default`` for a generated task, every row of a JSONL file)."""
     from interp.tasks import TASKS, check_task, load_prompt_set
@@ -205,7 +194,7 @@ def heads_retrieval(
     with _guard(console, out, units, "prompts and masking settings"):
         with progress_bar(console) as bar:
             result = retrieval_run(m, length_list, depth_list, k_list, n_random, max_new_tokens, seed, command_line(),
-                                   batch_size or None, _progress(bar), units)
+                                   batch_size or None, phase_callback(bar), units)
         finish(console, result, out, t0, as_json)
         units.clear()
 
@@ -258,7 +247,7 @@ def neurons_relation(
     with _guard(console, out, units, "passes (test filter, expertise, relations, k values)"):
         with progress_bar(console) as bar:
             result = neurons_run(m, names, k, sweep, k_list, n_identification, keep_correct, seed, backend=backend,
-                                 command=command_line(), progress=_progress(bar), units=units)
+                                 command=command_line(), progress=phase_callback(bar), units=units)
         finish(console, result, out, t0, as_json)
         units.clear()
 
@@ -293,7 +282,7 @@ def voids(
         check_generation(m, list(prompt), max_new_tokens, chat)  # context and memory, before generating
         with progress_bar(console) as bar:
             result = voids_run(m, list(prompt), max_new_tokens, alpha, chat, mc, command=command_line(),
-                               progress=_progress(bar))
+                               progress=phase_callback(bar))
         finish(console, result, out, t0, as_json)
 
 
@@ -329,7 +318,7 @@ def circuit_build(
         if edges:
             m = load_model(console, model, backend, device, dtype)
             with progress_bar(console) as bar:
-                add_path_edges(m, built, result, str(run), progress=_progress(bar))
+                add_path_edges(m, built, result, str(run), progress=phase_callback(bar))
         built.save(out)
         finish(console, result, out, t0, as_json)
 

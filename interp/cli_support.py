@@ -70,6 +70,18 @@ def progress_bar(console: Console) -> Progress:
                     console=console, transient=False)
 
 
+def phase_callback(bar: Progress):
+    """A ``progress(phase, done, total)`` callback for library functions, drawing one row of ``bar`` per phase."""
+    tasks: dict[str, int] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total)
+        bar.update(tasks[phase], completed=done, total=total)
+
+    return progress
+
+
 # Options and helpers of the commands that write one run folder (interp steer ..., heads, neurons, voids, circuit).
 MODEL = typer.Option("smollm2-135m", help="Model name (see `interp models`), HF id or local path.")
 BACKEND = typer.Option("lens", help="lens (TransformerLens bridge), nnsight or torch.")

@@ -15,13 +15,14 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import typer
 from rich.console import Console
 from rich.progress import Progress
 
 from interp.cli_support import (
+    phase_callback,
     AS_JSON,
     BACKEND,
     DEVICE,
@@ -107,18 +108,6 @@ def _check_gguf(path: Path | None, layers: list[int] | None) -> None:
     if layers is not None and not any(layer >= 1 for layer in layers):
         raise InterpError(f"--export-gguf needs a layer of 1 or more (llama.cpp cannot steer block 0's output); "
                           f"--layers is {','.join(map(str, layers))}")
-
-
-def _bar(bar: Progress) -> Callable[[str, int, int], None]:
-    """``progress(stage, done, total)`` drawing one bar per stage."""
-    tasks: dict[str, int] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total)
-        bar.update(tasks[stage], completed=done, total=total)
-
-    return progress
 
 
 @contextmanager
@@ -216,7 +205,7 @@ def build(
     m = load_model(console, model, backend, device, dtype)
     with _interruptible(console, out, "build", "steer build keeps no partial work"), _bars(console) as bar:
         result, vectors = build_run(m, task, method, layer_list, pos, n, only_correct, contrast, n_rules, seed,
-                                    command=command_line(), progress=_bar(bar))
+                                    command=command_line(), progress=phase_callback(bar))
     vectors.save(out / "vectors")
     summary = f"{method} vectors for layers {vectors.layers[0]}..{vectors.layers[-1]}: {out / 'vectors'}.safetensors"
     failed = None
@@ -270,7 +259,7 @@ def evaluate(
     m = load_model(console, model, backend, device, dtype)
     with _interruptible(console, out, "eval"), _bars(console) as bar:
         result = eval_run(m, str(vectors), layer_list, task, coeffs, n, keep_norm, where, n_rules, seed,
-                          command=command_line(), out=out, resume=resume, progress=_bar(bar))
+                          command=command_line(), out=out, resume=resume, progress=phase_callback(bar))
     finish(console, result, out, t0, as_json, result.manifest["notes"][0]["text"])
     Checkpoint(out, {}).clear()
 
@@ -318,7 +307,7 @@ def attack(
     with _interruptible(console, out, "attack"), _bars(console) as bar:
         result, vectors = attack_run(m, behaviour, n, test_fraction, layers, js_variant, layer, multiplier, reference_doubling,
                                      system, pair_tokens, max_new_tokens, fpr, seed, command=command_line(), out=out,
-                                     resume=resume, progress=_bar(bar))
+                                     resume=resume, progress=phase_callback(bar))
     save_attack(result, vectors, out)
     finish(console, result, out, t0, as_json, result.manifest["notes"][0]["text"])
 
@@ -406,7 +395,7 @@ def generate(
     m = load_model(console, model, backend, device, dtype)
     with _interruptible(console, out, "generate", "steer generate keeps no partial work"), _bars(console) as bar:
         result = generate_run(m, list(prompt), str(vectors) if vectors else None, layer_list, coeff,
-                              where_value, keep_norm, chat, max_new_tokens, temperature, seed, command_line(), _bar(bar))
+                              where_value, keep_norm, chat, max_new_tokens, temperature, seed, command_line(), phase_callback(bar))
     rows = result.manifest["generations"]
     text = "\n".join(f"{r['prompt']!r}\n  unsteered: {r['unsteered']!r}" + (f"\n  steered:   {r['steered']!r}" if "steered" in r else "")
                      for r in rows)
