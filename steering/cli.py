@@ -177,7 +177,8 @@ def build(
     layers: str = typer.Option("", help="Layers to build, e.g. 10,15,20 (default: all)."),
     position: str = typer.Option("auto", help="Token read: an index such as -1 or -2, or mean; auto: -2 for "
                                               "truthfulness/refusal (the attack's convention), else -1."),
-    n: int = typer.Option(64, help="Prompts to generate (puzzles) or to use (behaviour sets)."),
+    n: int = typer.Option(None, help="Prompts to generate (puzzles) or to use (behaviour sets): 64 by default; a "
+                          "JSONL file: every line, capped by this."),
     only_correct: bool = typer.Option(True, help="Puzzles: read only the rows the model answers right."),
     contrast: str = typer.Option("wrong_answer", help="Puzzle negatives: wrong_answer, shuffled, or corrupt (IOI)."),
     n_rules: int = typer.Option(2, help="Rules per deduction puzzle (1 is trivially copyable)."),
@@ -192,7 +193,7 @@ def build(
 
     if method not in METHODS:
         raise InterpError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
-    if n < 1:
+    if n is not None and n < 1:
         raise InterpError("--n must be at least 1")
     layer_list = _layers(layers, "--layers") or None
     pos = _position(position)
@@ -231,7 +232,8 @@ def evaluate(
     layers: str = typer.Option(..., help="Layer(s) to steer at together, e.g. 15."),
     task: str = typer.Option("ioi", help="deduction, ioi, or a JSONL file with prompt/candidates/answer per line."),
     coefficients: str = typer.Option("-1,-0.75,-0.5,-0.25,0,0.25,0.5,0.75,1", help="Coefficients to sweep."),
-    n: int = typer.Option(64, help="Held-out prompts (puzzles continue past the rows the vectors were built on)."),
+    n: int = typer.Option(None, help="Held-out prompts (puzzles continue past the rows the vectors were built on): 64 "
+                          "by default; a JSONL file: every line, capped by this."),
     keep_norm: bool = typer.Option(False, help="Rescale each steered token back to its norm."),
     positions: str = typer.Option("all", help="Steered positions: all, last, or from a position index."),
     n_rules: int = typer.Option(2, help="Rules per deduction puzzle."),
@@ -246,7 +248,7 @@ def evaluate(
     layer_list = _layers(layers, "--layers")
     if not coeffs or not layer_list:
         raise InterpError("give at least one coefficient and one layer")
-    if n < 1:
+    if n is not None and n < 1:
         raise InterpError("--n must be at least 1")
     where = positions if positions in ("all", "last") else _where(positions)
     if task not in PUZZLE_TASKS + BEHAVIOUR_TASKS:

@@ -34,6 +34,7 @@ from interp.steering.vectors import VectorSet, build_vectors, load_vector_set
 PUZZLE_TASKS = ("deduction", "ioi")
 BEHAVIOUR_TASKS = ("truthfulness", "refusal")
 TASK_HELP = "deduction, ioi, truthfulness, refusal, or a JSONL file"
+DEFAULT_N = 64  # prompts of a generated puzzle set or a built-in behaviour set; a JSONL file: every line
 
 
 def generate_run(model: Model, prompts: list[str], vector_file: str | None = None, layers: Sequence[int] = (), coeff: float = 1.0,
@@ -142,7 +143,7 @@ def _short(value) -> str:
 
 
 def build_run(model: Model, task: str, method: str = "R-C", layers: Sequence[int] | None = None, position: int | str | None = None,
-              n: int = 64, only_correct: bool = True, contrast: str = "wrong_answer", n_rules: int = 2, seed: int = 0,
+              n: int | None = None, only_correct: bool = True, contrast: str = "wrong_answer", n_rules: int = 2, seed: int = 0,
               backend: str | None = None, command: str = "steer build",
               progress: Callable[[str, int, int], None] | None = None) -> tuple[RunResult, VectorSet]:
     """Control vectors per layer from ``task``'s contrast prompts, and a run describing them.
@@ -154,8 +155,10 @@ def build_run(model: Model, task: str, method: str = "R-C", layers: Sequence[int
     any prompt is made; ``progress(stage, done, total)`` follows the forward passes.
     """
     t0 = time.perf_counter()
-    if n < 1:
+    if n is not None and n < 1:
         raise InterpError(f"n must be at least 1, got {n}")
+    if n is None and (task in PUZZLE_TASKS or task in BEHAVIOUR_TASKS):
+        n = DEFAULT_N  # a generated or built-in set; a JSONL file's default is every line
     info: dict = {"task": task}
     n_layers = model.n_layers if layers is None else len(layers)
     if task in PUZZLE_TASKS:
@@ -179,6 +182,7 @@ def build_run(model: Model, task: str, method: str = "R-C", layers: Sequence[int
         info |= {"n_pairs": len(rows)}
     else:
         rows = read_task_file(task, "build")
+        rows = rows[:n] if n else rows
         check_prompt_count(model, len(rows), Path(task).name, "use fewer lines", n_layers)
         negatives = [r["negative"] for r in rows if "negative" in r]
         if method != "R" and len(negatives) != len(rows):
@@ -216,6 +220,7 @@ def _eval_prompts(model: Model, task: str, vectors: VectorSet, n: int, seed: int
         everything = load_puzzles(task, model.tokenizer, start + n, seed, "wrong_answer", n_rules)
         return everything.select(range(start, start + n))
     rows = read_task_file(task, "eval")
+    rows = rows[:n] if n else rows
     candidates = [[r["answer"]] + [c for c in r["candidates"] if c != r["answer"]] for r in rows]
     if len({len(c) for c in candidates}) > 1:
         raise InterpError(f"every line of {Path(task).name} needs the same number of candidates")
@@ -223,7 +228,7 @@ def _eval_prompts(model: Model, task: str, vectors: VectorSet, n: int, seed: int
 
 
 def eval_run(model: Model, vector_file: str, layers: Sequence[int], task: str = "deduction",
-             coefficients: Sequence[float] = DEFAULT_COEFFICIENTS, n: int = 64, keep_norm: bool = False,
+             coefficients: Sequence[float] = DEFAULT_COEFFICIENTS, n: int | None = None, keep_norm: bool = False,
              positions: str | int = "all", n_rules: int = 2, seed: int = 0, backend: str | None = None,
              command: str = "steer eval", out: str | Path | None = None, resume: bool = False,
              progress: Callable[[str, int, int], None] | None = None) -> RunResult:
@@ -235,8 +240,10 @@ def eval_run(model: Model, vector_file: str, layers: Sequence[int], task: str = 
     t0 = time.perf_counter()
     if task in BEHAVIOUR_TASKS:
         raise InterpError(f"{task} is scored by `interp steer attack`, not by a first-token sweep; eval takes {', '.join(PUZZLE_TASKS)} or a JSONL file")
-    if n < 1:
+    if n is not None and n < 1:
         raise InterpError(f"n must be at least 1, got {n}")
+    if n is None and task in PUZZLE_TASKS:
+        n = DEFAULT_N  # generated puzzles; a JSONL file's default is every line
     vectors = load_vector_set(model, vector_file, layers)
     held_out = _eval_prompts(model, task, vectors, n, seed, n_rules, len(coefficients))
     digest = hashlib.sha256(vectors.vectors.detach().float().contiguous().numpy().tobytes()).hexdigest()[:16]

@@ -279,3 +279,22 @@ def test_eval_resumes_exactly_and_build_says_nothing_was_kept(tmp_path, steer, m
         _interrupt_on_call(patch, [(vectors, "read_activations")], at=1)
         code, _, err = steer("build", *TINY, "--n", "4", "--no-only-correct", "--layers", "1", "--out", tmp_path / "b")
     assert code == 130 and "nothing was kept" in err, err
+
+
+def test_task_file_default_is_every_line_and_n_caps_it(tmp_path, steer):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"positive": f"I love it {i}", "negative": f"I hate it {i}"}) + "\n"
+                             for i in range(70)))  # more than the generated sets' default of 64
+    assert steer("build", *TINY, "--task", pairs, "--layers", "1", "--out", tmp_path / "all")[0] == 0
+    assert load_run(tmp_path / "all").manifest["vectors"]["n_pairs"] == 70
+    assert steer("build", *TINY, "--task", pairs, "--layers", "1", "--n", "5", "--out", tmp_path / "five")[0] == 0
+    assert load_run(tmp_path / "five").manifest["vectors"]["n_pairs"] == 5
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"Pick {i}:", "candidates": [" A", " B"], "answer": " A"}) + "\n"
+                            for i in range(3)))
+    assert steer("eval", *TINY, "--vectors", tmp_path / "all" / "vectors", "--layers", "1", "--task", rows,
+                 "--coefficients", "0,1", "--out", tmp_path / "e")[0] == 0
+    assert load_run(tmp_path / "e").manifest["prompt_set"]["n_prompts"] == 3
+    assert steer("eval", *TINY, "--vectors", tmp_path / "all" / "vectors", "--layers", "1", "--task", rows, "--n", "2",
+                 "--coefficients", "0,1", "--out", tmp_path / "e2")[0] == 0
+    assert load_run(tmp_path / "e2").manifest["prompt_set"]["n_prompts"] == 2
