@@ -112,8 +112,8 @@ def _faithfulness(entries: list[RunEntry]) -> None:
     f = run.manifest.get("faithfulness")
     f = f if isinstance(f, dict) else {}
     cols = st.columns(3)
-    cols[0].metric("fraction of the full metric", number(f.get("fraction"), ".3f", "nan"))
-    cols[1].metric("normalized (empty = 0, full = 1)", number(f.get("normalized"), ".3f", "nan"))
+    cols[0].metric("fraction of the full metric", number(f.get("fraction"), ".3f", "undefined"))
+    cols[1].metric("normalized (empty = 0, full = 1)", number(f.get("normalized"), ".3f", "undefined"))
     cols[2].metric("components mean-ablated", str(scalar(f.get("n_ablated"))))
     if "circuit/faithfulness" in run.scores and run.scores["circuit/faithfulness"].ndim >= 1:
         show_figure(run.plot("circuit/faithfulness"), key="faithfulness", name="faithfulness")
