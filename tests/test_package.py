@@ -8,6 +8,7 @@ this environment's own editable install of interp is not visible there (a .pth f
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -24,7 +25,12 @@ METHOD_PACKAGES = ("patching", "steering", "circuits", "app")
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+    # build from a clean copy: setuptools leaves build/ in the source tree, and a stale build/lib from an earlier
+    # build would put modules deleted since into the wheel
+    source = tmp_path_factory.mktemp("source") / "interp"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "site", "runs", "*.egg-info",
+                                                                "__pycache__", ".pytest_cache"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
                              "--quiet", "-w", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     (path,) = out.glob("interp-*.whl")
