@@ -49,8 +49,12 @@ def finite(value: float, option: str) -> float:
     return value
 
 
-def load_model(console: Console, model: str, backend: str, device: str = "cpu", dtype: str = "float32"):
-    """Load the model and boot its backend (so that counts as load time), under a status line."""
+def load_model(console: Console, model: str, backend: str, device: str = "cpu", dtype: str = "float32",
+               device_map: str | None = None):
+    """Load the model and boot its backend (so that counts as load time), under a status line.
+
+    ``device_map`` (auto, balanced or a JSON file) splits the model across devices instead of ``device``.
+    """
     import torch
 
     import interp
@@ -58,7 +62,7 @@ def load_model(console: Console, model: str, backend: str, device: str = "cpu", 
     if dtype not in DTYPES:
         raise InterpError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
     with console.status(f"loading {model} ({backend})"):
-        m = interp.load(model, backend=backend, device=device, dtype=getattr(torch, dtype))
+        m = interp.load(model, backend=backend, device=device, dtype=getattr(torch, dtype), device_map=device_map or None)
         if backend != "torch":
             m.backend()
     return m
@@ -86,6 +90,8 @@ def phase_callback(bar: Progress):
 MODEL = typer.Option("smollm2-135m", help="Model name (see `interp models`), HF id or local path.")
 BACKEND = typer.Option("lens", help="lens (TransformerLens bridge), nnsight or torch.")
 DEVICE = typer.Option("cpu", help="cpu, cuda, cuda:1, mps.")
+DEVICE_MAP = typer.Option(None, "--device-map", help="Split the model across devices (replaces --device): auto, "
+                          "balanced, or a JSON file of module name -> device (cpu, cuda:N, disk). Not with --backend lens.")
 DTYPE = typer.Option("float32", help="float32, bfloat16 or float16.")
 SEED = typer.Option(0, help="Seed for generated prompts, sampling and splits.")
 AS_JSON = typer.Option(False, "--json", help="Print the manifest as JSON on stdout.")

@@ -15,6 +15,7 @@ torch.Size([1, 5, 64])
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -35,6 +36,10 @@ class RunOutput:
 
     logits: torch.Tensor
     acts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+LENS_DEVICE_MAP = ("the lens backend cannot run a model split by a device map (TransformerLens's bridge boots from a "
+                   "copy of the whole model on one device); use --backend torch or nnsight with --device-map")
 
 
 class Model:
@@ -61,6 +66,8 @@ class Model:
         name = name or self.backend_name
         if name not in self._backends:
             if name == "lens":
+                if self.device_map:
+                    raise InterpError(LENS_DEVICE_MAP)
                 from interp.backends.lens import LensBackend
 
                 self._backends[name] = LensBackend(self.hf, self.tokenizer, self.adapter, self.name)
@@ -112,7 +119,30 @@ class Model:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the device, or with a device map accelerate's main device (first that is not cpu/disk)."""
+        device_map = getattr(self.hf, "hf_device_map", None)
+        if device_map:
+            main = [d for d in device_map.values() if str(d) not in ("cpu", "disk")]
+            return torch.device(main[0] if main else "cpu")
         return next(self.hf.parameters()).device
+
+    @property
+    def device_map(self) -> dict[str, str] | None:
+        """The module -> device map the model was split by (``load(device_map=...)``), None on one device."""
+        device_map = getattr(self.hf, "hf_device_map", None)
+        return {k: str(v) for k, v in device_map.items()} if device_map else None
+
+    @contextmanager
+    def _weights(self):
+        """Offloaded weights brought onto their execution device while a weight accessor reads them."""
+        with ExitStack() as stack:
+            if self.device_map:  # cpu/disk entries behind a GPU main device hold meta parameters
+                from accelerate.utils import align_module_device, has_offloaded_params
+
+                for module in self.hf.modules():
+                    if has_offloaded_params(module):
+                        stack.enter_context(align_module_device(module))
+            yield
 
     def _plan(self, interventions: Sequence[Intervention], read: Sequence[str | Site], acts: dict, grad: bool) -> list:
         edits: dict[Site, list[Intervention]] = defaultdict(list)
@@ -169,38 +199,49 @@ class Model:
     @property
     def W_U(self) -> torch.Tensor:
         """Unembedding [d_model, d_vocab]."""
-        return self.adapter.W_U(self.hf)
+        with self._weights():
+            return self.adapter.W_U(self.hf)
 
     def W_out(self, layer: int) -> torch.Tensor:
         """MLP output weights [d_mlp, d_model] (neuron i writes row i), times any residual multiplier."""
-        return self.adapter.W_out(self.hf, layer)
+        with self._weights():
+            return self.adapter.W_out(self.hf, layer)
 
     def W_O(self, layer: int) -> torch.Tensor:
         """Attention output weights [n_heads, d_head, d_model], times any residual multiplier."""
-        return self.adapter.W_O(self.hf, layer)
+        with self._weights():
+            return self.adapter.W_O(self.hf, layer)
 
     def W_Q(self, layer: int) -> torch.Tensor:
         """Query weights [n_heads, d_model, d_head] (cut out of a fused q/k/v projection where there is one)."""
-        return self.adapter.W_Q(self.hf, layer)
+        with self._weights():
+            return self.adapter.W_Q(self.hf, layer)
 
 
 def load(name: str | None = None, backend: str = "lens", device: str = "cpu", dtype: torch.dtype = torch.float32,
-         verify: bool = False) -> Model:
+         verify: bool = False, device_map: str | dict | None = None, offload_folder: str | None = None) -> Model:
     """Load a model by name (see `interp.models.list_models`) onto ``backend``.
 
     ``verify=True`` runs the quick checks of ``interp doctor`` (`interp.doctor.verify`): the backend's
     logits against the plain HF forward, the residual identities of the block shape, and no hook left
     behind. A failure raises `InterpError` naming the check and its difference.
 
+    ``device_map`` splits the model across devices through accelerate (``device`` is then unused):
+    "auto", "balanced", a dict of module name -> device ("cpu", "cuda:1", 0, "disk"), or the path of
+    a JSON file with one; ``offload_folder`` holds "disk" modules. The lens backend refuses it.
+
     >>> model = interp.load("smollm2-135m", backend="nnsight")   # doctest: +SKIP
     """
-    from interp.models import DEFAULT_MODEL, check_name, load_hf
+    from interp.models import DEFAULT_MODEL, check_name, load_hf, parse_device_map
 
     if backend not in BACKENDS:
         raise InterpError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
     name = DEFAULT_MODEL if name is None else name
     check_name(name)  # "" is a mistake, not a request for the default
-    hf, tokenizer = load_hf(name, device=device, dtype=dtype)
+    device_map = parse_device_map(device_map)  # a bad map first, in one line
+    if device_map is not None and backend == "lens":
+        raise InterpError(LENS_DEVICE_MAP)
+    hf, tokenizer = load_hf(name, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder)
     model = Model(name, hf, tokenizer, backend=backend)
     if verify:
         from interp.doctor import verify as run_verify

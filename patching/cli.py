@@ -13,7 +13,7 @@ from typing import Callable
 import typer
 from rich.console import Console
 
-from interp.cli_support import (FORCE, check_outside_out, load_model, progress_bar, removed_if_failed_empty,
+from interp.cli_support import (DEVICE_MAP, FORCE, check_outside_out, load_model, progress_bar, removed_if_failed_empty,
                                 split as _split)
 from interp.errors import InterpError
 from interp.outdir import PROGRESS, prepare_out
@@ -23,7 +23,7 @@ N_PROMPTS_HELP = "Number of prompts: IOI and colored_objects generate N (default
 
 def load_model_and_prompts(console: Console, model: str, backend: str, device: str, dtype: str, task: str,
                            n_prompts: int | None, seed: int, corruption: str | None,
-                           check_size: Callable[[object, int, int], None] | None = None):
+                           check_size: Callable[[object, int, int], None] | None = None, device_map: str | None = None):
     """Load the model (booting its backend, so that counts as load time) and the prompt set.
 
     ``check_size(model, n, n_tokens)`` runs before a generated set is made (on a two-row sample, for its token
@@ -31,7 +31,7 @@ def load_model_and_prompts(console: Console, model: str, backend: str, device: s
     """
     from interp.tasks import TASKS, load_prompt_set
 
-    m = load_model(console, model, backend, device, dtype)
+    m = load_model(console, model, backend, device, dtype, device_map)
     if check_size is not None and task in TASKS and n_prompts:
         sample = load_prompt_set(task, m.tokenizer, n=min(n_prompts, 2), seed=seed, corruption=corruption)
         check_size(m, n_prompts, sample.tokenize(m.tokenizer).clean.shape[1])
@@ -57,6 +57,7 @@ def patch(
     mlp_layers: str = typer.Option("", help="Layers for mlp_act, e.g. 15,29."),
     engine: str = typer.Option("batched", help="batched (fast) or hooks (one forward per patch through the backend)."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, mps."),
+    device_map: str = DEVICE_MAP,
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
     out: str = typer.Option(None, help="Run folder (default runs/patch-<time>)."),
     resume: bool = typer.Option(False, help="Complete the interrupted run in --out."),
@@ -92,12 +93,13 @@ def patch(
     out = prepare_out(out, "patch", force=force, resume=resume)
     with removed_if_failed_empty(out, created):
         _patch(out, model, backend, device, dtype, task, n_prompts, seed, corruption, comps, methods, layers, direction,
-               metric, engine, resume, as_json, rules, ig_steps)
+               metric, engine, resume, as_json, rules, ig_steps, device_map)
 
 
 def _patch(out: Path, model: str, backend: str, device: str, dtype: str, task: str, n_prompts: int | None, seed: int,
            corruption: str | None, comps: list[str], methods: list[str], layers: list[int], direction: str,
-           metric: str, engine: str, resume: bool, as_json: bool, rules: str, ig_steps: int) -> None:
+           metric: str, engine: str, resume: bool, as_json: bool, rules: str, ig_steps: int,
+           device_map: str | None = None) -> None:
     from interp.patching.run import activation_patching, check_size
 
     console = Console(stderr=True)
@@ -107,7 +109,8 @@ def _patch(out: Path, model: str, backend: str, device: str, dtype: str, task: s
     try:
         m, prompts = load_model_and_prompts(
             console, model, backend, device, dtype, task, n_prompts, seed, corruption,
-            check_size=lambda m, n, n_pos: check_size(m, n, n_pos, comps, methods, layers, ig_steps))
+            check_size=lambda m, n, n_pos: check_size(m, n, n_pos, comps, methods, layers, ig_steps),
+            device_map=device_map)
     except KeyboardInterrupt:
         console.print("interrupted while loading the model: no patch was run, nothing new was kept", highlight=False)
         raise typer.Exit(130) from None

@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from interp.cli_support import DEVICE, DTYPE, load_model
+from interp.cli_support import DEVICE, DEVICE_MAP, DTYPE, load_model
 from interp.doctor import (
     CHANGED,
     N_PROMPTS,
@@ -98,6 +98,7 @@ def doctor(
     model: str = typer.Argument(None, help="Model name (see `interp models`), HF id or local path; default smollm2-135m."),
     backend: str = typer.Option("all", help="all, or one of lens, nnsight, torch (compared against torch)."),
     device: str = DEVICE,
+    device_map: str = DEVICE_MAP,
     dtype: str = DTYPE,
     as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON on stdout."),
 ) -> None:
@@ -110,7 +111,7 @@ def doctor(
     name = DEFAULT_MODEL if model is None else model  # "" is refused by load_model, not taken as the default
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    m = load_model(console, name, "torch", device, dtype)
+    m = load_model(console, name, "torch", device, dtype, device_map)
     if backend != "all":
         try:
             m.backend(backend)  # the engine check's hooks engine runs here; a refusal becomes a table row
