@@ -38,6 +38,7 @@ from interp.backends.steps import plan_steps
 from interp.backends.torch_backend import installed_steps
 from interp.errors import InterpError
 from interp.interventions import Replace
+from interp.limits import MEMORY_SHARE, available_memory, element_size, size_text
 from interp.metrics import MetricContext
 from interp.model import Model
 from interp.sites import Site
@@ -119,6 +120,45 @@ def run_hooks_engine(model: Model, component: str, base: torch.Tensor, source_ac
         yield [patch], metric(logits, ctx)
 
 
+DEFAULT_MEMORY = 2 * 1024**3  # the budget when the device's free memory is unknown
+
+
+def row_bytes(model: Model, start: int, a: int, n_pos: int, grad: bool = False) -> int:
+    """Bytes one batch row (one patch on one prompt) costs in a forward from layer ``start`` over positions ``a..``.
+
+    Without ``grad``: one layer's activations at a time (residual, queries/keys/values, attention
+    scores, MLP hidden), the keys/values of layers ``start..`` it reads and extends (the cached
+    prefix ``0..a-1`` copied per row, plus the new ones), the patched value and the last position's
+    float32 logits. With ``grad`` every run layer's activations are kept for the backward pass.
+    """
+    item = element_size(model)
+    length, total = n_pos - a, n_pos
+    qkv = (model.n_heads + 2 * model.n_kv_heads) * model.d_head
+    per_layer = length * (4 * model.d_model + 2 * qkv + 3 * model.d_mlp) + 2 * model.n_heads * length * total
+    kv = 2 * (model.n_layers - start) * 2 * model.n_kv_heads * model.d_head * total  # prefix copy + extended cache
+    layers_held = (model.n_layers - start) if grad else 1
+    value = length * max(model.d_model, model.d_mlp)
+    return int(item * (layers_held * per_layer + kv + value + length * model.d_model) + 2 * 4 * model.d_vocab)
+
+
+def memory_budget(model: Model, max_memory: int | None) -> int:
+    """``max_memory`` bytes, or (None) `MEMORY_SHARE` of the memory free now on the model's device."""
+    if max_memory is not None:
+        if max_memory <= 0:
+            raise InterpError(f"the memory budget must be positive, got {max_memory} bytes")
+        return int(max_memory)
+    free = available_memory(getattr(model, "device", "cpu"))
+    return DEFAULT_MEMORY if free is None else int(MEMORY_SHARE * free)
+
+
+def rows_that_fit(budget: int, per_row: int, what: str) -> int:
+    """How many rows of ``per_row`` bytes fit ``budget``; a one-line error when not even one does."""
+    if per_row > budget:
+        raise InterpError(f"{what} needs about {size_text(per_row)}, more than the memory budget of "
+                          f"{size_text(budget)}: raise --max-memory, or use fewer prompts or shorter ones")
+    return budget // per_row
+
+
 class BatchedEngine:
     """Runs many patches per forward, starting at the patched layer, from the base run's caches.
 
@@ -126,10 +166,17 @@ class BatchedEngine:
     residual, so the HF model computes everything else itself (embedding scale, position
     embeddings, masks per layer type, ALiBi, routing, logit soft-capping and scaling): whatever the
     family, a patched forward is the model's own forward with the patch applied.
+
+    Forwards are sized from ``max_memory`` (bytes; None: `MEMORY_SHARE` of the device's free memory
+    once the base run is cached) with `row_bytes`; ``max_rows`` optionally caps the patches per forward.
+    Patches of one forward share their layer and first computed position, so each patch's numbers do
+    not depend on which others share its forward: results are the same for any budget.
     """
 
-    def __init__(self, model: Model, base: torch.Tensor, max_rows: int = 16, skip_noops: bool = True):
+    def __init__(self, model: Model, base: torch.Tensor, max_rows: int | None = None, skip_noops: bool = True,
+                 max_memory: int | None = None):
         self.model, self.base, self.max_rows, self.skip_noops = model, base, max_rows, skip_noops
+        self.max_memory = max_memory
         hf, adapter = model.hf, model.adapter
         n_layers = model.n_layers
         sites = [f"resid_pre.{layer}" for layer in range(n_layers)] + [f"resid_post.{n_layers - 1}"]
@@ -154,6 +201,21 @@ class BatchedEngine:
         self.kv = None
         if self.reuse_prefix:
             self.kv = [(out.cache.layers[i].keys, out.cache.layers[i].values) for i in range(n_layers)]
+        del out
+        self.budget = memory_budget(model, max_memory)
+        self.check_budget()
+
+    def check_budget(self, grad: bool = False) -> None:
+        """A one-line error when the budget cannot hold one patch of the costliest kind (layer 0, every position)."""
+        n, n_pos = self.base.shape
+        rows_that_fit(self.budget, n * row_bytes(self.model, 0, 0, n_pos, grad), f"one patch of {n} prompts of {n_pos} tokens")
+
+    def patches_per_forward(self, start: int, a: int, grad: bool = False) -> int:
+        """How many patches (``n_prompts`` rows each) one forward from layer ``start`` at position ``a`` may carry."""
+        n, n_pos = self.base.shape
+        k = rows_that_fit(self.budget, n * row_bytes(self.model, start, a, n_pos, grad),
+                          f"one patch of {n} prompts of {n_pos} tokens")
+        return max(1, min(k, self.max_rows) if self.max_rows else k)
 
     def _prefix_cache(self, start: int, a: int, reps: int):
         from transformers import DynamicCache
@@ -182,6 +244,7 @@ class BatchedEngine:
         """Yields ``(patches, values [len(patches) * n_prompts])`` chunk by chunk, patch-major rows."""
         kind = COMPONENTS[component][0]
         starts = {p: self._first_change(kind, p, source_acts) for p in todo}
+        self._site_first = {layer: self._site_change(kind, layer, source_acts) for layer in {p.layer for p in todo}}
         if not self.skip_noops:  # compute every patch (from its first changed position, or 0)
             starts = {p: (p.pos if p.pos is not None else 0) if s is None else s for p, s in starts.items()}
         noop = [p for p in todo if starts[p] is None]
@@ -193,9 +256,15 @@ class BatchedEngine:
             if starts[patch] is not None:
                 groups.setdefault(patch.layer, []).append(patch)
         for layer, group in groups.items():
-            for chunk in self._chunks(group, starts):
-                a = min(starts[p] for p in chunk) if self.reuse_prefix else 0
+            for a, chunk in self._chunks(layer, group, starts):
                 yield chunk, self._run_chunk(kind, layer, chunk, a, source_acts, metric, ctx)
+
+    def _site_change(self, kind: str, layer: int, source_acts: dict[str, torch.Tensor]) -> int | None:
+        """First position where the source differs from the base anywhere at ``kind.layer``, None if nowhere."""
+        site = f"{kind}.{layer}"
+        differs = source_acts[site] != self._base_acts[site]
+        changed = torch.nonzero(differs.reshape(*differs.shape[:2], -1).any(-1).any(0))
+        return int(changed[0]) if len(changed) else None
 
     def _first_change(self, kind: str, patch: Patch, source_acts: dict[str, torch.Tensor]) -> int | None:
         """First position the patch changes (source differs from base there), None if it changes nothing.
@@ -217,23 +286,26 @@ class BatchedEngine:
         first = torch.nonzero(changed)
         return int(first[0]) if len(first) else None
 
-    def _chunks(self, group: list[Patch], starts: dict[Patch, int]) -> Iterator[list[Patch]]:
-        """Split one layer's patches into forwards of at most ``max_rows * n_pos`` token rows.
+    def _chunks(self, layer: int, group: list[Patch], starts: dict[Patch, int]) -> Iterator[tuple[int, list[Patch]]]:
+        """Split one layer's patches into forwards that fit the memory budget: ``(first position, patches)``.
 
-        A forward computes only positions from its earliest start on, so patches are packed latest
-        start first: late patches share short suffixes.
+        A forward computes only positions from its first on. Each patch's first position is fixed by
+        the site, not by the forward it lands in: the first position where source and base differ
+        anywhere at the site (at most the patch's own first change). So every patch is computed over
+        the same positions whatever the budget, and one layer's patches share forwards.
         """
-        n, n_pos = self.base.shape
-        budget = self.max_rows * n_pos
-        chunk: list[Patch] = []
-        for patch in sorted(group, key=lambda p: -starts[p]):
-            length = n_pos - (starts[patch] if self.reuse_prefix else 0)
-            if chunk and (len(chunk) + 1) * n * length > budget:
-                yield chunk
-                chunk = []
-            chunk.append(patch)
-        if chunk:
-            yield chunk
+        site_first = self._site_first.get(layer)
+        by_start: dict[int, list[Patch]] = {}
+        for patch in group:
+            a = 0
+            if self.reuse_prefix:
+                a = starts[patch] if site_first is None else min(site_first, starts[patch])
+            by_start.setdefault(a, []).append(patch)
+        for a in sorted(by_start, reverse=True):
+            same = by_start[a]
+            k = self.patches_per_forward(layer, a)
+            for i in range(0, len(same), k):
+                yield a, same[i : i + k]
 
     def _run_chunk(self, kind, layer, chunk, a, source_acts, metric, ctx):
         n, reps = self.base.shape[0], len(chunk)
@@ -307,13 +379,14 @@ def _chunk_index(chunk: list[Patch], n: int, shift: int):
 def sweep(model: Model, component: str, base: torch.Tensor, source_acts: dict[str, torch.Tensor],
           metric: Callable, ctx: MetricContext, layers: list[int] | None = None, engine: str = "batched",
           done: torch.Tensor | None = None, values: torch.Tensor | None = None,
-          on_chunk: Callable[[int], None] | None = None, max_rows: int = 16,
-          batched: BatchedEngine | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+          on_chunk: Callable[[int], None] | None = None, max_rows: int | None = None,
+          batched: BatchedEngine | None = None, max_memory: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Patch every cell of ``component``'s grid; returns per-prompt values ``[n_prompts, *grid]`` and a done mask.
 
     ``source_acts`` holds the source run's activations for the component's sites. ``done``/``values``
     resume an interrupted sweep: finished cells are skipped and kept. ``on_chunk(k)`` is called after
-    every chunk of ``k`` patches (progress bars, checkpoints).
+    every chunk of ``k`` patches (progress bars, checkpoints). ``max_memory`` (bytes, None: a share of the
+    device's free memory) sizes the batched engine's forwards; ``max_rows`` caps its patches per forward.
     """
     if engine not in ENGINES:
         raise InterpError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
@@ -327,7 +400,7 @@ def sweep(model: Model, component: str, base: torch.Tensor, source_acts: dict[st
     if engine == "hooks":
         runs = run_hooks_engine(model, component, base, source_acts, todo, metric, ctx)
     else:
-        runs = (batched or BatchedEngine(model, base, max_rows)).run(component, source_acts, todo, metric, ctx)
+        runs = (batched or BatchedEngine(model, base, max_rows, max_memory=max_memory)).run(component, source_acts, todo, metric, ctx)
     with torch.no_grad():
         for chunk, vals in runs:
             for j, patch in enumerate(chunk):

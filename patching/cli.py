@@ -66,6 +66,8 @@ def patch(
     seed: int = typer.Option(0, help="Seed for prompt generation and bootstraps."),
     rules: str = typer.Option("ln,identity,half", help="LRP rules for relp: ln, identity, half, ah (attention pattern constant)."),
     ig_steps: int = typer.Option(10, help="Integrated-gradients steps along the corrupt-to-clean path."),
+    max_memory: str = typer.Option(None, help="Memory budget for the batched forwards, e.g. 512MB, 2GB, 1.5GiB "
+                                   "(default 80% of the device's free memory); results do not depend on it."),
 ) -> None:
     """Activation patching (and its estimators AtP, RelP, IG): which components carry the clean behaviour?"""
 
@@ -73,6 +75,7 @@ def patch(
     from interp.patching.run import check_options
 
     comps, methods = check_options(_split(components), _split(method), direction, metric, engine, rules, ig_steps)
+    budget = None if max_memory is None else parse_size(max_memory, "--max-memory")
     if n_prompts is not None and n_prompts < 1:
         raise InterpError("--n-prompts must be at least 1")
     try:
@@ -93,13 +96,28 @@ def patch(
     out = prepare_out(out, "patch", force=force, resume=resume)
     with removed_if_failed_empty(out, created):
         _patch(out, model, backend, device, dtype, task, n_prompts, seed, corruption, comps, methods, layers, direction,
-               metric, engine, resume, as_json, rules, ig_steps, device_map)
+               metric, engine, resume, as_json, rules, ig_steps, device_map, budget)
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str, option: str = "--max-memory") -> int:
+    """Bytes of a size such as ``512MB``, ``2GB``, ``1.5GiB`` or ``1000000`` (KB/MB/GB are powers of 1000)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text or "")
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS or float(match.group(1)) * _UNITS[unit] < 1:
+        raise InterpError(f"{option} must be a size such as 512MB, 2GB or 1.5GiB, got '{text}'")
+    return int(float(match.group(1)) * _UNITS[unit])
 
 
 def _patch(out: Path, model: str, backend: str, device: str, dtype: str, task: str, n_prompts: int | None, seed: int,
            corruption: str | None, comps: list[str], methods: list[str], layers: list[int], direction: str,
            metric: str, engine: str, resume: bool, as_json: bool, rules: str, ig_steps: int,
-           device_map: str | None = None) -> None:
+           device_map: str | None = None, max_memory: int | None = None) -> None:
     from interp.patching.run import activation_patching, check_size
 
     console = Console(stderr=True)
@@ -127,7 +145,7 @@ def _patch(out: Path, model: str, backend: str, device: str, dtype: str, task: s
             result = activation_patching(
                 m, prompts, comps, methods=methods, direction=direction, metric=metric, mlp_layers=layers, engine=engine,
                 out=out, resume=resume, progress=progress, seed=seed,
-                command="interp " + shlex.join(sys.argv[1:]), rules=rules, ig_steps=ig_steps,
+                command="interp " + shlex.join(sys.argv[1:]), rules=rules, ig_steps=ig_steps, max_memory=max_memory,
             )
         except KeyboardInterrupt:
             bar.stop()

@@ -29,7 +29,8 @@ from interp.interventions import Replace
 from interp.metrics import MetricContext
 from interp.model import Model
 from interp.sites import Site
-from interp.patching.activation import COMPONENTS, ENGINES, BatchedEngine, check_component
+from interp.patching.activation import (COMPONENTS, ENGINES, BatchedEngine, check_component, memory_budget,
+                                       row_bytes, rows_that_fit)
 from interp.patching.attribution import cell_contributions, layers_for
 
 
@@ -47,6 +48,7 @@ def integrated_gradients(
     backend: str | None = None,
     on_layer: Callable[[str, int], None] | None = None,
     grads: dict[str, torch.Tensor] | None = None,
+    max_memory: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """IG estimates ``[n_prompts, *grid]`` of the metric after patching each cell, per component.
 
@@ -54,7 +56,9 @@ def integrated_gradients(
     sites. Components sharing a site (head_out, head_out_pos) share its passes.
     ``on_layer(site_kind, layer)`` is called after each site's pass. ``grads`` (keyed by site, e.g.
     ``"attn_out.3"``) receives each finished pass's mean path gradient; passes already in it are not run
-    again, so a dict saved from an interrupted call resumes it with identical estimates.
+    again, so a dict saved from an interrupted call resumes it with identical estimates. ``max_memory`` (bytes;
+    None: a share of the device's free memory) bounds each forward and backward: the ``steps`` points of a
+    pass run in as many batches as it takes, with identical estimates for any budget.
     """
     if steps < 1:
         raise InterpError(f"integrated gradients needs at least 1 step, got {steps}")
@@ -64,11 +68,11 @@ def integrated_gradients(
     layers_of = layers_for(model, components, layers)
     n = base.shape[0]
     alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
-    tokens = base.repeat(steps, 1)  # row k * n + i: prompt i at alpha_k
-    rows_ctx = ctx.rows(steps * n)
     rows: dict[str, list[torch.Tensor]] = {c: [] for c in components}
     passes = dict.fromkeys((COMPONENTS[c][0], layer) for c in components for layer in layers_of[c])  # ordered, unique
-    runner = BatchedEngine(model, base) if engine == "batched" else None
+    runner = BatchedEngine(model, base, max_memory=max_memory) if engine == "batched" else None
+    budget = runner.budget if runner is not None else memory_budget(model, max_memory)
+    n_pos = base.shape[1]
     grads = {} if grads is None else grads
     for kind, layer in passes:
         site = f"{kind}.{layer}"
@@ -82,13 +86,23 @@ def integrated_gradients(
         if len(changed):  # else nothing to patch: every cell scores zero
             a = int(changed[0]) if runner is not None and runner.reuse_prefix else 0
             alpha = alphas.to(start).reshape(-1, *([1] * start.ndim))
-            path = (start[:, a:] + alpha * delta[:, a:]).reshape(steps * n, *start[:, a:].shape[1:]).requires_grad_(True)
-            if runner is not None:
-                plan = plan_steps(model.adapter, {Site(kind, layer): [Replace(site, path)]}, [], {}, True)
-                logits = runner.forward_from(layer, a, steps, plan)
-            else:
-                logits = model.run(tokens, [Replace(site, path)], grad=True, backend=backend).logits[:, -1]
-            (path_grad,) = torch.autograd.grad(metric(logits, rows_ctx).sum(), [path])
+            path = (start[:, a:] + alpha * delta[:, a:]).reshape(steps * n, *start[:, a:].shape[1:])
+            first = layer if runner is not None else 0
+            per_step = n * row_bytes(model, first, a, n_pos, grad=True)
+            if runner is None:  # whole forwards: every position's logits
+                per_step += n * (n_pos - a) * 4 * model.d_vocab
+            k = min(steps, rows_that_fit(budget, per_step, f"one integrated-gradients step of {n} prompts of {n_pos} tokens"))
+            parts = []
+            for s0 in range(0, steps, k):  # k steps (k * n rows) per forward and backward
+                chunk = path[s0 * n : (s0 + k) * n].detach().requires_grad_(True)
+                reps = chunk.shape[0] // n
+                if runner is not None:
+                    plan = plan_steps(model.adapter, {Site(kind, layer): [Replace(site, chunk)]}, [], {}, True)
+                    logits = runner.forward_from(layer, a, reps, plan)
+                else:
+                    logits = model.run(base.repeat(reps, 1), [Replace(site, chunk)], grad=True, backend=backend).logits[:, -1]
+                parts.append(torch.autograd.grad(metric(logits, ctx.rows(reps * n)).sum(), [chunk])[0])
+            path_grad = torch.cat(parts)
             grad[:, a:] = path_grad.reshape(steps, *start[:, a:].shape).mean(0)
         grads[site] = grad
         if on_layer:

@@ -25,7 +25,8 @@ from interp.prompts import PromptSet
 from interp.results import (RunResult, SCHEMA_VERSION, describe_tensor, package_versions, read_tensors,
                             write_json_atomic, write_tensors_atomic)
 from interp.stats import bootstrap_ci
-from interp.patching.activation import COMPONENTS, ENGINES, BatchedEngine, check_component, grid_shape, sweep
+from interp.patching.activation import (COMPONENTS, ENGINES, BatchedEngine, check_component, grid_shape, memory_budget,
+                                       row_bytes, rows_that_fit, sweep)
 from interp.rules import RELP_RULES, parse_rules
 from interp.patching.attribution import attribution_patching
 from interp.patching.faithfulness import faithfulness
@@ -108,6 +109,7 @@ def activation_patching(
     command: str = "python",
     rules: str = ",".join(RELP_RULES),
     ig_steps: int = 10,
+    max_memory: int | None = None,
 ) -> RunResult:
     """Patch every component of ``components`` and return the run (saved to ``out`` if given).
 
@@ -116,7 +118,8 @@ def activation_patching(
     patching), "relp" (relevance patching with LRP ``rules``) and "ig" (integrated gradients with
     ``ig_steps`` steps). With activation and an estimator, the manifest's ``faithfulness`` compares
     each estimator with activation patching per component. ``progress(task, done, total)`` is
-    called as patches (or IG layers) finish.
+    called as patches (or IG layers) finish. ``max_memory`` (bytes; None: a share of the device's free
+    memory) sizes the batched forwards of activation patching and IG; results do not depend on it.
     """
     components, methods = check_options(components, methods, direction, metric, engine, rules, ig_steps)
     metric_fn = get_metric(metric)
@@ -133,6 +136,9 @@ def activation_patching(
     base = tokens.corrupt if direction == "denoise" else tokens.clean
     n, n_pos = base.shape
     check_size(model, n, n_pos, components, methods, mlp_layers, ig_steps)
+    if max_memory is not None and {"activation", "ig"} & set(methods):  # refuse a budget too small for one patch
+        rows_that_fit(memory_budget(model, max_memory), n * row_bytes(model, 0, 0, n_pos, grad="ig" in methods),
+                      f"one patch of {n} prompts of {n_pos} tokens")
     layers_of = {c: (list(mlp_layers) if c == "mlp_act" else list(range(model.n_layers))) for c in components}
     source_sites = sorted({f"{COMPONENTS[c][0]}.{layer}" for c in components for layer in layers_of[c]})
 
@@ -183,7 +189,7 @@ def activation_patching(
 
                 estimates[method] = integrated_gradients(model, components, base, source_acts, base_acts, metric_fn,
                                                          ctx, layers_of, steps=ig_steps, engine=engine,
-                                                         on_layer=on_layer, grads=ig_grads)
+                                                         on_layer=on_layer, grads=ig_grads, max_memory=max_memory)
                 ig_grads.clear()  # kept in the estimate now
             else:
                 estimates[method] = attribution_patching(model, components, base, source_acts, metric_fn, ctx,
@@ -194,7 +200,7 @@ def activation_patching(
             if out is not None:
                 checkpoint()
                 last_save = time.perf_counter()
-        batched = BatchedEngine(model, base) if engine == "batched" and "activation" in methods else None
+        batched = BatchedEngine(model, base, max_memory=max_memory) if engine == "batched" and "activation" in methods else None
         for comp in (components if "activation" in methods else []):
             shape = grid_shape(model, comp, n_pos, layers_of[comp])
             total = int(torch.tensor(shape).prod())
