@@ -232,7 +232,8 @@ def load(name: str | None = None, backend: str = "lens", device: str = "cpu", dt
 
     >>> model = interp.load("smollm2-135m", backend="nnsight")   # doctest: +SKIP
     """
-    from interp.models import DEFAULT_MODEL, check_name, load_hf, parse_device_map
+    from interp.device_map import parse_device_map
+    from interp.models import DEFAULT_MODEL, check_name, load_hf
 
     if backend not in BACKENDS:
         raise InterpError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
