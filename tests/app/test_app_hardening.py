@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import safetensors.torch
 import torch
 import typer
 from app_runs import COMMANDS
@@ -159,19 +158,18 @@ def test_unreadable_manifest_files_are_one_line_errors(app_runs, tmp_path, monke
 def _nan_scores(folder: Path) -> None:
     """Replace a folder's scores by tensors of the same shapes, every value NaN or infinite."""
     path = folder / "scores.safetensors"
-    scores = safetensors.torch.load(path.read_bytes())
+    scores = results.read_tensors(path)
     bad = {}
     for i, (name, t) in enumerate(scores.items()):
         fill = (float("nan"), float("inf"), -float("inf"))[i % 3]
         bad[name] = torch.full(t.shape, fill) if t.is_floating_point() else t
-    path.unlink()
-    path.write_bytes(safetensors.torch.save(bad))
+    results.write_tensors_atomic(path, bad)
 
 
 def _empty_scores(folder: Path, manifest: dict) -> dict:
     """Cut every tensor of a folder to length 0 along its first axis; the manifest that describes the result."""
     path = folder / "scores.safetensors"
-    scores = safetensors.torch.load(path.read_bytes())
+    scores = results.read_tensors(path)
     manifest = json.loads(json.dumps(manifest))
     for name, t in scores.items():
         if t.ndim:
@@ -180,8 +178,7 @@ def _empty_scores(folder: Path, manifest: dict) -> dict:
             info["sizes"][0] = 0
             if info.get("labels", {}).get(info["axes"][0]) is not None:
                 info["labels"][info["axes"][0]] = []
-    path.unlink()
-    path.write_bytes(safetensors.torch.save(scores))
+    results.write_tensors_atomic(path, scores)
     return manifest
 
 
