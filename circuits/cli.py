@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from interp.cli_support import (
+    check_outside_out,
     phase_callback,
     AS_JSON,
     BACKEND,
@@ -43,22 +44,11 @@ circuit = typer.Typer(help="Circuits: build one from a patching run, compare two
 _CREATED: set[Path] = set()  # run folders this process created (removed again if the run fails while empty)
 
 
-def _outside_inputs(out: Path | str | None, *inputs) -> None:
-    """Refuse an --out that is (or holds) one of the command's inputs: --force would delete it."""
-    if out is None or not str(out).strip():
-        return
-    target = Path(out).resolve()
-    for path in inputs:
-        given = Path(path).resolve()
-        if given == target or target in given.parents:
-            raise InterpError(f"--out {out} is where the input {path} lives: write the run into another folder")
-
-
-def _out(out: Path | str | None, name: str, force: bool, resume: bool = False, inputs=()) -> Path:
-    """The run folder, checked (and created) before any model loads."""
+def _out(out: Path | str | None, name: str, force: bool, resume: bool = False, **inputs) -> Path:
+    """The run folder, checked (and created) before any model loads; ``inputs`` (option -> path) must lie outside it."""
     if resume and out is None:
         raise InterpError("--resume needs --out DIR: the folder of the interrupted run")
-    _outside_inputs(out, *inputs)
+    check_outside_out(out, force, **inputs)
     existed = out is not None and Path(out).exists()
     folder = prepare_out(out, name, force, resume)
     if not existed:
@@ -145,7 +135,7 @@ def heads_detect(
         from interp.tasks import check_task
 
         check_task(task)
-    out = _out(out, "heads", force, inputs=[task] if Path(task).suffix == ".jsonl" else [])
+    out = _out(out, "heads", force, task=task if Path(task).suffix == ".jsonl" else None)
     console = Console(stderr=True)
     t0 = time.perf_counter()
     with _guard(console, out):
@@ -306,13 +296,13 @@ def circuit_build(
         raise InterpError("--top-k must be 0 (no limit) or more")
     if min_abs is not None:
         finite(min_abs, "--min-abs")
-    _outside_inputs(out, run)
+    check_outside_out(out, force, run=run)  # before the build, not after it
     t0 = time.perf_counter()
     result, built = circuit_build_run(str(run), method, split(components) or None, top_k or None, min_abs, command_line())
     if edges and not built.heads():
         raise InterpError("--edges connects the circuit's heads, and this circuit has none: keep head_out nodes "
                           "(--components head_out) or leave out --edges")
-    out = _out(out, "circuit", force, inputs=[run])
+    out = _out(out, "circuit", force, run=run)
     console = Console(stderr=True)
     with _guard(console, out):
         if edges:
@@ -333,10 +323,10 @@ def circuit_overlap(
     """Shared nodes of two circuits: intersection over union and over each."""
     from interp.circuits.runs import circuit_overlap_run
 
-    _outside_inputs(out, a, b)
+    check_outside_out(out, force, circuit=a, other_circuit=b)
     t0 = time.perf_counter()
     result = circuit_overlap_run(str(a), str(b), command_line())
-    out = _out(out, "overlap", force, inputs=[a, b])
+    out = _out(out, "overlap", force, circuit=a, other_circuit=b)
     console = Console(stderr=True)
     with _guard(console, out):
         finish(console, result, out, t0, as_json)
@@ -368,7 +358,7 @@ def circuit_faithfulness(
     get_metric(metric)
     check_task(task)
     Circuit.load(circuit_path)  # a missing or malformed circuit fails here, before the model loads
-    out = _out(out, "faithfulness", force, inputs=[circuit_path])
+    out = _out(out, "faithfulness", force, circuit=circuit_path)
     console = Console(stderr=True)
     t0 = time.perf_counter()
     with _guard(console, out):

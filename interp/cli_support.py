@@ -115,7 +115,7 @@ def check_outside_out(out: Path | str | None, force: bool, **inputs: str | Path 
         for candidate in (c for c in candidates if c.exists()):
             where = candidate.resolve()
             if where == folder or folder in where.parents:
-                raise InterpError(f"--{option.replace('_', '-')} {value} is inside --out {out}, which --force would "
+                raise InterpError(f"the input --{option.replace('_', '-')} {value} is inside --out {out}, which --force would "
                                   "delete first: copy it elsewhere or choose another --out")
 
 
