@@ -3,6 +3,10 @@
 A command that would decode ten million tokens or hold a cache larger than the memory left is refused in one
 line that says what it would take and what to change, instead of running for hours or being killed by the
 operating system. The method packages estimate their own buffers and call `check_memory` and `check_context`.
+
+Batch sizes come from a memory budget (`memory_budget`: ``--max-memory`` or `MEMORY_SHARE` of the free memory):
+`row_bytes` estimates one batch row of a forward, `rows_that_fit` turns a budget into rows per forward and refuses,
+in one line, a budget too small for one row.
 """
 
 from __future__ import annotations
@@ -76,3 +80,42 @@ def element_size(model) -> int:
 def kv_bytes_per_token(model) -> int:
     """Bytes the KV cache holds per token: keys and values of every layer."""
     return 2 * model.n_layers * model.n_kv_heads * model.d_head * element_size(model)
+
+
+DEFAULT_MEMORY = 2 * 1024**3  # the budget when the device's free memory is unknown
+
+
+def row_bytes(model, start: int, a: int, n_pos: int, grad: bool = False) -> int:
+    """Bytes one batch row (one patch on one prompt) costs in a forward from layer ``start`` over positions ``a..``.
+
+    Without ``grad``: one layer's activations at a time (residual, queries/keys/values, attention
+    scores, MLP hidden), the keys/values of layers ``start..`` it reads and extends (the cached
+    prefix ``0..a-1`` copied per row, plus the new ones), the patched value and the last position's
+    float32 logits. With ``grad`` every run layer's activations are kept for the backward pass.
+    """
+    item = element_size(model)
+    length, total = n_pos - a, n_pos
+    qkv = (model.n_heads + 2 * model.n_kv_heads) * model.d_head
+    per_layer = length * (4 * model.d_model + 2 * qkv + 3 * model.d_mlp) + 2 * model.n_heads * length * total
+    kv = 2 * (model.n_layers - start) * 2 * model.n_kv_heads * model.d_head * total  # prefix copy + extended cache
+    layers_held = (model.n_layers - start) if grad else 1
+    value = length * max(model.d_model, model.d_mlp)
+    return int(item * (layers_held * per_layer + kv + value + length * model.d_model) + 2 * 4 * model.d_vocab)
+
+
+def memory_budget(model, max_memory: int | None) -> int:
+    """``max_memory`` bytes, or (None) `MEMORY_SHARE` of the memory free now on the model's device."""
+    if max_memory is not None:
+        if max_memory <= 0:
+            raise InterpError(f"the memory budget must be positive, got {max_memory} bytes")
+        return int(max_memory)
+    free = available_memory(getattr(model, "device", "cpu"))
+    return DEFAULT_MEMORY if free is None else int(MEMORY_SHARE * free)
+
+
+def rows_that_fit(budget: int, per_row: int, what: str) -> int:
+    """How many rows of ``per_row`` bytes fit ``budget``; a one-line error when not even one does."""
+    if per_row > budget:
+        raise InterpError(f"{what} needs about {size_text(per_row)}, more than the memory budget of "
+                          f"{size_text(budget)}: raise --max-memory, or use fewer prompts or shorter ones")
+    return budget // per_row

@@ -38,7 +38,7 @@ from interp.backends.steps import plan_steps
 from interp.backends.torch_backend import installed_steps
 from interp.errors import InterpError
 from interp.interventions import Replace
-from interp.limits import MEMORY_SHARE, available_memory, element_size, size_text
+from interp.limits import DEFAULT_MEMORY, memory_budget, row_bytes, rows_that_fit  # noqa: F401 (re-exported)
 from interp.metrics import MetricContext
 from interp.model import Model
 from interp.sites import Site
@@ -118,45 +118,6 @@ def run_hooks_engine(model: Model, component: str, base: torch.Tensor, source_ac
         value = source_acts[site][index]
         logits = model.run(base, [Replace(site, value, index=index)]).logits[:, -1]
         yield [patch], metric(logits, ctx)
-
-
-DEFAULT_MEMORY = 2 * 1024**3  # the budget when the device's free memory is unknown
-
-
-def row_bytes(model: Model, start: int, a: int, n_pos: int, grad: bool = False) -> int:
-    """Bytes one batch row (one patch on one prompt) costs in a forward from layer ``start`` over positions ``a..``.
-
-    Without ``grad``: one layer's activations at a time (residual, queries/keys/values, attention
-    scores, MLP hidden), the keys/values of layers ``start..`` it reads and extends (the cached
-    prefix ``0..a-1`` copied per row, plus the new ones), the patched value and the last position's
-    float32 logits. With ``grad`` every run layer's activations are kept for the backward pass.
-    """
-    item = element_size(model)
-    length, total = n_pos - a, n_pos
-    qkv = (model.n_heads + 2 * model.n_kv_heads) * model.d_head
-    per_layer = length * (4 * model.d_model + 2 * qkv + 3 * model.d_mlp) + 2 * model.n_heads * length * total
-    kv = 2 * (model.n_layers - start) * 2 * model.n_kv_heads * model.d_head * total  # prefix copy + extended cache
-    layers_held = (model.n_layers - start) if grad else 1
-    value = length * max(model.d_model, model.d_mlp)
-    return int(item * (layers_held * per_layer + kv + value + length * model.d_model) + 2 * 4 * model.d_vocab)
-
-
-def memory_budget(model: Model, max_memory: int | None) -> int:
-    """``max_memory`` bytes, or (None) `MEMORY_SHARE` of the memory free now on the model's device."""
-    if max_memory is not None:
-        if max_memory <= 0:
-            raise InterpError(f"the memory budget must be positive, got {max_memory} bytes")
-        return int(max_memory)
-    free = available_memory(getattr(model, "device", "cpu"))
-    return DEFAULT_MEMORY if free is None else int(MEMORY_SHARE * free)
-
-
-def rows_that_fit(budget: int, per_row: int, what: str) -> int:
-    """How many rows of ``per_row`` bytes fit ``budget``; a one-line error when not even one does."""
-    if per_row > budget:
-        raise InterpError(f"{what} needs about {size_text(per_row)}, more than the memory budget of "
-                          f"{size_text(budget)}: raise --max-memory, or use fewer prompts or shorter ones")
-    return budget // per_row
 
 
 class BatchedEngine:
