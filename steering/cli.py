@@ -28,6 +28,7 @@ from interp.cli_support import (
     DEVICE,
     DTYPE,
     FORCE,
+    MAX_MEMORY,
     MODEL,
     SEED,
     command_line,
@@ -35,6 +36,7 @@ from interp.cli_support import (
     finite,
     load_model,
     numbers,
+    parse_size,
     progress_bar,
 )
 from interp.errors import InterpError
@@ -239,12 +241,13 @@ def evaluate(
     n_rules: int = typer.Option(2, help="Rules per deduction puzzle."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
     out: Path = typer.Option(None, help="Run folder (default runs/steer-eval-<time>)."),
-    force: bool = FORCE, resume: bool = RESUME, as_json: bool = AS_JSON, seed: int = SEED,
+    force: bool = FORCE, resume: bool = RESUME, as_json: bool = AS_JSON, seed: int = SEED, max_memory: str = MAX_MEMORY,
 ) -> None:
     """Sweep a vector's coefficient: accuracy, KL (nats) and entropy (bits) at the first answer token."""
     from interp.steering.runs import BEHAVIOUR_TASKS, PUZZLE_TASKS, eval_run, read_task_file
 
     coeffs = numbers(coefficients, "--coefficients")
+    budget = None if max_memory is None else parse_size(max_memory, "--max-memory")
     layer_list = _layers(layers, "--layers")
     if not coeffs or not layer_list:
         raise InterpError("give at least one coefficient and one layer")
@@ -261,7 +264,7 @@ def evaluate(
     m = load_model(console, model, backend, device, dtype)
     with _interruptible(console, out, "eval"), _bars(console) as bar:
         result = eval_run(m, str(vectors), layer_list, task, coeffs, n, keep_norm, where, n_rules, seed,
-                          command=command_line(), out=out, resume=resume, progress=phase_callback(bar))
+                          command=command_line(), out=out, resume=resume, progress=phase_callback(bar), max_memory=budget)
     finish(console, result, out, t0, as_json, result.manifest["notes"][0]["text"])
     Checkpoint(out, {}).clear()
 
@@ -371,12 +374,13 @@ def generate(
     temperature: float = typer.Option(0.0, help="0: greedy; otherwise the sampling temperature."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
     out: Path = typer.Option(None, help="Run folder (default runs/steer-generate-<time>)."),
-    force: bool = FORCE, as_json: bool = AS_JSON, seed: int = SEED,
+    force: bool = FORCE, as_json: bool = AS_JSON, seed: int = SEED, max_memory: str = MAX_MEMORY,
 ) -> None:
     """Write continuations with and without the vectors added, side by side."""
     from interp.steering.runs import generate_run
 
     where_value = _where(where)
+    budget = None if max_memory is None else parse_size(max_memory, "--max-memory")
     for i, text in enumerate(prompt):
         if not text.strip():
             raise InterpError(f"--prompt {i + 1} is empty: give some text to continue, e.g. -p \"The capital of France is\"")
@@ -397,7 +401,8 @@ def generate(
     m = load_model(console, model, backend, device, dtype)
     with _interruptible(console, out, "generate", "steer generate keeps no partial work"), _bars(console) as bar:
         result = generate_run(m, list(prompt), str(vectors) if vectors else None, layer_list, coeff,
-                              where_value, keep_norm, chat, max_new_tokens, temperature, seed, command_line(), phase_callback(bar))
+                              where_value, keep_norm, chat, max_new_tokens, temperature, seed, command_line(), phase_callback(bar),
+                              max_memory=budget)
     rows = result.manifest["generations"]
     text = "\n".join(f"{r['prompt']!r}\n  unsteered: {r['unsteered']!r}" + (f"\n  steered:   {r['steered']!r}" if "steered" in r else "")
                      for r in rows)

@@ -29,8 +29,8 @@ from interp.errors import InterpError
 from interp.interventions import Add
 from interp.metrics import check_finite
 from interp.model import Model
-from interp.limits import check_context, check_memory
-from interp.steering.limits import kv_cache_bytes
+from interp.limits import check_context, element_size
+from interp.steering.limits import budget_groups, forward_row_bytes, kv_cache_bytes
 
 
 def _positions(where: str | int, prompt_len: int, total: int) -> list[int]:
@@ -51,13 +51,17 @@ def _positions(where: str | int, prompt_len: int, total: int) -> list[int]:
 def generate(model: Model, prompts: str | Sequence[str], steer: dict[str, torch.Tensor] | None = None, coeff: float = 1.0,
              where: str | int = "all", keep_norm: bool = False, max_new_tokens: int = 20, temperature: float = 0.0,
              seed: int = 0, backend: str | None = None, until: Callable[[str], bool] | None = None,
-             progress: Callable[[str, int, int], None] | None = None, stage: str = "generating") -> list[str]:
+             progress: Callable[[str, int, int], None] | None = None, stage: str = "generating",
+             max_memory: int | None = None) -> list[str]:
     """Continuations of ``prompts`` with ``coeff * steer[site]`` added at every site of ``steer`` (None: unsteered).
 
     ``until(text)`` may end a group early: once it is true for every continuation in the group.
     ``progress(stage, tokens written, tokens to write)`` is called after every step. Prompts that
     tokenize to nothing, a request longer than the model's context or too large for memory, and
-    NaN or infinite logits (an overflowing steer) are one-line errors.
+    NaN or infinite logits (an overflowing steer) are one-line errors. Prompts of one length decode together,
+    as many per batch as fit ``max_memory`` (bytes; None: a share of the device's free memory; a budget that
+    cannot hold one prompt is a one-line error). Each prompt samples from its own seeded generator, so the
+    texts do not depend on the budget.
     """
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not texts:
@@ -73,20 +77,19 @@ def generate(model: Model, prompts: str | Sequence[str], steer: dict[str, torch.
             raise InterpError(f"prompt {i + 1} is empty: give some text to continue")
     for site in steer or {}:
         model.site(site)
-    groups = model.length_groups(texts)
-    for rows, tokens in groups:
+    for rows, tokens in model.length_groups(texts):
         if tokens.shape[1] == 0:
             raise InterpError(f"prompt {rows[0] + 1} ({texts[rows[0]]!r}) tokenizes to nothing: give some text to continue")
         check_context(model, tokens.shape[1] + max_new_tokens, f"prompt {rows[0] + 1} plus {max_new_tokens} new tokens",
                       "use a shorter prompt or fewer new tokens")
-        check_memory(kv_cache_bytes(model, len(rows), tokens.shape[1] + max_new_tokens),
-                     f"generating {max_new_tokens} tokens for {len(rows)} prompts at once",
-                     model.device, "use fewer prompts or fewer new tokens")
-    gen = torch.Generator().manual_seed(seed)
+    groups = budget_groups(model, texts, max_memory, lambda length: generation_row_bytes(model, length, max_new_tokens, backend),
+                           f"generating {max_new_tokens} tokens for one prompt")
+    row_seeds = torch.randint(2**62, (len(texts),), generator=torch.Generator().manual_seed(seed)).tolist()
     out: list[str] = [""] * len(texts)
     total, written = len(texts) * max_new_tokens, 0
     for rows, tokens in groups:
         prompt_len = tokens.shape[1]
+        gens = [torch.Generator().manual_seed(row_seeds[i]) for i in rows]
         step = _recompute_step(model, steer, coeff, where, keep_norm, prompt_len, backend) if backend else \
             _cached_step(model, steer, coeff, where, keep_norm, prompt_len)
         for i in range(max_new_tokens):
@@ -98,7 +101,8 @@ def generate(model: Model, prompts: str | Sequence[str], steer: dict[str, torch.
             if temperature == 0:
                 nxt = logits.argmax(-1)
             else:
-                nxt = torch.multinomial((logits / temperature).softmax(-1).cpu(), 1, generator=gen)[:, 0].to(tokens.device)
+                probs = (logits / temperature).softmax(-1).cpu()
+                nxt = torch.cat([torch.multinomial(probs[j], 1, generator=gens[j]) for j in range(len(rows))]).to(tokens.device)
             tokens = torch.cat([tokens, nxt[:, None]], dim=1)
             if until is not None and all(until(model.tokenizer.decode(row[prompt_len:])) for row in tokens):
                 written += len(rows) * (max_new_tokens - i - 1)
@@ -108,6 +112,14 @@ def generate(model: Model, prompts: str | Sequence[str], steer: dict[str, torch.
         for j, i in enumerate(rows):
             out[i] = model.tokenizer.decode(tokens[j, prompt_len:])
     return out
+
+
+def generation_row_bytes(model: Model, prompt_len: int, max_new_tokens: int, backend: str | None = None) -> int:
+    """Bytes one prompt costs while it generates: its KV cache and a forward over the prompt (with a named
+    ``backend``, every step reruns the whole sequence and returns every position's logits)."""
+    total = prompt_len + max_new_tokens
+    cost = kv_cache_bytes(model, 1, total) + forward_row_bytes(model, total if backend else prompt_len)
+    return cost if backend else cost - (prompt_len - 1) * model.d_vocab * element_size(model)  # cached: last logits only
 
 
 def _edits(steer: dict[str, torch.Tensor] | None, coeff: float, positions: list[int], keep_norm: bool) -> list[Add]:

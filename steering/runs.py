@@ -40,8 +40,11 @@ DEFAULT_N = 64  # prompts of a generated puzzle set or a built-in behaviour set;
 def generate_run(model: Model, prompts: list[str], vector_file: str | None = None, layers: Sequence[int] = (), coeff: float = 1.0,
                  where: str | int = "all", keep_norm: bool = False, chat: bool = False, max_new_tokens: int = 40,
                  temperature: float = 0.0, seed: int = 0, command: str = "steer generate",
-                 progress: Callable[[str, int, int], None] | None = None) -> RunResult:
-    """Generate for ``prompts`` unsteered and (with a vector file) steered; texts go into the manifest."""
+                 progress: Callable[[str, int, int], None] | None = None, max_memory: int | None = None) -> RunResult:
+    """Generate for ``prompts`` unsteered and (with a vector file) steered; texts go into the manifest.
+
+    ``max_memory`` (bytes; None: a share of the device's free memory) sizes the batches; the texts do not depend on it.
+    """
     t0 = time.perf_counter()
     if layers and not vector_file:
         raise InterpError("--layers picks layers of a vector set: give --vectors too (or leave --layers out)")
@@ -50,14 +53,15 @@ def generate_run(model: Model, prompts: list[str], vector_file: str | None = Non
             raise InterpError(f"prompt {i + 1} is empty: give some text to continue with --prompt/-p")
     texts = [chat_prompt(model, p) if chat else p for p in prompts]
     options = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+    budget = {"max_memory": max_memory}
     steer = None
     if vector_file:  # loaded (and checked) before any generation
         vectors = load_vector_set(model, vector_file, layers)
         steer = {f"{vectors.kind}.{layer}": vectors.vector(layer) for layer in vectors.layers}
-    plain = generate(model, texts, **options, progress=progress, stage="unsteered")
+    plain = generate(model, texts, **options, **budget, progress=progress, stage="unsteered")
     rows = [{"prompt": p, "unsteered": u} for p, u in zip(prompts, plain)]
     if steer:
-        for row, text in zip(rows, generate(model, texts, steer, coeff, where, keep_norm, **options, progress=progress,
+        for row, text in zip(rows, generate(model, texts, steer, coeff, where, keep_norm, **options, **budget, progress=progress,
                                             stage="steered")):
             row["steered"] = text
     notes = [{"title": f"Prompt {i + 1}", "text": "\n".join(f"{key}: {value}" for key, value in row.items())} for i, row in enumerate(rows)]
@@ -231,7 +235,7 @@ def eval_run(model: Model, vector_file: str, layers: Sequence[int], task: str = 
              coefficients: Sequence[float] = DEFAULT_COEFFICIENTS, n: int | None = None, keep_norm: bool = False,
              positions: str | int = "all", n_rules: int = 2, seed: int = 0, backend: str | None = None,
              command: str = "steer eval", out: str | Path | None = None, resume: bool = False,
-             progress: Callable[[str, int, int], None] | None = None) -> RunResult:
+             progress: Callable[[str, int, int], None] | None = None, max_memory: int | None = None) -> RunResult:
     """A coefficient sweep of the saved vectors at ``layers`` on held-out ``task`` prompts (first answer token).
 
     With ``out``, every finished group of equal-length prompts is checkpointed there; ``resume=True``
@@ -264,7 +268,7 @@ def eval_run(model: Model, vector_file: str, layers: Sequence[int], task: str = 
 
     sweep = coefficient_sweep(model, vectors, None, held_out.prompts, held_out.candidate_ids(model.tokenizer), held_out.correct,
                               coefficients, keep_norm, positions, backend=backend, progress=progress, state=state,
-                              on_group=keep)
+                              on_group=keep, max_memory=max_memory)
     scores = {"sweep/coefficient": torch.tensor(sweep.coefficients), "sweep/accuracy": torch.tensor(sweep.accuracy),
               "sweep/kl": torch.tensor(sweep.kl_mean), "sweep/kl_std": torch.tensor(sweep.kl_std),
               "sweep/entropy": torch.tensor(sweep.entropy_mean), "sweep/mass_right": torch.tensor(sweep.mass_right),

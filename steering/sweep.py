@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import plotly.graph_objects as go
 import torch
@@ -30,7 +31,7 @@ from interp.metrics import check_finite
 from interp.model import Model
 from interp.steering.effects import entropy_bits, kl_nats
 from interp.limits import check_context
-from interp.steering.limits import BATCH_ROWS
+from interp.steering.limits import budget_groups, forward_row_bytes
 from interp.steering.puzzles import single_token_id
 from interp.steering.vectors import KINDS, VectorSet
 
@@ -135,13 +136,17 @@ def last_logits(model: Model, tokens: torch.Tensor, edits: Sequence[Add] = (), b
 
 def candidate_hits(model: Model, prompts: Sequence[str], candidates: torch.Tensor | Sequence[Sequence[str]],
                    correct: torch.Tensor | Sequence[int] | None = None, backend: str | None = None,
-                   progress: Callable[[str, int, int], None] | None = None) -> torch.Tensor:
-    """Bool ``[n]``: whether the unsteered model ranks the right candidate highest on each prompt."""
+                   progress: Callable[[str, int, int], None] | None = None, max_memory: int | None = None) -> torch.Tensor:
+    """Bool ``[n]``: whether the unsteered model ranks the right candidate highest on each prompt.
+
+    Prompts of one length run together, as many per forward as fit ``max_memory`` (bytes; None: a share of
+    the device's free memory); the answers do not depend on it.
+    """
     cand = candidate_ids(model, candidates, len(prompts))
     right = _correct(correct, cand)
     hits = torch.zeros(len(prompts), dtype=torch.bool)
     done = 0
-    for rows, tokens in model.length_groups(prompts, BATCH_ROWS):
+    for rows, tokens in budget_groups(model, prompts, max_memory, partial(forward_row_bytes, model), "one prompt"):
         logits = last_logits(model, tokens, backend=backend)
         check_finite(logits.gather(-1, cand[rows]), f"the unsteered answer logits of prompt {rows[0] + 1}")
         hits[rows] = logits.gather(-1, cand[rows]).argmax(-1) == right[rows]
@@ -164,7 +169,7 @@ def coefficient_sweep(model: Model, vectors: VectorSet | torch.Tensor, layers: i
                       coefficients: Sequence[float] = DEFAULT_COEFFICIENTS, keep_norm: bool = False,
                       positions: str | int = "all", kind: str | None = None, backend: str | None = None,
                       progress: Callable[[str, int, int], None] | None = None, state: dict | None = None,
-                      on_group: Callable[[dict], None] | None = None) -> SweepResult:
+                      on_group: Callable[[dict], None] | None = None, max_memory: int | None = None) -> SweepResult:
     """Steer with ``coeff * vector`` at ``layers`` for every coefficient; measure the first answer token.
 
     ``vectors``: a `VectorSet` (``layers=None``: all its layers) or a tensor ``[d_model]`` (the same
@@ -176,7 +181,8 @@ def coefficient_sweep(model: Model, vectors: VectorSet | torch.Tensor, layers: i
     Resumable: ``state`` holds the per-prompt tensors (``kl``, ``entropy``, ``p_right``, ``p_wrong``,
     ``hits`` [k, n] and ``done`` [n]) of groups finished earlier, which are skipped; ``on_group(state)``
     is called after each group of equal-length prompts (to checkpoint it). ``progress(stage, done,
-    total)`` counts prompt x coefficient runs. A NaN or infinite metric (a non-finite vector or an
+    total)`` counts prompt x coefficient runs. ``max_memory`` (bytes; None: a share of the device's free
+    memory) sets how many prompts of one length run per forward; the results do not depend on it. A NaN or infinite metric (a non-finite vector or an
     overflowing coefficient) is a one-line error naming the coefficient.
     """
     by_layer = _vectors_by_layer(vectors, layers)
@@ -206,7 +212,7 @@ def coefficient_sweep(model: Model, vectors: VectorSet | torch.Tensor, layers: i
             or tuple(state["done"].shape) != (n,):
         raise InterpError(f"the saved sweep does not match {k} coefficients x {n} prompts; start over")
     kl, entropy, p_right, p_wrong, hits, done = (state[name] for name in ("kl", "entropy", "p_right", "p_wrong", "hits", "done"))
-    for rows, tokens in model.length_groups(prompts, BATCH_ROWS):
+    for rows, tokens in budget_groups(model, prompts, max_memory, partial(forward_row_bytes, model), "one prompt"):
         if bool(done[rows].all()):
             if progress:
                 progress("sweep", int(done.sum()) * k, n * k)
