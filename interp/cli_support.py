@@ -50,10 +50,11 @@ def finite(value: float, option: str) -> float:
 
 
 def load_model(console: Console, model: str, backend: str, device: str = "cpu", dtype: str = "float32",
-               device_map: str | None = None):
+               device_map: str | None = None, remote: bool = False):
     """Load the model and boot its backend (so that counts as load time), under a status line.
 
     ``device_map`` (auto, balanced or a JSON file) splits the model across devices instead of ``device``.
+    ``remote`` runs it on NDIF through nnsight (`interp.remote`): needs ``backend="nnsight"``, a hub id and a key.
     """
     import torch
 
@@ -61,8 +62,9 @@ def load_model(console: Console, model: str, backend: str, device: str = "cpu", 
 
     if dtype not in DTYPES:
         raise InterpError(f"unknown dtype '{dtype}': use one of {', '.join(DTYPES)}")
-    with console.status(f"loading {model} ({backend})"):
-        m = interp.load(model, backend=backend, device=device, dtype=getattr(torch, dtype), device_map=device_map or None)
+    with console.status(f"loading {model} ({backend}{', remote on NDIF' if remote else ''})"):
+        m = interp.load(model, backend=backend, device=device, dtype=getattr(torch, dtype), device_map=device_map or None,
+                        remote=remote)
         if backend != "torch":
             m.backend()
     return m
@@ -100,6 +102,9 @@ MAX_MEMORY = typer.Option(None, "--max-memory", help="Memory budget for batched 
                           "(default 80% of the device's free memory); results do not depend on it.")
 RAY = typer.Option(None, "--ray", help="Shard the work over Ray actors: `--ray` alone starts a local Ray cluster, "
                    "`--ray HOST:PORT` joins a running one (`ray start --head`). Needs `pip install 'interp[ray]'`.")
+REMOTE = typer.Option(False, "--remote", help="Run the model on NDIF (remote execution through nnsight) instead of "
+                      "here: needs --backend nnsight, a Hugging Face hub id that NDIF hosts as --model, and an NDIF API "
+                      "key (NDIF_API_KEY or nnsight.CONFIG.set_default_api_key).")
 WORKERS = typer.Option(None, "--workers", help="Ray workers (actors), each loading the model once (default: one per "
                        "GPU, else one per 2 CPU cores). Only with --ray.")
 

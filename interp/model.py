@@ -45,10 +45,15 @@ LENS_DEVICE_MAP = ("the lens backend cannot run a model split by a device map (T
 class Model:
     """A loaded model on one backend. Build it with `interp.load`."""
 
-    def __init__(self, name: str, hf: torch.nn.Module, tokenizer, backend: str = "lens"):
+    def __init__(self, name: str, hf: torch.nn.Module, tokenizer, backend: str = "lens", remote: bool | str = False):
         if backend not in BACKENDS:
             raise InterpError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
         self.name, self.hf, self.tokenizer, self.backend_name = name, hf, tokenizer, backend
+        self.remote = remote  # True: runs go to NDIF; "local": nnsight's local simulation of that (`interp.remote`)
+        if remote:  # nothing may run the modules here behind the user's back
+            from interp.remote import guard
+
+            self._guard = guard(hf)
         self.adapter: Adapter = adapter_for(hf.config)
         a = self.adapter
         self.n_layers, self.n_heads, self.n_kv_heads = a.n_layers, a.n_heads, a.n_kv_heads
@@ -64,8 +69,15 @@ class Model:
     def backend(self, name: str | None = None):
         """The backend object (built on first use); ``name`` defaults to the model's backend."""
         name = name or self.backend_name
+        if self.remote and name != "nnsight":
+            raise InterpError(f"this model runs remotely (NDIF, through nnsight): the {name} backend would run it here; "
+                              "this method or option cannot run remotely (load it without remote to run it locally)")
         if name not in self._backends:
-            if name == "lens":
+            if self.remote:
+                from interp.remote import RemoteNNsightBackend
+
+                self._backends[name] = RemoteNNsightBackend(self.hf, self.tokenizer, self.adapter, self.remote, self._guard)
+            elif name == "lens":
                 if self.device_map:
                     raise InterpError(LENS_DEVICE_MAP)
                 from interp.backends.lens import LensBackend
@@ -124,7 +136,8 @@ class Model:
         if device_map:
             main = [d for d in device_map.values() if str(d) not in ("cpu", "disk")]
             return torch.device(main[0] if main else "cpu")
-        return next(self.hf.parameters()).device
+        device = next(self.hf.parameters()).device
+        return torch.device("cpu") if device.type == "meta" else device  # remote=True: a weightless copy here
 
     @property
     def device_map(self) -> dict[str, str] | None:
@@ -135,6 +148,8 @@ class Model:
     @contextmanager
     def _weights(self):
         """Offloaded weights brought onto their execution device while a weight accessor reads them."""
+        if self.remote is True:
+            raise InterpError("the weights of a remote model stay on NDIF: this method reads them here; run it locally")
         with ExitStack() as stack:
             if self.device_map:  # cpu/disk entries behind a GPU main device hold meta parameters
                 from accelerate.utils import align_module_device, has_offloaded_params
@@ -169,6 +184,12 @@ class Model:
         if not isinstance(tokens, torch.Tensor):
             tokens = self.to_tokens(tokens)
         acts: dict[str, torch.Tensor] = {}
+        if self.remote:  # each request plans its own steps (`interp.remote`)
+            from interp.remote import check_run
+
+            check_run(interventions, grad, rules)
+            plan = lambda store: self._plan(interventions, read, store, grad)
+            return RunOutput(self.backend(backend).run_plan(tokens.to(self.device), plan, grad, acts), acts)
         steps = self._plan(interventions, read, acts, grad)
         active = parse_rules(rules) if rules else ()
         if active:
@@ -219,7 +240,8 @@ class Model:
 
 
 def load(name: str | None = None, backend: str = "lens", device: str = "cpu", dtype: torch.dtype = torch.float32,
-         verify: bool = False, device_map: str | dict | None = None, offload_folder: str | None = None) -> Model:
+         verify: bool = False, device_map: str | dict | None = None, offload_folder: str | None = None,
+         remote: bool | str = False) -> Model:
     """Load a model by name (see `interp.models.list_models`) onto ``backend``.
 
     ``verify=True`` runs the quick checks of ``interp doctor`` (`interp.doctor.verify`): the backend's
@@ -229,6 +251,9 @@ def load(name: str | None = None, backend: str = "lens", device: str = "cpu", dt
     ``device_map`` splits the model across devices through accelerate (``device`` is then unused):
     "auto", "balanced", a dict of module name -> device ("cpu", "cuda:1", 0, "disk"), or the path of
     a JSON file with one; ``offload_folder`` holds "disk" modules. The lens backend refuses it.
+
+    ``remote=True`` (with ``backend="nnsight"`` and a hub id) runs every `Model.run` on NDIF through
+    nnsight's remote execution; ``remote="local"`` simulates that here. See `interp.remote`.
 
     >>> model = interp.load("smollm2-135m", backend="nnsight")   # doctest: +SKIP
     """
@@ -242,8 +267,17 @@ def load(name: str | None = None, backend: str = "lens", device: str = "cpu", dt
     device_map = parse_device_map(device_map)  # a bad map first, in one line
     if device_map is not None and backend == "lens":
         raise InterpError(LENS_DEVICE_MAP)
-    hf, tokenizer = load_hf(name, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder)
-    model = Model(name, hf, tokenizer, backend=backend)
+    from interp.remote import check_remote, check_server, load_meta
+
+    remote = check_remote(remote, backend, device_map)
+    if remote is True and verify:
+        raise InterpError("verify checks the backend against the HF forward here, which a remote model has no weights for")
+    if remote is True:
+        check_server()  # no key or no server: one line, before any work
+        hf, tokenizer = load_meta(name)
+    else:
+        hf, tokenizer = load_hf(name, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder)
+    model = Model(name, hf, tokenizer, backend=backend, remote=remote)
     if verify:
         from interp.doctor import verify as run_verify
 
