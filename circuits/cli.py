@@ -20,6 +20,7 @@ from interp.cli_support import (
     DEVICE,
     DTYPE,
     FORCE,
+    MAX_MEMORY,
     MODEL,
     SEED,
     command_line,
@@ -27,6 +28,7 @@ from interp.cli_support import (
     finite,
     load_model,
     numbers,
+    parse_size,
     progress_bar,
     split,
 )
@@ -153,11 +155,11 @@ def heads_retrieval(
     ks: str = typer.Option("5,15", help="Numbers of heads to mask: top-k by score against k random heads."),
     n_random: int = typer.Option(1, help="Random draws per k."),
     max_new_tokens: int = typer.Option(30, help="Greedy answer length (stops at a newline)."),
-    batch_size: int = typer.Option(0, help="Prompts decoded together (equal lengths only); 0: as many as keep the "
-                                           "batch's KV cache within 1 GiB. The numbers do not depend on it."),
+    batch_size: int = typer.Option(0, help="Prompts decoded together (equal lengths only); 0: as many as fit "
+                                           "--max-memory. The numbers do not depend on it."),
     model: str = MODEL, device: str = DEVICE, dtype: str = DTYPE,
     out: str = typer.Option(None, help="Run folder (default runs/retrieval-<time>)."),
-    as_json: bool = AS_JSON, seed: int = SEED, force: bool = FORCE, resume: bool = RESUME,
+    as_json: bool = AS_JSON, seed: int = SEED, force: bool = FORCE, resume: bool = RESUME, max_memory: str = MAX_MEMORY,
 ) -> None:
     """Retrieval heads: which heads copy the needle while the model answers, and does masking them break recall?
 
@@ -174,17 +176,18 @@ def heads_retrieval(
         raise InterpError(f"--ks must be numbers of heads, 0 or more; got {ks}")
     if n_random < 1 or max_new_tokens < 1 or batch_size < 0:
         raise InterpError("--n-random and --max-new-tokens must be at least 1, --batch-size 0 (automatic) or more")
+    budget = None if max_memory is None else parse_size(max_memory, "--max-memory")
     out = _out(out, "retrieval", force, resume)
     console = Console(stderr=True)
     t0 = time.perf_counter()
     with _guard(console, out):
         m = load_model(console, model, "torch", device, dtype)
-        check_request(m, length_list, k_list, n_random, max_new_tokens, depth_list)  # before the detection pass
+        check_request(m, length_list, k_list, n_random, max_new_tokens, depth_list, budget)  # before the detection pass
         units = retrieval_units(m, out, length_list, depth_list, k_list, n_random, max_new_tokens, seed, resume)
     with _guard(console, out, units, "prompts and masking settings"):
         with progress_bar(console) as bar:
             result = retrieval_run(m, length_list, depth_list, k_list, n_random, max_new_tokens, seed, command_line(),
-                                   batch_size or None, phase_callback(bar), units)
+                                   batch_size or None, phase_callback(bar), units, budget)
         finish(console, result, out, t0, as_json)
         units.clear()
 

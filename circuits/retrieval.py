@@ -2,14 +2,17 @@
 
 Detection (`detect_retrieval_heads`). Each `NeedlePrompt` is decoded greedily: all prompt tokens but
 the last are prefilled into a KV cache (no attention read), then every decode step runs one token
-through `interp.Model.run_cached` and reads ``attn_pattern.L`` for every layer (the new token's row
-over all keys). When the step produces token ``w``, head (l, h) scores a *copy event* if its
+through the model's torch backend (as `interp.Model.run_cached` does) and reads ``attn_pattern.L`` for every
+layer (the new token's row over all keys), reducing each layer's pattern to its top-attended key per head as
+the forward reaches it (`TopKeys`), so no step holds more than one layer's pattern, however long the context.
+When the step produces token ``w``, head (l, h) scores a *copy event* if its
 top-attended key lies in the needle span and holds ``w``. A test's head score is
 events / needle length; a head's retrieval score is the mean over *successful* tests (ROUGE-1
 recall of the response against the needle sentence > 0.5). Retrieval head <=> score > 0.1.
 Decoding stops after ``max_new_tokens`` or at a token containing a newline / end of text.
 
-Batching (`decode_batch`, `length_batches`). NIAH prompts of one context length have the same number of
+Batching (`decode_batch`, `length_batches`). Rows per batch come from a memory budget (``max_memory``, None:
+a share of the device's free memory; `decode_row_bytes`). NIAH prompts of one context length have the same number of
 tokens, so they decode together without padding: each prompt is prefilled on its own, the caches are joined
 along the batch axis (`stack_caches`), and one `Model.run_cached` step advances every row; a row that has
 stopped rides along until all have, its later tokens dropped. Each row sees exactly what a lone decode of its
@@ -42,7 +45,8 @@ from dataclasses import dataclass, field
 import torch
 
 from interp.circuits.haystack import NeedlePrompt
-from interp.limits import check_context, check_memory, kv_bytes_per_token
+from interp.backends.steps import plan_steps
+from interp.limits import check_context, kv_bytes_per_token, memory_budget, rows_that_fit
 from interp.circuits.units import Units
 from interp.errors import InterpError
 from interp.interventions import Intervention
@@ -52,7 +56,6 @@ from interp.model import Model
 SUCCESS_RECALL = 0.5  # a test counts for detection when ROUGE-1 recall > this
 RETRIEVAL_THRESHOLD = 0.1  # retrieval head <=> mean score > this
 PREFILL_CHUNK = 1024  # prefill in chunks so eager attention never holds a [S, S] matrix per layer
-BATCH_CACHE_BYTES = 2**30  # rows per decode batch: as many as keep the batch's KV cache within this
 PREFILL_KEEP_BYTES = 2**30  # detection keeps its prefill caches for the masking pass when all of them fit in this
 
 
@@ -168,6 +171,32 @@ def _stops(model: Model, token: int) -> bool:
     return token == model.tokenizer.eos_token_id or "\n" in model.tokenizer.decode([token])
 
 
+class TopKeys(dict):
+    """Reads of ``attn_pattern.L`` kept only as the top-attended key of the last query, per row and head.
+
+    Handed to the steps of one forward as the place reads go (`plan_steps`), it reduces each layer's
+    pattern [rows, heads, q, keys] to [rows, heads] (on the CPU) the moment the forward reaches that layer,
+    so the pattern is freed with the layer and a step never holds every layer's at once.
+    """
+
+    def __setitem__(self, site: str, pattern: torch.Tensor) -> None:
+        super().__setitem__(site, pattern[:, :, -1].argmax(-1).cpu())
+
+
+def decode_step(model: Model, tokens: torch.Tensor, interventions: Sequence[Intervention], read: Sequence[str],
+                past, tops: dict) -> tuple[torch.Tensor, object]:
+    """`Model.run_cached` of ``tokens`` whose reads go into ``tops`` (a `TopKeys`) as the forward makes them.
+
+    Returns the last position's logits [rows, vocab] and the grown cache.
+    """
+    edits: dict = {}
+    for iv in interventions:
+        edits.setdefault(model.site(iv.site), []).append(iv)
+    steps = plan_steps(model.adapter, edits, [model.site(s) for s in read], tops, False)
+    logits, past = model.backend("torch").run_cached(tokens.to(model.device), steps, past)
+    return logits[:, -1], past
+
+
 def _decode(model: Model, prompts: Sequence[NeedlePrompt], max_new_tokens: int, masked: Sequence[tuple[int, int]],
             track: bool, past) -> list[Decoded]:
     """Greedy decode of equal-length ``prompts`` as one batch, continuing (and consuming) the cache ``past``.
@@ -183,11 +212,12 @@ def _decode(model: Model, prompts: Sequence[NeedlePrompt], max_new_tokens: int, 
     active = [True] * n
     last = torch.tensor([[p.ids[-1]] for p in prompts], device=model.device)
     for step in range(max_new_tokens):
-        out, past = model.run_cached(last, uniform_attention(masked, past), read, past)
-        logits = check_finite(out.logits[:, -1], f"the logits of decode step {step}")
+        tops = TopKeys()
+        logits, past = decode_step(model, last, uniform_attention(masked, past), read, past, tops)
+        logits = check_finite(logits, f"the logits of decode step {step}")
         tokens = logits.argmax(-1).tolist()
         if track:
-            top = torch.stack([out.acts[s][:, :, -1] for s in read], 1).argmax(-1).cpu()  # [row, layer, head]
+            top = torch.stack([tops[s] for s in read], 1)  # [row, layer, head]
         for i in range(n):
             if not active[i]:
                 continue
@@ -232,19 +262,39 @@ def prefill_bytes(model: Model, prompts: Sequence[NeedlePrompt]) -> int:
     return sum(len(p.ids) - 1 for p in prompts) * kv_bytes_per_token(model)
 
 
+def decode_row_bytes(model: Model, length: int, max_new_tokens: int) -> int:
+    """Bytes one prompt of ``length`` tokens costs in a decode batch: its prefill cache and the batch's copy
+    of it (grown by the new tokens), one layer's attention row at a time, and float32 logits."""
+    total = length + max_new_tokens
+    return 2 * total * kv_bytes_per_token(model) + 3 * model.n_heads * total * 4 + 2 * model.d_vocab * 4
+
+
+def prefill_peak_bytes(model: Model, length: int) -> int:
+    """Bytes a prefill of ``length`` tokens adds while it runs: one chunk's eager attention scores in one layer."""
+    return 3 * model.n_heads * min(PREFILL_CHUNK, length) * length * 4
+
+
+def decode_rows(model: Model, length: int, max_new_tokens: int, max_memory: int | None = None) -> int:
+    """How many prompts of ``length`` tokens one decode batch may hold within ``max_memory`` (bytes; None: a
+    share of the device's free memory); a budget too small for one is a one-line error."""
+    budget, fixed = memory_budget(model, max_memory), prefill_peak_bytes(model, length)
+    per_row = decode_row_bytes(model, length, max_new_tokens)
+    rows_that_fit(budget, fixed + per_row, f"decoding a context of {length + max_new_tokens} tokens")
+    return (budget - fixed) // per_row
+
+
 def length_batches(model: Model, prompts: Sequence[NeedlePrompt], max_new_tokens: int = 30,
-                   batch_size: int | None = None) -> list[list[int]]:
+                   batch_size: int | None = None, max_memory: int | None = None) -> list[list[int]]:
     """Indices of ``prompts`` in batches of equal length, in order of first appearance.
 
-    ``batch_size`` None: as many rows as keep the batch's KV cache within `BATCH_CACHE_BYTES` (from the model's
-    shape alone, so a resumed run batches the same way).
+    ``batch_size`` None: as many rows as fit ``max_memory`` (`decode_rows`). The numbers do not depend on it.
     """
     groups: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault(len(p.ids), []).append(i)
     out = []
     for length, rows in groups.items():
-        size = batch_size or max(1, BATCH_CACHE_BYTES // max(1, (length + max_new_tokens) * kv_bytes_per_token(model)))
+        size = batch_size or decode_rows(model, length, max_new_tokens, max_memory)
         out += [rows[i:i + size] for i in range(0, len(rows), size)]
     return out
 
@@ -299,11 +349,11 @@ class RetrievalScores:
 def detect_retrieval_heads(model: Model, prompts: Sequence[NeedlePrompt], max_new_tokens: int = 30,
                            success_recall: float = SUCCESS_RECALL, threshold: float = RETRIEVAL_THRESHOLD,
                            batch_size: int | None = None, progress=None, units: Units | None = None,
-                           prefills: dict | None = None) -> RetrievalScores:
+                           prefills: dict | None = None, max_memory: int | None = None) -> RetrievalScores:
     """Retrieval score of every head from greedy decoding of ``prompts`` (see the module docstring).
 
-    Prompts of equal length decode together (`length_batches`; ``batch_size=1``: one at a time, the same
-    numbers). ``progress(phase, done, total)`` is called after each batch; ``units`` keeps each decoded prompt
+    Prompts of equal length decode together (`length_batches`, as many as fit ``max_memory``; ``batch_size=1``:
+    one at a time, the same numbers). ``progress(phase, done, total)`` is called after each batch; ``units`` keeps each decoded prompt
     (``detect.<i>``) so an interrupted run resumes without decoding it again. ``prefills`` (a dict) receives
     each prompt's prefill cache by index, for `masking_curve` to reuse instead of prefilling again.
     """
@@ -314,7 +364,7 @@ def detect_retrieval_heads(model: Model, prompts: Sequence[NeedlePrompt], max_ne
     done = sum(n in units for n in name)
     if progress:
         progress("detect", done, len(prompts))
-    for batch in length_batches(model, prompts, max_new_tokens, batch_size):
+    for batch in length_batches(model, prompts, max_new_tokens, batch_size, max_memory):
         todo = [i for i in batch if name[i] not in units]
         if not todo:
             continue
@@ -382,10 +432,11 @@ def check_ks(model: Model, ks: Sequence[int], n_random: int = 1) -> None:
 
 
 def check_request(model: Model, context_lengths: Sequence[int], ks: Sequence[int], n_random: int = 1,
-                  max_new_tokens: int = 30, depths: Sequence[float] = (0.0,)) -> None:
+                  max_new_tokens: int = 30, depths: Sequence[float] = (0.0,), max_memory: int | None = None) -> None:
     """Refuse, before any decoding, a run the model or the machine cannot do: masking sizes it cannot draw
-    (`check_ks`), contexts beyond the model's positions or too short for a needle, and KV caches beyond the
-    free memory."""
+    (`check_ks`), contexts beyond the model's positions or too short for a needle, and a decode of the longest
+    context (with the kept prefill caches) beyond the memory budget (``max_memory``; None: a share of the free
+    memory)."""
     from interp.circuits.haystack import NEEDLES, niah_prompt
 
     check_ks(model, ks, n_random)
@@ -398,13 +449,11 @@ def check_request(model: Model, context_lengths: Sequence[int], ks: Sequence[int
                       "use shorter --lengths or fewer --max-new-tokens")
     for needle in NEEDLES:  # the shortest context must hold each needle and its question
         niah_prompt(model.tokenizer, needle, int(min(context_lengths)), 0)
-    longest = int(max(context_lengths)) + max_new_tokens
-    rows = min(len(NEEDLES) * len(depths), max(1, BATCH_CACHE_BYTES // (longest * kv_bytes_per_token(model))))
-    chunk = min(PREFILL_CHUNK, longest)
+    longest = int(max(context_lengths))
     kept = len(NEEDLES) * len(depths) * sum(int(c) for c in context_lengths) * kv_bytes_per_token(model)
-    need = (2 * rows * longest * kv_bytes_per_token(model) + 3 * model.n_heads * chunk * longest * 4
+    need = (decode_row_bytes(model, longest, max_new_tokens) + prefill_peak_bytes(model, longest)
             + (kept if kept <= PREFILL_KEEP_BYTES else 0))
-    check_memory(need, f"decoding a context of {longest} tokens", model.device, "use shorter --lengths")
+    rows_that_fit(memory_budget(model, max_memory), need, f"decoding a context of {longest + max_new_tokens} tokens")
 
 
 def masking_settings(scores: RetrievalScores, ks: Sequence[int], n_random: int = 1, seed: int = 0
@@ -428,7 +477,8 @@ def masking_settings(scores: RetrievalScores, ks: Sequence[int], n_random: int =
 
 def masking_curve(model: Model, prompts: Sequence[NeedlePrompt], scores: RetrievalScores, ks: Sequence[int],
                   n_random: int = 1, max_new_tokens: int = 30, seed: int = 0, batch_size: int | None = None,
-                  progress=None, units: Units | None = None, prefills: dict | None = None) -> MaskingCurve:
+                  progress=None, units: Units | None = None, prefills: dict | None = None,
+                  max_memory: int | None = None) -> MaskingCurve:
     """Mean ROUGE-1 recall over ``prompts`` with the top-k vs k random heads attending uniformly while decoding.
 
     Each setting (no heads masked; per k the top k and each random draw) decodes the prompts of equal length
@@ -452,7 +502,7 @@ def masking_curve(model: Model, prompts: Sequence[NeedlePrompt], scores: Retriev
     done = sum(n in units for n in name.values())
     if progress:
         progress("mask", done, total)
-    for batch in length_batches(model, prompts, max_new_tokens, batch_size):
+    for batch in length_batches(model, prompts, max_new_tokens, batch_size, max_memory):
         pasts: dict[int, object] = {}
         for setting, heads in settings.items():
             todo = [j for j in batch if name[setting, j] not in units]

@@ -18,7 +18,7 @@ import torch
 
 from interp.circuits.graph import Circuit, check_nodes, faithfulness, node_scores, overlap, parse_node, threshold
 from interp.circuits.heads import DETECTORS, detect_heads, direct_logit_attribution
-from interp.limits import check_context, check_memory
+from interp.limits import check_context, check_memory, memory_budget
 from interp.circuits.units import Units, run_units
 from interp.metrics import check_finite
 from interp.model import Model
@@ -186,11 +186,13 @@ def circuit_faithfulness_run(model: Model, circuit_path: str, prompts: PromptSet
 
 def retrieval_run(model: Model, context_lengths: Sequence[int], depths: Sequence[float], ks: Sequence[int], n_random: int = 1,
                   max_new_tokens: int = 30, seed: int = 0, command: str = "heads retrieval", batch_size: int | None = None,
-                  progress=None, units: Units | None = None) -> RunResult:
+                  progress=None, units: Units | None = None, max_memory: int | None = None) -> RunResult:
     """Retrieval scores per head on needle-in-a-haystack prompts, and recall with top-k vs random-k heads masked.
 
     ``units`` (see `retrieval_units`) keeps every decoded prompt and masking setting for a resumed run;
-    ``progress(phase, done, total)`` reports the "detect" and "mask" phases.
+    ``progress(phase, done, total)`` reports the "detect" and "mask" phases. ``max_memory`` (bytes; None: a share
+    of the device's free memory) bounds the decode batches and the prefill caches kept between the two passes;
+    the numbers do not depend on it.
     """
     from interp.circuits.haystack import niah_prompts
     from interp.circuits.retrieval import (PREFILL_KEEP_BYTES, check_ks, detect_retrieval_heads, masking_curve,
@@ -199,10 +201,13 @@ def retrieval_run(model: Model, context_lengths: Sequence[int], depths: Sequence
     t0 = time.perf_counter()
     check_ks(model, ks, n_random)
     prompts = niah_prompts(model.tokenizer, context_lengths, depths)
-    # keep the prefill caches for the masking pass when they fit in PREFILL_KEEP_BYTES (the same caches either way)
-    kept = {} if prefill_bytes(model, prompts) <= PREFILL_KEEP_BYTES and ks else None
+    # keep the prefill caches for the masking pass when they fit in PREFILL_KEEP_BYTES and half the budget (the same
+    # caches either way); the decode batches get the rest of the budget
+    budget, held = memory_budget(model, max_memory), prefill_bytes(model, prompts)
+    kept = {} if held <= min(PREFILL_KEEP_BYTES, budget // 2) and ks else None
+    budget -= held if kept is not None else 0
     found = detect_retrieval_heads(model, prompts, max_new_tokens, batch_size=batch_size, progress=progress, units=units,
-                                   prefills=kept)
+                                   prefills=kept, max_memory=budget)
     t_detect = time.perf_counter() - t0
     scores = dict(found.tensors())
     tensors = {"retrieval/head_score": describe_tensor("retrieval/head_score", found.head_score, ["layer", "head"]),
@@ -214,7 +219,7 @@ def retrieval_run(model: Model, context_lengths: Sequence[int], depths: Sequence
     lines = []
     if ks and found.n_success:
         curve = masking_curve(model, prompts, found, list(ks), n_random, max_new_tokens, seed, batch_size, progress, units,
-                              kept)
+                              kept, budget)
         for name, value in curve.tensors().items():
             scores[name] = check_finite(value.float(), name)
             tensors[name] = describe_tensor(name, value, ["k"], {"k": [str(int(k)) for k in curve.k]})
