@@ -91,11 +91,24 @@ def _register_plugins() -> None:
             app.command(name=ep.name)(command)
 
 
+OPTIONAL_VALUES = {"--ray": "local"}  # options whose value may be left out, and the value they then take
+
+
+def with_optional_values(args: list[str]) -> list[str]:
+    """``args`` with the implied value after an option of `OPTIONAL_VALUES` given bare (``--ray --workers 2``)."""
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg in OPTIONAL_VALUES and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append(OPTIONAL_VALUES[arg])
+    return out
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one clear line."""
     _register_plugins()
     try:
-        code = app(standalone_mode=False)  # returns typer.Exit codes instead of exiting
+        code = app(args=with_optional_values(sys.argv[1:]), standalone_mode=False)  # returns typer.Exit codes
     except InterpError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)

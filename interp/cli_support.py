@@ -101,7 +101,7 @@ FORCE = typer.Option(False, "--force", help="Overwrite a finished (or interrupte
 MAX_MEMORY = typer.Option(None, "--max-memory", help="Memory budget for batched forwards, e.g. 512MB, 2GB, 1.5GiB "
                           "(default 80% of the device's free memory); results do not depend on it.")
 RAY = typer.Option(None, "--ray", help="Shard the work over Ray actors: `--ray` alone starts a local Ray cluster, "
-                   "`--ray HOST:PORT` joins a running one (`ray start --head`). Needs `pip install 'interp[ray]'`.")
+                   "`--ray HOST:PORT` joins a running one (`ray start --head`). Needs `pip install 'interp\\[ray]'`.")
 REMOTE = typer.Option(False, "--remote", help="Run the model on NDIF (remote execution through nnsight) instead of "
                       "here: needs --backend nnsight, a Hugging Face hub id that NDIF hosts as --model, and an NDIF API "
                       "key (NDIF_API_KEY or nnsight.CONFIG.set_default_api_key).")
@@ -122,6 +122,38 @@ def parse_size(text: str, option: str = "--max-memory") -> int:
     if match is None or unit not in _UNITS or float(match.group(1)) * _UNITS[unit] < 1:
         raise InterpError(f"{option} must be a size such as 512MB, 2GB or 1.5GiB, got '{text}'")
     return int(float(match.group(1)) * _UNITS[unit])
+
+
+def check_ray(ray: str | None, workers: int | None) -> None:
+    """Refuse ``--workers`` without ``--ray``, and ``--ray`` when Ray is not installed, before any model loads."""
+    if workers is not None and ray is None:
+        raise InterpError("--workers sets the number of Ray workers: add --ray (or drop --workers)")
+    if workers is not None and workers < 1:
+        raise InterpError(f"--workers must be at least 1, got {workers}")
+    if ray is not None:
+        from interp.ray_workers import LOCAL, check_reachable, require_ray
+
+        require_ray()
+        if ray != LOCAL:
+            check_reachable(ray)
+
+
+@contextmanager
+def ray_workers(console: Console, model, ray: str | None, workers: int | None):
+    """Ray workers holding ``model`` (`interp.ray_workers.RayWorkers`) while the block runs; None without ``--ray``."""
+    if ray is None:
+        yield None
+        return
+    from interp.ray_workers import ModelSpec, RayWorkers
+
+    pool = RayWorkers(ModelSpec.of(model), workers, ray)
+    with console.status(f"starting Ray workers ({'local cluster' if pool.address is None else pool.address})"):
+        pool.__enter__()
+    try:
+        console.print(f"{len(pool.actors)} Ray workers ready", highlight=False)
+        yield pool
+    finally:
+        pool.__exit__(None, None, None)
 
 
 def check_outside_out(out: Path | str | None, force: bool, **inputs: str | Path | None) -> None:

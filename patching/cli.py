@@ -13,7 +13,7 @@ from typing import Callable
 import typer
 from rich.console import Console
 
-from interp.cli_support import (DEVICE_MAP, FORCE, MAX_MEMORY, check_outside_out, load_model, parse_size, progress_bar,
+from interp.cli_support import (DEVICE_MAP, FORCE, MAX_MEMORY, RAY, WORKERS, check_ray, ray_workers, check_outside_out, load_model, parse_size, progress_bar,
                                 removed_if_failed_empty, split as _split)
 from interp.errors import InterpError
 from interp.outdir import PROGRESS, prepare_out
@@ -67,6 +67,8 @@ def patch(
     rules: str = typer.Option("ln,identity,half", help="LRP rules for relp: ln, identity, half, ah (attention pattern constant)."),
     ig_steps: int = typer.Option(10, help="Integrated-gradients steps along the corrupt-to-clean path."),
     max_memory: str = MAX_MEMORY,
+    ray: str = RAY,
+    workers: int = WORKERS,
 ) -> None:
     """Activation patching (and its estimators AtP, RelP, IG): which components carry the clean behaviour?"""
 
@@ -85,6 +87,7 @@ def patch(
         raise InterpError("--mlp-layers chooses the layers of component mlp_act, which is not in --components: "
                           "add mlp_act to --components or drop --mlp-layers")
     check_task(task, corruption)
+    check_ray(ray, workers)
     if resume and out is None:
         raise InterpError("--resume needs --out DIR: the folder of the interrupted run")
     if resume and force:
@@ -95,13 +98,14 @@ def patch(
     out = prepare_out(out, "patch", force=force, resume=resume)
     with removed_if_failed_empty(out, created):
         _patch(out, model, backend, device, dtype, task, n_prompts, seed, corruption, comps, methods, layers, direction,
-               metric, engine, resume, as_json, rules, ig_steps, device_map, budget)
+               metric, engine, resume, as_json, rules, ig_steps, device_map, budget, ray, workers)
 
 
 def _patch(out: Path, model: str, backend: str, device: str, dtype: str, task: str, n_prompts: int | None, seed: int,
            corruption: str | None, comps: list[str], methods: list[str], layers: list[int], direction: str,
            metric: str, engine: str, resume: bool, as_json: bool, rules: str, ig_steps: int,
-           device_map: str | None = None, max_memory: int | None = None) -> None:
+           device_map: str | None = None, max_memory: int | None = None, ray: str | None = None,
+           workers: int | None = None) -> None:
     from interp.patching.run import activation_patching, check_size
 
     console = Console(stderr=True)
@@ -126,11 +130,13 @@ def _patch(out: Path, model: str, backend: str, device: str, dtype: str, task: s
             bar.update(tasks[comp], completed=done)
 
         try:
-            result = activation_patching(
-                m, prompts, comps, methods=methods, direction=direction, metric=metric, mlp_layers=layers, engine=engine,
-                out=out, resume=resume, progress=progress, seed=seed,
-                command="interp " + shlex.join(sys.argv[1:]), rules=rules, ig_steps=ig_steps, max_memory=max_memory,
-            )
+            with ray_workers(console, m, ray, workers) as pool:
+                result = activation_patching(
+                    m, prompts, comps, methods=methods, direction=direction, metric=metric, mlp_layers=layers,
+                    engine=engine, out=out, resume=resume, progress=progress, seed=seed,
+                    command="interp " + shlex.join(sys.argv[1:]), rules=rules, ig_steps=ig_steps,
+                    max_memory=max_memory, workers=pool,
+                )
         except KeyboardInterrupt:
             bar.stop()
             if (out / PROGRESS).is_file():

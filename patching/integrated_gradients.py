@@ -66,45 +66,16 @@ def integrated_gradients(
         raise InterpError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")
     components = [check_component(c) for c in components]
     layers_of = layers_for(model, components, layers)
-    n = base.shape[0]
-    alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
     rows: dict[str, list[torch.Tensor]] = {c: [] for c in components}
     passes = dict.fromkeys((COMPONENTS[c][0], layer) for c in components for layer in layers_of[c])  # ordered, unique
     runner = BatchedEngine(model, base, max_memory=max_memory) if engine == "batched" else None
     budget = runner.budget if runner is not None else memory_budget(model, max_memory)
-    n_pos = base.shape[1]
     grads = {} if grads is None else grads
     for kind, layer in passes:
         site = f"{kind}.{layer}"
-        if site in grads:  # finished before an interrupt
-            if on_layer:
-                on_layer(kind, layer)
-            continue
-        start, delta = base_acts[site], source_acts[site] - base_acts[site]
-        changed = torch.nonzero(delta.ne(0).reshape(n, delta.shape[1], -1).any(-1).any(0))
-        grad = torch.zeros_like(start)
-        if len(changed):  # else nothing to patch: every cell scores zero
-            a = int(changed[0]) if runner is not None and runner.reuse_prefix else 0
-            alpha = alphas.to(start).reshape(-1, *([1] * start.ndim))
-            path = (start[:, a:] + alpha * delta[:, a:]).reshape(steps * n, *start[:, a:].shape[1:])
-            first = layer if runner is not None else 0
-            per_step = n * row_bytes(model, first, a, n_pos, grad=True)
-            if runner is None:  # whole forwards: every position's logits
-                per_step += n * (n_pos - a) * 4 * model.d_vocab
-            k = min(steps, rows_that_fit(budget, per_step, f"one integrated-gradients step of {n} prompts of {n_pos} tokens"))
-            parts = []
-            for s0 in range(0, steps, k):  # k steps (k * n rows) per forward and backward
-                chunk = path[s0 * n : (s0 + k) * n].detach().requires_grad_(True)
-                reps = chunk.shape[0] // n
-                if runner is not None:
-                    plan = plan_steps(model.adapter, {Site(kind, layer): [Replace(site, chunk)]}, [], {}, True)
-                    logits = runner.forward_from(layer, a, reps, plan)
-                else:
-                    logits = model.run(base.repeat(reps, 1), [Replace(site, chunk)], grad=True, backend=backend).logits[:, -1]
-                parts.append(torch.autograd.grad(metric(logits, ctx.rows(reps * n)).sum(), [chunk])[0])
-            path_grad = torch.cat(parts)
-            grad[:, a:] = path_grad.reshape(steps, *start[:, a:].shape).mean(0)
-        grads[site] = grad
+        if site not in grads:  # else finished before an interrupt
+            grads[site] = path_gradient(model, kind, layer, base, source_acts, base_acts, metric, ctx, steps, runner,
+                                        budget, backend)
         if on_layer:
             on_layer(kind, layer)
     if runner is not None:
@@ -124,3 +95,41 @@ def integrated_gradients(
         estimates[comp] = estimate + base_metric.reshape(-1, *([1] * (estimate.ndim - 1)))
     return estimates
 
+
+def path_gradient(model: Model, kind: str, layer: int, base: torch.Tensor, source_acts: dict[str, torch.Tensor],
+                  base_acts: dict[str, torch.Tensor], metric: Callable, ctx: MetricContext, steps: int,
+                  runner: BatchedEngine | None, budget: int, backend: str | None = None) -> torch.Tensor:
+    """One site's pass: the mean gradient of the metric over the ``steps`` points of the path (zeros at
+    positions before the first one where source and base differ, which have nothing to patch).
+
+    ``runner`` is the batched engine on ``base`` (None: whole forwards through the backend); ``budget`` bounds
+    each forward and backward in bytes.
+    """
+    n, n_pos = base.shape
+    site = f"{kind}.{layer}"
+    start, delta = base_acts[site], source_acts[site] - base_acts[site]
+    changed = torch.nonzero(delta.ne(0).reshape(n, delta.shape[1], -1).any(-1).any(0))
+    grad = torch.zeros_like(start)
+    if not len(changed):  # nothing to patch: every cell scores zero
+        return grad
+    a = int(changed[0]) if runner is not None and runner.reuse_prefix else 0
+    alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
+    alpha = alphas.to(start).reshape(-1, *([1] * start.ndim))
+    path = (start[:, a:] + alpha * delta[:, a:]).reshape(steps * n, *start[:, a:].shape[1:])
+    first = layer if runner is not None else 0
+    per_step = n * row_bytes(model, first, a, n_pos, grad=True)
+    if runner is None:  # whole forwards: every position's logits
+        per_step += n * (n_pos - a) * 4 * model.d_vocab
+    k = min(steps, rows_that_fit(budget, per_step, f"one integrated-gradients step of {n} prompts of {n_pos} tokens"))
+    parts = []
+    for s0 in range(0, steps, k):  # k steps (k * n rows) per forward and backward
+        chunk = path[s0 * n : (s0 + k) * n].detach().requires_grad_(True)
+        reps = chunk.shape[0] // n
+        if runner is not None:
+            plan = plan_steps(model.adapter, {Site(kind, layer): [Replace(site, chunk)]}, [], {}, True)
+            logits = runner.forward_from(layer, a, reps, plan)
+        else:
+            logits = model.run(base.repeat(reps, 1), [Replace(site, chunk)], grad=True, backend=backend).logits[:, -1]
+        parts.append(torch.autograd.grad(metric(logits, ctx.rows(reps * n)).sum(), [chunk])[0])
+    grad[:, a:] = torch.cat(parts).reshape(steps, *start[:, a:].shape).mean(0)
+    return grad

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -31,6 +31,10 @@ from interp.rules import RELP_RULES, parse_rules
 from interp.patching.attribution import attribution_patching
 from interp.patching.faithfulness import faithfulness
 from interp.patching.integrated_gradients import integrated_gradients
+from interp.patching.ray_patching import ray_ig_passes, ray_sweep, shared_state
+
+if TYPE_CHECKING:
+    from interp.ray_workers import RayWorkers
 
 DIRECTIONS = ("denoise", "noise")
 METHODS = ("activation", "atp", "relp", "ig")
@@ -110,6 +114,7 @@ def activation_patching(
     rules: str = ",".join(RELP_RULES),
     ig_steps: int = 10,
     max_memory: int | None = None,
+    workers: "RayWorkers | None" = None,
 ) -> RunResult:
     """Patch every component of ``components`` and return the run (saved to ``out`` if given).
 
@@ -187,9 +192,15 @@ def activation_patching(
                         checkpoint()
                         last_save = time.perf_counter()
 
+                if workers is not None:  # the passes on the workers, then the estimates from their gradients
+                    count = len(ig_grads)
+                    sites = list(dict.fromkeys((COMPONENTS[c][0], layer) for c in components for layer in layers_of[c]))
+                    ray_ig_passes(workers, sites, shared_state(base, source_acts, metric, ctx, layers_of, engine,
+                                                               max_memory, base_acts, ig_steps), ig_grads, on_layer)
                 estimates[method] = integrated_gradients(model, components, base, source_acts, base_acts, metric_fn,
                                                          ctx, layers_of, steps=ig_steps, engine=engine,
-                                                         on_layer=on_layer, grads=ig_grads, max_memory=max_memory)
+                                                         on_layer=None if workers is not None else on_layer,
+                                                         grads=ig_grads, max_memory=max_memory)
                 ig_grads.clear()  # kept in the estimate now
             else:
                 estimates[method] = attribution_patching(model, components, base, source_acts, metric_fn, ctx,
@@ -200,7 +211,8 @@ def activation_patching(
             if out is not None:
                 checkpoint()
                 last_save = time.perf_counter()
-        batched = BatchedEngine(model, base, max_memory=max_memory) if engine == "batched" and "activation" in methods else None
+        batched = (BatchedEngine(model, base, max_memory=max_memory)
+                   if engine == "batched" and "activation" in methods and workers is None else None)
         for comp in (components if "activation" in methods else []):
             shape = grid_shape(model, comp, n_pos, layers_of[comp])
             total = int(torch.tensor(shape).prod())
@@ -221,8 +233,12 @@ def activation_patching(
                     last_save = time.perf_counter()
 
             t0 = time.perf_counter()
-            sweep(model, comp, base, source_acts, metric_fn, ctx, layers=layers_of[comp], engine=engine,
-                  done=done[comp], values=values[comp], on_chunk=on_chunk, batched=batched)
+            if workers is not None:
+                ray_sweep(workers, model, comp, shared_state(base, source_acts, metric, ctx, layers_of, engine,
+                                                             max_memory), done[comp], values[comp], on_chunk)
+            else:
+                sweep(model, comp, base, source_acts, metric_fn, ctx, layers=layers_of[comp], engine=engine,
+                      done=done[comp], values=values[comp], on_chunk=on_chunk, batched=batched)
             timings[f"{comp}_s"] = round(time.perf_counter() - t0, 3)
             check_finite(values[comp], f"activation/{comp}")
     except BaseException:
@@ -277,6 +293,9 @@ def activation_patching(
         "versions": package_versions(),
         "seed": seed,
     }
+    if workers is not None:
+        manifest["ray"] = {"workers": len(workers.actors), "address": workers.address or "local",
+                           "shards_retried": workers.retried}
     result = RunResult(manifest=manifest, scores=scores)
     if out is not None:
         result.save(out)
