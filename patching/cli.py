@@ -13,7 +13,7 @@ from typing import Callable
 import typer
 from rich.console import Console
 
-from interp.cli_support import (DEVICE_MAP, FORCE, MAX_MEMORY, RAY, WORKERS, check_ray, ray_workers, check_outside_out, load_model, parse_size, progress_bar,
+from interp.cli_support import (DEVICE_MAP, FORCE, MAX_MEMORY, RAY, REMOTE, WORKERS, check_ray, ray_workers, check_outside_out, load_model, parse_size, progress_bar,
                                 removed_if_failed_empty, split as _split)
 from interp.errors import InterpError
 from interp.outdir import PROGRESS, prepare_out
@@ -23,7 +23,8 @@ N_PROMPTS_HELP = "Number of prompts: IOI and colored_objects generate N (default
 
 def load_model_and_prompts(console: Console, model: str, backend: str, device: str, dtype: str, task: str,
                            n_prompts: int | None, seed: int, corruption: str | None,
-                           check_size: Callable[[object, int, int], None] | None = None, device_map: str | None = None):
+                           check_size: Callable[[object, int, int], None] | None = None, device_map: str | None = None,
+                           remote: bool = False):
     """Load the model (booting its backend, so that counts as load time) and the prompt set.
 
     ``check_size(model, n, n_tokens)`` runs before a generated set is made (on a two-row sample, for its token
@@ -31,7 +32,7 @@ def load_model_and_prompts(console: Console, model: str, backend: str, device: s
     """
     from interp.tasks import TASKS, load_prompt_set
 
-    m = load_model(console, model, backend, device, dtype, device_map)
+    m = load_model(console, model, backend, device, dtype, device_map, remote)
     if check_size is not None and task in TASKS and n_prompts:
         sample = load_prompt_set(task, m.tokenizer, n=min(n_prompts, 2), seed=seed, corruption=corruption)
         check_size(m, n_prompts, sample.tokenize(m.tokenizer).clean.shape[1])
@@ -69,6 +70,7 @@ def patch(
     max_memory: str = MAX_MEMORY,
     ray: str = RAY,
     workers: int = WORKERS,
+    remote: bool = REMOTE,
 ) -> None:
     """Activation patching (and its estimators AtP, RelP, IG): which components carry the clean behaviour?"""
 
@@ -88,6 +90,8 @@ def patch(
                           "add mlp_act to --components or drop --mlp-layers")
     check_task(task, corruption)
     check_ray(ray, workers)
+    if remote:
+        engine = _remote_engine(comps, methods, engine, ray)
     if resume and out is None:
         raise InterpError("--resume needs --out DIR: the folder of the interrupted run")
     if resume and force:
@@ -98,14 +102,28 @@ def patch(
     out = prepare_out(out, "patch", force=force, resume=resume)
     with removed_if_failed_empty(out, created):
         _patch(out, model, backend, device, dtype, task, n_prompts, seed, corruption, comps, methods, layers, direction,
-               metric, engine, resume, as_json, rules, ig_steps, device_map, budget, ray, workers)
+               metric, engine, resume, as_json, rules, ig_steps, device_map, budget, ray, workers, remote)
+
+
+def _remote_engine(components: list[str], methods: list[str], engine: str, ray: str | None) -> str:
+    """The engine for a run on NDIF (hooks: one request per patch), or a one-line refusal of what cannot run there."""
+    if ray is not None:
+        raise InterpError("--remote runs the model on NDIF and --ray on local workers: choose one")
+    local_only = [m for m in methods if m in ("relp", "ig")]
+    if local_only:
+        raise InterpError(f"--remote cannot run {', '.join(local_only)}: relp's LRP rules and IG's gradients through "
+                          "interventions need the model here; use --method activation,atp")
+    if engine == "batched" and "activation" in methods:
+        Console(stderr=True).print("note: with --remote each patch is its own NDIF request (engine hooks); the "
+                                   "batched engine runs the model's layers here", highlight=False)
+    return "hooks"
 
 
 def _patch(out: Path, model: str, backend: str, device: str, dtype: str, task: str, n_prompts: int | None, seed: int,
            corruption: str | None, comps: list[str], methods: list[str], layers: list[int], direction: str,
            metric: str, engine: str, resume: bool, as_json: bool, rules: str, ig_steps: int,
            device_map: str | None = None, max_memory: int | None = None, ray: str | None = None,
-           workers: int | None = None) -> None:
+           workers: int | None = None, remote: bool = False) -> None:
     from interp.patching.run import activation_patching, check_size
 
     console = Console(stderr=True)
@@ -116,7 +134,7 @@ def _patch(out: Path, model: str, backend: str, device: str, dtype: str, task: s
         m, prompts = load_model_and_prompts(
             console, model, backend, device, dtype, task, n_prompts, seed, corruption,
             check_size=lambda m, n, n_pos: check_size(m, n, n_pos, comps, methods, layers, ig_steps),
-            device_map=device_map)
+            device_map=device_map, remote=remote)
     except KeyboardInterrupt:
         console.print("interrupted while loading the model: no patch was run, nothing new was kept", highlight=False)
         raise typer.Exit(130) from None

@@ -28,7 +28,7 @@ from interp.stats import bootstrap_ci
 from interp.patching.activation import (COMPONENTS, ENGINES, BatchedEngine, check_component, grid_shape, memory_budget,
                                        row_bytes, rows_that_fit, sweep)
 from interp.rules import RELP_RULES, parse_rules
-from interp.patching.attribution import attribution_patching
+from interp.patching.attribution import attribution_patching, prompts_per_pass
 from interp.patching.faithfulness import faithfulness
 from interp.patching.integrated_gradients import integrated_gradients
 from interp.patching.ray_patching import ray_ig_passes, ray_sweep, shared_state
@@ -146,6 +146,8 @@ def activation_patching(
                       f"one patch of {n} prompts of {n_pos} tokens")
     layers_of = {c: (list(mlp_layers) if c == "mlp_act" else list(range(model.n_layers))) for c in components}
     source_sites = sorted({f"{COMPONENTS[c][0]}.{layer}" for c in components for layer in layers_of[c]})
+    if max_memory is not None and {"atp", "relp"} & set(methods):  # and too small for one AtP/RelP prompt
+        prompts_per_pass(model, base, len(source_sites), max_memory)
 
     params = {"components": components, "methods": methods, "direction": direction, "metric": metric, "engine": engine,
               "mlp_layers": list(mlp_layers or []), "n_prompts": n, "seed": seed}
@@ -204,7 +206,8 @@ def activation_patching(
                 ig_grads.clear()  # kept in the estimate now
             else:
                 estimates[method] = attribution_patching(model, components, base, source_acts, metric_fn, ctx,
-                                                         layers_of, rules=rules if method == "relp" else ())
+                                                         layers_of, rules=rules if method == "relp" else (),
+                                                         max_memory=max_memory)
             for comp, estimate in estimates[method].items():
                 check_finite(estimate, f"{method}/{comp}")
             timings[f"{method}_s"] = round(time.perf_counter() - t0, 3)
@@ -293,6 +296,8 @@ def activation_patching(
         "versions": package_versions(),
         "seed": seed,
     }
+    if model.device_map:  # where each module ran (results equal the single-device run's)
+        manifest["device_map"] = model.device_map
     if workers is not None:
         manifest["ray"] = {"workers": len(workers.actors), "address": workers.address or "local",
                            "shards_retried": workers.retried}

@@ -160,6 +160,8 @@ def test_cli_patch_with_a_device_map_file_gives_the_same_scores(tmp_path):
     assert plain.returncode == 0 and split.returncode == 0, split.stderr
     a, b = load_run(tmp_path / "plain").scores, load_run(tmp_path / "split").scores
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    manifest = load_run(tmp_path / "split").manifest
+    assert manifest["device_map"]["model.layers.0"] == "disk" and "device_map" not in load_run(tmp_path / "plain").manifest
     bad = tmp_path / "bad.json"
     bad.write_text("{")
     for extra, message in ((["--device-map", bad], "is not valid JSON"),

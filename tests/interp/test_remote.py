@@ -265,3 +265,16 @@ def test_cli_load_model_passes_remote_and_the_option_says_what_it_needs(monkeypa
         cli_support.load_model(Console(quiet=True), "tiny-llama", "lens", remote=True)
     assert cli_support.REMOTE.param_decls == ("--remote",) and cli_support.REMOTE.default is False
     assert all(w in cli_support.REMOTE.help for w in ("NDIF", "nnsight", "--backend nnsight", "NDIF_API_KEY"))
+
+
+def test_interp_patch_remote_refuses_in_one_line_what_cannot_run_there(interp_cli, tmp_path):
+    def patch(*args):
+        return interp_cli("patch", "--model", "tiny-llama", "--backend", "nnsight", "--remote", *args,
+                          "--out", tmp_path / "run")
+
+    for args, words in ((["--method", "activation,relp"], "--remote cannot run relp"),
+                        (["--method", "ig"], "--remote cannot run ig"),
+                        (["--ray"], "choose one")):
+        result = patch(*args)
+        assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()  # refused before the run folder was made
