@@ -178,3 +178,30 @@ def test_the_cli_joins_a_cluster_started_separately(model, prompts, tmp_path):
     b = activation_patching(model, prompts, ["resid_pre", "head_out"])  # the same run, locally in this process
     assert a.manifest["ray"]["address"] == f"127.0.0.1:{port}" and a.manifest["ray"]["workers"] == 2
     assert all(torch.equal(a.scores[k], b.scores[k]) for k in b.scores) and len(b.scores) == 4
+
+
+def test_ctrl_c_on_the_cli_keeps_finished_shards_and_resume_without_ray_completes(tmp_path):
+    out = tmp_path / "run"
+    args = ["patch", "--model", "tiny-llama", "--backend", "torch", "--n-prompts", "48", "--components",
+            "resid_pre,head_out_pos,mlp_act", "--mlp-layers", "0,1", "--method", "activation,ig", "--out", out]
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "OMP_NUM_THREADS": "1"}
+    interp_script = Path(sys.executable).parent / "interp"
+    proc = subprocess.Popen([str(interp_script), *map(str, args), "--ray", "--workers", "2"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
+    deadline = time.time() + 120
+    while not (out / "progress.json").is_file():  # the first finished IG passes are checkpointed
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "finished work is saved" in stderr and "Traceback" not in stderr, stderr
+    assert (out / "partial.safetensors").is_file() and not (out / "manifest.json").exists()
+    resumed = subprocess.run([str(interp_script), *map(str, args), "--resume"], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    model = interp.load("tiny-llama", backend="torch")
+    local = activation_patching(model, load_prompt_set("ioi", model.tokenizer, n=48, seed=0),
+                                ["resid_pre", "head_out_pos", "mlp_act"], methods=["activation", "ig"],
+                                mlp_layers=[0, 1])
+    assert_equal_runs(local, load_run(out))
