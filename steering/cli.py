@@ -4,7 +4,9 @@ Every subcommand checks ``--out`` before the model loads (`interp.outdir.prepare
 overwritten only with ``--force``), refuses non-finite numbers and malformed files in one line, and
 shows a progress bar. ``eval``, ``attack`` and ``east`` checkpoint their finished units; after Ctrl-C
 (or SIGTERM) ``--resume`` completes them with identical results. ``build`` and ``generate`` keep no
-partial work and say so when interrupted.
+partial work and say so when interrupted. ``eval`` and ``east`` take ``--ray [HOST:PORT] --workers N``: their
+units (batches of held-out prompts; EAST's settings) run on Ray workers (`interp.steering.ray_steering`) and land
+in the same checkpoint, with the local run's numbers.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ from interp.cli_support import (
     FORCE,
     MAX_MEMORY,
     MODEL,
+    RAY,
     SEED,
+    WORKERS,
+    check_ray,
     command_line,
     finish,
     finite,
@@ -38,6 +43,7 @@ from interp.cli_support import (
     numbers,
     parse_size,
     progress_bar,
+    ray_workers,
 )
 from interp.errors import InterpError
 from interp.outdir import PROGRESS, Checkpoint, prepare_out
@@ -242,6 +248,7 @@ def evaluate(
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
     out: Path = typer.Option(None, help="Run folder (default runs/steer-eval-<time>)."),
     force: bool = FORCE, resume: bool = RESUME, as_json: bool = AS_JSON, seed: int = SEED, max_memory: str = MAX_MEMORY,
+    ray: str = RAY, workers: int = WORKERS,
 ) -> None:
     """Sweep a vector's coefficient: accuracy, KL (nats) and entropy (bits) at the first answer token."""
     from interp.steering.runs import BEHAVIOUR_TASKS, PUZZLE_TASKS, eval_run, read_task_file
@@ -258,13 +265,15 @@ def evaluate(
         read_task_file(task, "eval")  # a malformed file fails before the model loads
     _check_vectors(vectors)
     _not_inside(vectors, out, force, "--vectors")
+    check_ray(ray, workers)
     out = _start(out, "steer-eval", force, resume)
     console = Console(stderr=True)
     t0 = time.perf_counter()
     m = load_model(console, model, backend, device, dtype)
-    with _interruptible(console, out, "eval"), _bars(console) as bar:
+    with _interruptible(console, out, "eval"), ray_workers(console, m, ray, workers) as pool, _bars(console) as bar:
         result = eval_run(m, str(vectors), layer_list, task, coeffs, n, keep_norm, where, n_rules, seed,
-                          command=command_line(), out=out, resume=resume, progress=phase_callback(bar), max_memory=budget)
+                          command=command_line(), out=out, resume=resume, progress=phase_callback(bar), max_memory=budget,
+                          workers=pool)
     finish(console, result, out, t0, as_json, result.manifest["notes"][0]["text"])
     Checkpoint(out, {}).clear()
 
@@ -331,6 +340,7 @@ def east(
     vector_file: Path = typer.Option(None, help="Use this saved EAST vector set (<path> of .safetensors/.json) instead of building one."),
     out: Path = typer.Option(None, help="Run folder (default runs/steer-east-<time>)."),
     force: bool = FORCE, resume: bool = RESUME, as_json: bool = AS_JSON, seed: int = SEED,
+    ray: str = RAY, workers: int = WORKERS,
 ) -> None:
     """EAST on a two-armed bandit: does steering with the entropy-weighted vector raise action entropy where temperature does not?"""
     from interp.steering.east_agent import AGENTS
@@ -347,16 +357,17 @@ def east(
         raise InterpError(f"--temperatures must be positive, got {temperatures}")
     _check_vectors(vector_file)
     _not_inside(vector_file, out, force, "--vector-file")
+    check_ray(ray, workers)
     out = _start(out, "steer-east", force, resume)
     console = Console(stderr=True)
     t0 = time.perf_counter()
     m = load_model(console, model, backend, device, dtype)
     check_east_size(m, agent, episodes, steps, k)
-    with _interruptible(console, out, "east", None), _bars(console) as bar:
+    with _interruptible(console, out, "east", None), ray_workers(console, m, ray, workers) as pool, _bars(console) as bar:
         task = bar.add_task("EAST", total=1 + len(beta_list) + len(temperature_list))
         result = east_run(m, layer, agent, beta_list, temperature_list, episodes, steps, k, center,
                           str(vector_file) if vector_file else None, seed, out, command_line(), lambda: bar.advance(task),
-                          resume=resume)
+                          resume=resume, workers=pool)
     lines = result.manifest["notes"][0]["text"].replace("\n", "; ")
     finish(console, result, out, t0, as_json, lines)
 

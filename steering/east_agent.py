@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -32,6 +32,9 @@ from interp.interventions import Add
 from interp.metrics import check_finite
 from interp.model import Model
 from interp.steering.east import Bandit, Rollout, action_probs, action_tokens, entropy
+
+if TYPE_CHECKING:
+    from interp.ray_workers import RayWorkers
 
 AGENT_INTRO = (
     "You are playing a game with two buttons, A and B. Each press of a button gives a reward of 0 or 1. "
@@ -210,16 +213,47 @@ def setting_key(kind: str, value: float) -> str:
     return f"{kind}={float(value)!r}"
 
 
+def sweep_settings(betas: list[float], temperatures: list[float], layer: int, vector: torch.Tensor) -> list[tuple[str, str, dict]]:
+    """Each beta, then each temperature, as (``beta`` or ``temperature``, its `setting_key`, `play` options).
+
+    Beta 0 at temperature 1 is the unsteered run at temperature 1: temperature 1 (and a repeated beta 0)
+    then names beta 0's key, so that setting is played once.
+    """
+    out, unsteered = [], {}
+    for beta in betas:
+        key = unsteered[1.0] if beta == 0 and 1.0 in unsteered else setting_key("beta", beta)
+        if beta == 0:
+            unsteered[1.0] = key
+        out.append(("beta", key, {"layer": layer, "vector": vector, "beta": beta, "temperature": 1.0}))
+    for temperature in temperatures:
+        key = unsteered.setdefault(temperature, setting_key("temperature", temperature))
+        out.append(("temperature", key, {"layer": layer, "temperature": temperature}))
+    return out
+
+
+def play_setting(model: Model, agent: str, key: str, options: dict) -> Rollout:
+    """`play` one sweep setting; an `InterpError` names the setting (``beta 2.0: ...``)."""
+    try:
+        return play(model, agent, **options)
+    except InterpError as exc:
+        raise InterpError(f"{key.replace('=', ' ')}: {exc}") from None
+
+
 def entropy_sweep(model: Model, vector: torch.Tensor, layer: int, betas: list[float], temperatures: list[float],
                   agent: str = "thought", progress: Callable[[], None] | None = None,
                   done: dict[str, Rollout] | None = None, on_setting: Callable[[str, Rollout], None] | None = None,
-                  **options) -> EntropySweep:
+                  workers: RayWorkers | None = None, **options) -> EntropySweep:
     """Steer with each beta (at temperature 1) and, unsteered, sample at each temperature.
 
     Ctrl-C ends the sweep early and returns the settings finished so far (``complete=False``).
     ``done`` holds rollouts of settings finished earlier (keys from `setting_key`), which are not
     played again; ``on_setting(key, rollout)`` is called after each newly played setting (to checkpoint it).
     Every setting starts from the same seed, so a resumed sweep equals an uninterrupted one.
+
+    ``workers`` (`interp.ray_workers.RayWorkers`): the settings still to play are played on Ray workers, one
+    setting per shard (a setting's rounds and episodes share one random stream, so a setting is the smallest
+    independent unit); ``on_setting`` and ``progress`` follow them as they finish, and the rollouts equal the
+    local ones.
     """
     for name, values in (("beta", betas), ("temperature", temperatures)):
         for value in values:
@@ -230,37 +264,32 @@ def entropy_sweep(model: Model, vector: torch.Tensor, layer: int, betas: list[fl
     check_finite(vector, "the steering vector")
     sweep = EntropySweep(list(betas), [], list(temperatures), [])
     done = dict(done or {})
-    unsteered: dict[float, Rollout] = {}  # beta 0 at temperature 1 is the unsteered run at temperature 1: played once
+    settings = sweep_settings(list(betas), list(temperatures), layer, vector)
 
-    def run(key: str, play_it: Callable[[], Rollout]) -> Rollout:
-        if key not in done:
-            try:
-                done[key] = play_it()
-            except InterpError as exc:
-                raise InterpError(f"{key.replace('=', ' ')}: {exc}") from None
-            if on_setting:
-                on_setting(key, done[key])
-        return done[key]
+    def advance() -> None:  # the settings in order, as far as they are finished
+        for kind, key, _ in settings[len(sweep.beta_rollouts) + len(sweep.temperature_rollouts):]:
+            if key not in done:
+                return
+            (sweep.beta_rollouts if kind == "beta" else sweep.temperature_rollouts).append(done[key])
+            if progress:
+                progress()
 
+    def finish(key: str, rollout: Rollout) -> None:
+        done[key] = rollout
+        if on_setting:
+            on_setting(key, rollout)
+        advance()
+
+    todo = {key: opts for _, key, opts in settings if key not in done}  # each key once, in order
     try:
-        for beta in betas:
-            if beta == 0 and 1.0 in unsteered:
-                rollout = unsteered[1.0]
-            else:
-                rollout = run(setting_key("beta", beta), lambda: play(model, agent, layer=layer, vector=vector, beta=beta,
-                                                                      temperature=1.0, **options))
-            if beta == 0:
-                unsteered[1.0] = rollout
-            sweep.beta_rollouts.append(rollout)
-            if progress:
-                progress()
-        for temperature in temperatures:
-            if temperature not in unsteered:
-                unsteered[temperature] = run(setting_key("temperature", temperature),
-                                             lambda: play(model, agent, layer=layer, temperature=temperature, **options))
-            sweep.temperature_rollouts.append(unsteered[temperature])
-            if progress:
-                progress()
+        advance()
+        if workers is not None:
+            from interp.steering.ray_steering import ray_play_settings
+
+            ray_play_settings(workers, agent, todo, options, finish)
+        else:
+            for key, opts in todo.items():
+                finish(key, play_setting(model, agent, key, {**opts, **options}))
     except KeyboardInterrupt:
         sweep.complete = False
     sweep.betas, sweep.temperatures = sweep.betas[:len(sweep.beta_rollouts)], sweep.temperatures[:len(sweep.temperature_rollouts)]

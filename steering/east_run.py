@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -28,6 +28,9 @@ from interp.steering.east_agent import AGENTS, AgentRollout, ThinkingBandit, ent
 from interp.limits import check_context, check_memory
 from interp.steering.limits import kv_cache_bytes
 from interp.steering.vectors import VectorSet, load_vector_set
+
+if TYPE_CHECKING:
+    from interp.ray_workers import RayWorkers
 
 UNIT = "units (the EAST vector, then one per setting)"
 MAX_THOUGHT_TOKENS = 20  # the thinking agent's default (`interp.steering.east_agent.agent_rollout`)
@@ -80,12 +83,15 @@ def _restore(key: str, tensors: dict[str, torch.Tensor], thoughts: dict) -> Roll
 def east_run(model: Model, layer: int | None = None, agent: str = "thought", betas: list[float] = (0.0, 2.0, 4.0, 8.0),
              temperatures: list[float] = (1.0, 2.0, 4.0), episodes: int = 4, steps: int = 8, k: int = 8,
              center: bool = True, vector_file: str | None = None, seed: int = 0, out: str | Path | None = None,
-             command: str = "steer east", progress: Callable[[], None] | None = None, resume: bool = False) -> RunResult:
+             command: str = "steer east", progress: Callable[[], None] | None = None, resume: bool = False,
+             workers: RayWorkers | None = None) -> RunResult:
     """Build (or load) the EAST vector at ``resid_post.{layer}`` and compare steering with temperature.
 
     With ``out``, the vector and every finished setting are checkpointed there as they finish; an
     interrupted sweep then raises KeyboardInterrupt (its settings kept), and ``resume=True`` completes it
     with identical results. Without ``out``, Ctrl-C returns the settings finished so far (status interrupted).
+    ``workers`` (`interp.ray_workers.RayWorkers`): the settings are played on Ray workers, one per shard
+    (`interp.steering.ray_steering`; the vector's rollout is sequential and stays here), with the same results.
     """
     if agent not in AGENTS:
         raise InterpError(f"unknown agent {agent!r}: use 'thought' or 'token'")
@@ -130,7 +136,7 @@ def east_run(model: Model, layer: int | None = None, agent: str = "thought", bet
                             vector_meta=vector_meta, thoughts=thoughts)
 
     sweep = entropy_sweep(model, vectors.vector(layer), layer, list(betas), list(temperatures), agent, progress,
-                          done=done, on_setting=keep, **options, seed=seed + 1)
+                          done=done, on_setting=keep, workers=workers, **options, seed=seed + 1)
     if not sweep.complete and checkpoint is not None:
         raise KeyboardInterrupt  # the finished settings are in the checkpoint; --resume completes the sweep
     if not sweep.beta_rollouts:
@@ -175,6 +181,10 @@ def east_run(model: Model, layer: int | None = None, agent: str = "thought", bet
         "vector": vector_meta, "notes": notes, "lines": lines, "tensors": tensors,
         "timings": {"vector_s": round(t_vector, 3), "run_s": round(time.perf_counter() - t0, 3)},
     }
+    if workers is not None:
+        from interp.steering.ray_steering import ray_info
+
+        manifest["ray"] = ray_info(workers)
     for name in ("east/entropy", "east/reward", "east/temperature_entropy", "east/sampled_entropy"):
         if name in scores:
             check_finite(scores[name], name)

@@ -13,7 +13,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
@@ -30,6 +30,9 @@ from interp.steering.puzzles import PuzzleSet, load_puzzles
 from interp.steering.reasoning import vectors_from_puzzles
 from interp.steering.sweep import DEFAULT_COEFFICIENTS, coefficient_sweep
 from interp.steering.vectors import VectorSet, build_vectors, load_vector_set
+
+if TYPE_CHECKING:
+    from interp.ray_workers import RayWorkers
 
 PUZZLE_TASKS = ("deduction", "ioi")
 BEHAVIOUR_TASKS = ("truthfulness", "refusal")
@@ -235,11 +238,13 @@ def eval_run(model: Model, vector_file: str, layers: Sequence[int], task: str = 
              coefficients: Sequence[float] = DEFAULT_COEFFICIENTS, n: int | None = None, keep_norm: bool = False,
              positions: str | int = "all", n_rules: int = 2, seed: int = 0, backend: str | None = None,
              command: str = "steer eval", out: str | Path | None = None, resume: bool = False,
-             progress: Callable[[str, int, int], None] | None = None, max_memory: int | None = None) -> RunResult:
+             progress: Callable[[str, int, int], None] | None = None, max_memory: int | None = None,
+             workers: RayWorkers | None = None) -> RunResult:
     """A coefficient sweep of the saved vectors at ``layers`` on held-out ``task`` prompts (first answer token).
 
     With ``out``, every finished group of equal-length prompts is checkpointed there; ``resume=True``
-    completes an interrupted sweep with identical results.
+    completes an interrupted sweep with identical results. ``workers`` (`interp.ray_workers.RayWorkers`)
+    measures the groups on Ray workers (`interp.steering.ray_steering`), with the same results.
     """
     t0 = time.perf_counter()
     if task in BEHAVIOUR_TASKS:
@@ -268,7 +273,7 @@ def eval_run(model: Model, vector_file: str, layers: Sequence[int], task: str = 
 
     sweep = coefficient_sweep(model, vectors, None, held_out.prompts, held_out.candidate_ids(model.tokenizer), held_out.correct,
                               coefficients, keep_norm, positions, backend=backend, progress=progress, state=state,
-                              on_group=keep, max_memory=max_memory)
+                              on_group=keep, max_memory=max_memory, workers=workers)
     scores = {"sweep/coefficient": torch.tensor(sweep.coefficients), "sweep/accuracy": torch.tensor(sweep.accuracy),
               "sweep/kl": torch.tensor(sweep.kl_mean), "sweep/kl_std": torch.tensor(sweep.kl_std),
               "sweep/entropy": torch.tensor(sweep.entropy_mean), "sweep/mass_right": torch.tensor(sweep.mass_right),
@@ -289,4 +294,8 @@ def eval_run(model: Model, vector_file: str, layers: Sequence[int], task: str = 
                 "vectors": {"method": vectors.method, "position": vectors.position, "meta": vectors.meta},
                 "sweep": sweep.rows(), "notes": [{"title": "Sweep", "text": sweep.table()}], "lines": lines,
                 "tensors": tensors, "timings": {"run_s": round(time.perf_counter() - t0, 3)}}
+    if workers is not None:
+        from interp.steering.ray_steering import ray_info
+
+        manifest["ray"] = ray_info(workers)
     return RunResult(manifest=manifest, scores=scores)

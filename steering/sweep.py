@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 import torch
@@ -34,6 +35,9 @@ from interp.limits import check_context
 from interp.steering.limits import budget_groups, forward_row_bytes
 from interp.steering.puzzles import single_token_id
 from interp.steering.vectors import KINDS, VectorSet
+
+if TYPE_CHECKING:
+    from interp.ray_workers import RayWorkers
 
 DEFAULT_COEFFICIENTS: tuple[float, ...] = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -163,13 +167,64 @@ def _correct(correct: torch.Tensor | Sequence[int] | None, cand: torch.Tensor) -
     return right
 
 
+METRICS = ("kl", "entropy", "p_right", "p_wrong", "hits")  # the per-prompt tensors [k, n] of a sweep's state
+
+
+@dataclass
+class SweepPlan:
+    """What every group of a sweep needs: the vectors, the site, the coefficients and the answers.
+
+    `group` measures one group of equal-length prompts; a local sweep and a Ray worker
+    (`interp.steering.ray_steering`) run it on the same token batches, so their numbers are equal.
+    """
+
+    by_layer: dict[int, torch.Tensor]
+    kind: str
+    coefficients: list[float]
+    cand: torch.Tensor  # [n, c] candidate ids
+    right: torch.Tensor  # [n] the right candidate's index
+    keep_norm: bool
+    positions: str | int
+    backend: str | None
+
+    def group(self, model: Model, rows: list[int], tokens: torch.Tensor,
+              on_coefficient: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+        """The metrics ``[k, len(rows)]`` (`METRICS`) of prompts ``rows``, whose tokens are ``tokens``."""
+        check_context(model, tokens.shape[1], f"prompt {rows[0] + 1}", "shorten it")
+        where = _positions(self.positions, tokens.shape[1])
+        cand, right = self.cand[rows], self.right[rows]
+        k = len(self.coefficients)
+        out = {name: torch.zeros(k, len(rows)) for name in METRICS[:-1]} | {"hits": torch.zeros(k, len(rows), dtype=torch.bool)}
+        plain = last_logits(model, tokens, backend=self.backend)
+        check_finite(plain, f"the unsteered logits of prompt {rows[0] + 1}")
+        for i, coeff in enumerate(self.coefficients):
+            edits = [Add(f"{self.kind}.{layer}", vec, coeff, where, self.keep_norm) for layer, vec in self.by_layer.items()]
+            logits = plain if coeff == 0.0 else last_logits(model, tokens, edits, self.backend)
+            out["kl"][i] = kl_nats(plain, logits)
+            out["entropy"][i] = entropy_bits(logits)
+            out["hits"][i] = logits.gather(-1, cand).argmax(-1) == right
+            probs = logits.softmax(-1).gather(-1, cand)
+            out["p_right"][i] = probs.gather(-1, right[:, None])[:, 0]
+            out["p_wrong"][i] = probs.sum(-1) - out["p_right"][i]
+            for name, label in (("kl", "KL"), ("entropy", "entropy"), ("p_right", "answer mass"), ("p_wrong", "wrong-answer mass")):
+                check_finite(out[name][i], f"coefficient {coeff:g} ({label} of prompts {rows[0] + 1}...)")
+            if on_coefficient:
+                on_coefficient(i)
+        return out
+
+
+def _tick(progress: Callable[[str, int, int], None], before: int, rows: int, total: int, i: int) -> None:
+    progress("sweep", before + (i + 1) * rows, total)
+
+
 def coefficient_sweep(model: Model, vectors: VectorSet | torch.Tensor, layers: int | Sequence[int] | None,
                       prompts: Sequence[str], candidates: torch.Tensor | Sequence[Sequence[str]],
                       correct: torch.Tensor | Sequence[int] | None = None,
                       coefficients: Sequence[float] = DEFAULT_COEFFICIENTS, keep_norm: bool = False,
                       positions: str | int = "all", kind: str | None = None, backend: str | None = None,
                       progress: Callable[[str, int, int], None] | None = None, state: dict | None = None,
-                      on_group: Callable[[dict], None] | None = None, max_memory: int | None = None) -> SweepResult:
+                      on_group: Callable[[dict], None] | None = None, max_memory: int | None = None,
+                      workers: RayWorkers | None = None) -> SweepResult:
     """Steer with ``coeff * vector`` at ``layers`` for every coefficient; measure the first answer token.
 
     ``vectors``: a `VectorSet` (``layers=None``: all its layers) or a tensor ``[d_model]`` (the same
@@ -184,6 +239,10 @@ def coefficient_sweep(model: Model, vectors: VectorSet | torch.Tensor, layers: i
     total)`` counts prompt x coefficient runs. ``max_memory`` (bytes; None: a share of the device's free
     memory) sets how many prompts of one length run per forward; the results do not depend on it. A NaN or infinite metric (a non-finite vector or an
     overflowing coefficient) is a one-line error naming the coefficient.
+
+    ``workers`` (`interp.ray_workers.RayWorkers`): the groups still to do are measured on Ray workers, in the
+    batches a local run makes (this machine's ``max_memory`` budget), and written into ``state`` as they finish
+    (``on_group`` after each shard of groups); the numbers equal the local run's.
     """
     by_layer = _vectors_by_layer(vectors, layers)
     kind = kind or (vectors.kind if isinstance(vectors, VectorSet) else "resid_post")
@@ -201,42 +260,48 @@ def coefficient_sweep(model: Model, vectors: VectorSet | torch.Tensor, layers: i
         if not math.isfinite(coeff):
             raise InterpError(f"coefficients must be finite numbers, got {coeff}")
     cand = candidate_ids(model, candidates, len(prompts))
-    right = _correct(correct, cand)
+    plan = SweepPlan(by_layer, kind, coefficients, cand, _correct(correct, cand), keep_norm, positions, backend)
     k, n = len(coefficients), len(prompts)
     state = state if state is not None else {}
-    for name in ("kl", "entropy", "p_right", "p_wrong"):
+    for name in METRICS[:-1]:
         state.setdefault(name, torch.zeros(k, n))
     state.setdefault("hits", torch.zeros(k, n, dtype=torch.bool))
     state.setdefault("done", torch.zeros(n, dtype=torch.bool))
-    if any(tuple(state[name].shape) != (k, n) for name in ("kl", "entropy", "p_right", "p_wrong", "hits")) \
-            or tuple(state["done"].shape) != (n,):
+    if any(tuple(state[name].shape) != (k, n) for name in METRICS) or tuple(state["done"].shape) != (n,):
         raise InterpError(f"the saved sweep does not match {k} coefficients x {n} prompts; start over")
-    kl, entropy, p_right, p_wrong, hits, done = (state[name] for name in ("kl", "entropy", "p_right", "p_wrong", "hits", "done"))
+    done = state["done"]
+
+    def keep(rows: list[int], values: dict[str, torch.Tensor]) -> None:
+        for name in METRICS:
+            state[name][:, rows] = values[name]
+        done[rows] = True
+
+    todo = []
     for rows, tokens in budget_groups(model, prompts, max_memory, partial(forward_row_bytes, model), "one prompt"):
-        if bool(done[rows].all()):
+        if not bool(done[rows].all()):
+            todo.append((rows, tokens))
+        elif progress:
+            progress("sweep", int(done.sum()) * k, n * k)
+    if workers is not None:
+        from interp.steering.ray_steering import ray_sweep_groups
+
+        def keep_shard(groups: list[tuple[list[int], dict]]) -> None:
+            for rows, values in groups:
+                keep(rows, values)
+            if on_group:
+                on_group(state)
             if progress:
                 progress("sweep", int(done.sum()) * k, n * k)
-            continue
-        check_context(model, tokens.shape[1], f"prompt {rows[0] + 1}", "shorten it")
-        where = _positions(positions, tokens.shape[1])
-        plain = last_logits(model, tokens, backend=backend)
-        check_finite(plain, f"the unsteered logits of prompt {rows[0] + 1}")
-        for i, coeff in enumerate(coefficients):
-            edits = [Add(f"{kind}.{layer}", vec, coeff, where, keep_norm) for layer, vec in by_layer.items()]
-            logits = plain if coeff == 0.0 else last_logits(model, tokens, edits, backend)
-            kl[i, rows] = kl_nats(plain, logits)
-            entropy[i, rows] = entropy_bits(logits)
-            hits[i, rows] = logits.gather(-1, cand[rows]).argmax(-1) == right[rows]
-            probs = logits.softmax(-1).gather(-1, cand[rows])
-            p_right[i, rows] = probs.gather(-1, right[rows, None])[:, 0]
-            p_wrong[i, rows] = probs.sum(-1) - p_right[i, rows]
-            for name, values in (("KL", kl), ("entropy", entropy), ("answer mass", p_right), ("wrong-answer mass", p_wrong)):
-                check_finite(values[i, rows], f"coefficient {coeff:g} ({name} of prompts {rows[0] + 1}...)")
-            if progress:
-                progress("sweep", int(done.sum()) * k + (i + 1) * len(rows), n * k)
-        done[rows] = True
-        if on_group:
-            on_group(state)
+
+        ray_sweep_groups(workers, plan, todo, keep_shard)
+    else:
+        for rows, tokens in todo:
+            before = int(done.sum()) * k
+            tick = partial(_tick, progress, before, len(rows), n * k) if progress else None
+            keep(rows, plan.group(model, rows, tokens, tick))
+            if on_group:
+                on_group(state)
+    kl, entropy, p_right, p_wrong, hits = (state[name] for name in METRICS)
     return SweepResult(
         coefficients=coefficients, layers=list(by_layer), kind=kind, positions=positions, keep_norm=keep_norm,
         accuracy=hits.float().mean(1).tolist(), kl_mean=kl.mean(1).tolist(), kl_std=kl.std(1, correction=0).tolist(),
