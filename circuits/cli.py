@@ -22,7 +22,10 @@ from interp.cli_support import (
     FORCE,
     MAX_MEMORY,
     MODEL,
+    RAY,
     SEED,
+    WORKERS,
+    check_ray,
     command_line,
     finish,
     finite,
@@ -30,6 +33,7 @@ from interp.cli_support import (
     numbers,
     parse_size,
     progress_bar,
+    ray_workers,
     split,
 )
 from interp.errors import InterpError
@@ -160,11 +164,12 @@ def heads_retrieval(
     model: str = MODEL, device: str = DEVICE, dtype: str = DTYPE,
     out: str = typer.Option(None, help="Run folder (default runs/retrieval-<time>)."),
     as_json: bool = AS_JSON, seed: int = SEED, force: bool = FORCE, resume: bool = RESUME, max_memory: str = MAX_MEMORY,
+    ray: str = RAY, workers: int = WORKERS,
 ) -> None:
     """Retrieval heads: which heads copy the needle while the model answers, and does masking them break recall?
 
     Prompts of equal length decode together; every decoded prompt and masking setting is checkpointed in --out,
-    so an interrupted run completes with --resume.
+    so an interrupted run completes with --resume (with or without --ray).
     """
     from interp.circuits.retrieval import check_request
     from interp.circuits.runs import retrieval_run, retrieval_units
@@ -177,6 +182,7 @@ def heads_retrieval(
     if n_random < 1 or max_new_tokens < 1 or batch_size < 0:
         raise InterpError("--n-random and --max-new-tokens must be at least 1, --batch-size 0 (automatic) or more")
     budget = None if max_memory is None else parse_size(max_memory, "--max-memory")
+    check_ray(ray, workers)
     out = _out(out, "retrieval", force, resume)
     console = Console(stderr=True)
     t0 = time.perf_counter()
@@ -185,9 +191,9 @@ def heads_retrieval(
         check_request(m, length_list, k_list, n_random, max_new_tokens, depth_list, budget)  # before the detection pass
         units = retrieval_units(m, out, length_list, depth_list, k_list, n_random, max_new_tokens, seed, resume)
     with _guard(console, out, units, "prompts and masking settings"):
-        with progress_bar(console) as bar:
+        with ray_workers(console, m, ray, workers) as pool, progress_bar(console) as bar:
             result = retrieval_run(m, length_list, depth_list, k_list, n_random, max_new_tokens, seed, command_line(),
-                                   batch_size or None, phase_callback(bar), units, budget)
+                                   batch_size or None, phase_callback(bar), units, budget, pool)
         finish(console, result, out, t0, as_json)
         units.clear()
 
@@ -203,11 +209,12 @@ def neurons_relation(
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
     out: str = typer.Option(None, help="Run folder (default runs/neurons-<time>)."),
     as_json: bool = AS_JSON, seed: int = SEED, force: bool = FORCE, resume: bool = RESUME,
+    ray: str = RAY, workers: int = WORKERS,
 ) -> None:
     """Score every MLP neuron per relation (AP), zero each relation's top-k, and measure every relation's accuracy.
 
     The test-prompt filter, the expertise and every relation's (and k's) accuracies are checkpointed in --out, so
-    an interrupted run completes with --resume.
+    an interrupted run completes with --resume (with or without --ray).
     """
     from interp.circuits.neurons import check_k
     from interp.circuits.relations import RELATIONS, get_relations
@@ -230,6 +237,7 @@ def neurons_relation(
     if not 0 < n_identification < len(fewest.facts):
         raise InterpError(f"--n-identification must be in [1, {len(fewest.facts) - 1}]: {fewest.name} has "
                           f"{len(fewest.facts)} facts and needs at least one left to test on")
+    check_ray(ray, workers)
     out = _out(out, "neurons", force, resume)
     console = Console(stderr=True)
     t0 = time.perf_counter()
@@ -238,9 +246,9 @@ def neurons_relation(
         check_k(m, k, k_list if sweep else [])  # before any pass
         units = neurons_units(m, out, names, k, sweep, k_list, n_identification, keep_correct, seed, backend, resume)
     with _guard(console, out, units, "passes (test filter, expertise, relations, k values)"):
-        with progress_bar(console) as bar:
+        with ray_workers(console, m, ray, workers) as pool, progress_bar(console) as bar:
             result = neurons_run(m, names, k, sweep, k_list, n_identification, keep_correct, seed, backend=backend,
-                                 command=command_line(), progress=phase_callback(bar), units=units)
+                                 command=command_line(), progress=phase_callback(bar), units=units, workers=pool)
         finish(console, result, out, t0, as_json)
         units.clear()
 
@@ -290,9 +298,10 @@ def circuit_build(
                                            "on the run's own prompts."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
     out: str = typer.Option(None, help="Folder for circuit.json and its report (default runs/circuit-<time>)."),
-    as_json: bool = AS_JSON, force: bool = FORCE,
+    as_json: bool = AS_JSON, force: bool = FORCE, ray: str = RAY, workers: int = WORKERS,
 ) -> None:
-    """Build a circuit by thresholding a patching run's node scores; writes circuit.json."""
+    """Build a circuit by thresholding a patching run's node scores; writes circuit.json. With --edges, --ray shards
+    the receivers' path-patching passes over Ray workers."""
     from interp.circuits.runs import add_path_edges, circuit_build_run
 
     if top_k < 0:
@@ -300,6 +309,9 @@ def circuit_build(
     if min_abs is not None:
         finite(min_abs, "--min-abs")
     check_outside_out(out, force, run=run)  # before the build, not after it
+    if ray is not None and not edges:
+        raise InterpError("--ray shards the path patching of --edges: add --edges or drop --ray")
+    check_ray(ray, workers)
     t0 = time.perf_counter()
     result, built = circuit_build_run(str(run), method, split(components) or None, top_k or None, min_abs, command_line())
     if edges and not built.heads():
@@ -310,8 +322,8 @@ def circuit_build(
     with _guard(console, out):
         if edges:
             m = load_model(console, model, backend, device, dtype)
-            with progress_bar(console) as bar:
-                add_path_edges(m, built, result, str(run), progress=phase_callback(bar))
+            with ray_workers(console, m, ray, workers) as pool, progress_bar(console) as bar:
+                add_path_edges(m, built, result, str(run), progress=phase_callback(bar), workers=pool)
         built.save(out)
         finish(console, result, out, t0, as_json)
 

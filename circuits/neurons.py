@@ -92,13 +92,9 @@ class RelationPromptSets:
     n_test: torch.Tensor
 
 
-def relation_prompt_sets(model: Model, relations: Sequence[str | Relation] | None = None, n_identification: int = 12,
-                         seed: int = 0, keep_correct: bool = True, backend: str | None = None,
-                         units: Units | None = None) -> RelationPromptSets:
-    """Split each relation's facts (`split_relation`); keep the test prompts the model answers right.
-
-    ``units`` keeps the filter's answers (unit ``filter``) for a resumed run.
-    """
+def relation_splits(relations: Sequence[str | Relation] | None, n_identification: int, seed: int
+                    ) -> tuple[list[Relation], list[RelationPrompt], list[RelationPrompt], list[int]]:
+    """The relations, their identification and (unfiltered) test prompts, and each relation's test-fact count."""
     rels = [r if isinstance(r, Relation) else get_relations([r])[0] for r in relations] if relations is not None \
         else get_relations()
     if len(rels) < 2:
@@ -109,6 +105,17 @@ def relation_prompt_sets(model: Model, relations: Sequence[str | Relation] | Non
         ident += i
         test += t
         n_facts.append(len(t))
+    return rels, ident, test, n_facts
+
+
+def relation_prompt_sets(model: Model, relations: Sequence[str | Relation] | None = None, n_identification: int = 12,
+                         seed: int = 0, keep_correct: bool = True, backend: str | None = None,
+                         units: Units | None = None) -> RelationPromptSets:
+    """Split each relation's facts (`split_relation`); keep the test prompts the model answers right.
+
+    ``units`` keeps the filter's answers (unit ``filter``) for a resumed run.
+    """
+    rels, ident, test, n_facts = relation_splits(relations, n_identification, seed)
     if keep_correct:
         units = Units() if units is None else units
         hits = units.run("filter", lambda: {"hits": correct_mask(model, test, backend=backend)})["hits"]
@@ -199,18 +206,22 @@ def expertise_from_responses(responses: torch.Tensor, prompt_relations: Sequence
     return NeuronExpertise(list(relations), kind, torch.stack(ap), torch.stack(on), torch.stack(off))
 
 
+def expertise_unit(model: Model, identification: Sequence[RelationPrompt], relations: Sequence[str], kind: str = "mlp_act",
+                   backend: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of `NeuronExpertise` (``ap``, ``on_p50``, ``off_p50``) from one pass over the identification prompts."""
+    resp = pooled_responses(model, [p.text for p in identification], kind, backend)
+    e = expertise_from_responses(resp, [p.relation for p in identification], list(relations), kind)
+    return {"ap": e.ap, "on_p50": e.on_p50, "off_p50": e.off_p50}
+
+
 def neuron_expertise(model: Model, sets: RelationPromptSets, kind: str = "mlp_act",
                      backend: str | None = None, units: Units | None = None) -> NeuronExpertise:
     """AP expertise of every unit of site ``kind`` for every relation, on the identification prompts.
 
     ``units`` keeps the result (unit ``expertise.<kind>``) for a resumed run.
     """
-    def compute() -> dict:
-        resp = pooled_responses(model, [p.text for p in sets.identification], kind, backend)
-        e = expertise_from_responses(resp, [p.relation for p in sets.identification], sets.relations, kind)
-        return {"ap": e.ap, "on_p50": e.on_p50, "off_p50": e.off_p50}
-
-    got = (Units() if units is None else units).run(f"expertise.{kind}", compute)
+    got = (Units() if units is None else units).run(
+        f"expertise.{kind}", lambda: expertise_unit(model, sets.identification, sets.relations, kind, backend))
     return NeuronExpertise(list(sets.relations), kind, got["ap"], got["on_p50"], got["off_p50"])
 
 
@@ -281,6 +292,18 @@ def _baseline(model: Model, sets: RelationPromptSets, backend: str | None, units
     return units.run("baseline", lambda: {"acc": accuracy_by_relation(model, sets.test, sets.relations, backend=backend)})["acc"]
 
 
+def deactivation_row(model: Model, ap: torch.Tensor, kind: str, test: Sequence[RelationPrompt], relations: Sequence[str],
+                     k: int, seed: int, random_control: bool = True, backend: str | None = None) -> dict[str, torch.Tensor]:
+    """Accuracy on every relation with the top-k units of ``ap`` [layer, unit] zeroed (``acc``) and, with
+    ``random_control``, with k random other units zeroed instead (``rnd``, drawn with ``seed``)."""
+    top = top_units(ap, k)
+    got = {"acc": accuracy_by_relation(model, test, relations, deactivate(model, top, kind), backend)}
+    if random_control:
+        ctrl = random_units(tuple(ap.shape), k, top, seed)
+        got["rnd"] = accuracy_by_relation(model, test, relations, deactivate(model, ctrl, kind), backend)
+    return got
+
+
 def deactivation_matrix(model: Model, expertise: NeuronExpertise, sets: RelationPromptSets, k: int, seed: int = 0,
                         random_control: bool = True, backend: str | None = None, progress=None,
                         units: Units | None = None) -> DeactivationMatrix:
@@ -297,16 +320,9 @@ def deactivation_matrix(model: Model, expertise: NeuronExpertise, sets: Relation
     if progress:
         progress("zeroing", sum(f"zero.{r}" in units for r in rels), len(rels))
     for i, r in enumerate(rels):
-        def row(i: int = i) -> dict:
-            top = top_units(expertise.ap[i], k)
-            got = {"acc": accuracy_by_relation(model, sets.test, rels, deactivate(model, top, expertise.kind), backend)}
-            if random_control:
-                ctrl = random_units(tuple(expertise.ap.shape[1:]), k, top, seed + i)
-                got["rnd"] = accuracy_by_relation(model, sets.test, rels, deactivate(model, ctrl, expertise.kind), backend)
-            return got
-
         fresh = f"zero.{r}" not in units
-        got = units.run(f"zero.{r}", row)
+        got = units.run(f"zero.{r}", lambda i=i: deactivation_row(model, expertise.ap[i], expertise.kind, sets.test, rels, k,
+                                                                  seed + i, random_control, backend))
         acc[i] = got["acc"]
         if random_control:
             rnd[i] = got["rnd"]
@@ -345,14 +361,9 @@ def k_sweep(model: Model, expertise: NeuronExpertise, sets: RelationPromptSets, 
     if progress:
         progress("sweep", sum(n in units for n in names), len(ks))
     for j, k in enumerate(ks):
-        def row(j: int = j, k: int = k) -> dict:
-            top = top_units(expertise.ap[i], k)
-            ctrl = random_units(tuple(expertise.ap.shape[1:]), k, top, seed + j)
-            return {"acc": accuracy_by_relation(model, sets.test, rels, deactivate(model, top, expertise.kind), backend),
-                    "rnd": accuracy_by_relation(model, sets.test, rels, deactivate(model, ctrl, expertise.kind), backend)}
-
         fresh = names[j] not in units
-        got = units.run(names[j], row)
+        got = units.run(names[j], lambda j=j, k=k: deactivation_row(model, expertise.ap[i], expertise.kind, sets.test, rels,
+                                                                    k, seed + j, True, backend))
         acc[j], rnd[j] = got["acc"], got["rnd"]
         if progress and fresh:
             progress("sweep", sum(n in units for n in names), len(ks))

@@ -153,25 +153,40 @@ def path_patching(
                               receivers=receivers, metric=metric_name)
 
 
+def receiver_edges(model: Model, heads: Sequence[Head], prompts: PromptSet | TokenizedPrompts, receiver: str | Head,
+                   metric: str | Callable = "logit_diff", backend: str | None = None) -> list[tuple[str, str, float]]:
+    """The edges into one ``receiver`` (``"logits"`` or a head) from each of ``heads`` that may send to it."""
+    receivers = "logits" if receiver == "logits" else [receiver]
+    senders = [h for h in heads if receiver == "logits" or h[0] < receiver[0]]
+    effect = path_patching(model, prompts, receivers, senders, metric, backend=backend).effect
+    name = "logits" if receiver == "logits" else f"head.{receiver[0]}.{receiver[1]}"
+    return [(f"head.{layer}.{head}", name, float(effect[layer, head])) for layer, head in senders]
+
+
 def circuit_edges(model: Model, heads: Sequence[Head], prompts: PromptSet | TokenizedPrompts, metric: str | Callable = "logit_diff",
-                  backend: str | None = None, progress=None) -> list[tuple[str, str, float]]:
+                  backend: str | None = None, progress=None, workers=None) -> list[tuple[str, str, float]]:
     """Edges among a circuit's ``heads``: (sender, receiver, mean metric change) for each earlier head into each later
     head, and for each head into ``"logits"`` (node names as in `interp.circuits.graph`: ``head.L.H``).
 
-    ``progress(phase, done, total)`` is called after each receiver's path-patching pass."""
+    ``progress(phase, done, total)`` is called after each receiver's path-patching pass. ``workers`` (a
+    `interp.ray_workers.RayWorkers`) runs the receivers' passes on Ray workers (`interp.circuits.ray_circuits`)."""
     heads = sorted({(int(layer), int(head)) for layer, head in heads})
     if not heads:
         raise InterpError("the circuit has no head nodes to connect")
-    edges: list[tuple[str, str, float]] = []
     receivers_all = [r for r in ["logits", *heads] if r == "logits" or any(h[0] < r[0] for h in heads)]
+    found: dict[int, list[tuple[str, str, float]]] = {}
+
+    def record(index: int, edges: list[tuple[str, str, float]]) -> None:
+        found[index] = edges
+        if progress:
+            progress("path patching", len(found), len(receivers_all))
+
     if progress:
         progress("path patching", 0, len(receivers_all))
-    for n_done, receiver in enumerate(receivers_all, 1):
-        receivers = "logits" if receiver == "logits" else [receiver]
-        senders = [h for h in heads if receiver == "logits" or h[0] < receiver[0]]
-        effect = path_patching(model, prompts, receivers, senders, metric, backend=backend).effect
-        if progress:
-            progress("path patching", n_done, len(receivers_all))
-        name = "logits" if receiver == "logits" else f"head.{receiver[0]}.{receiver[1]}"
-        edges += [(f"head.{layer}.{head}", name, float(effect[layer, head])) for layer, head in senders]
-    return edges
+    if workers is not None:
+        from interp.circuits.ray_circuits import ray_edges
+
+        ray_edges(workers, heads, prompts, receivers_all, metric, backend, record)
+    for index, receiver in enumerate(receivers_all if workers is None else []):
+        record(index, receiver_edges(model, heads, prompts, receiver, metric, backend))
+    return [edge for index in range(len(receivers_all)) for edge in found[index]]

@@ -299,6 +299,29 @@ def length_batches(model: Model, prompts: Sequence[NeedlePrompt], max_new_tokens
     return out
 
 
+def detect_batch(model: Model, prompts: Sequence[NeedlePrompt], todo: list[int], max_new_tokens: int,
+                 prefills: dict | None = None) -> list[Decoded]:
+    """Detection's decode of the equal-length prompts ``todo`` (indices) as one batch; ``prefills`` gets their caches."""
+    pasts = [prefill(model, prompts[i]) for i in todo]
+    if prefills is not None:
+        prefills.update(zip(todo, pasts))
+    return _decode(model, [prompts[i] for i in todo], max_new_tokens, (), True, stack_caches(pasts))
+
+
+def masking_job(model: Model, prompts: Sequence[NeedlePrompt], job: tuple, max_new_tokens: int, pasts: dict,
+                prefills: dict | None = None) -> list[Decoded]:
+    """Masking's decode of one job ``(batch number, setting, heads masked, prompt indices)``. ``pasts`` keeps one
+    batch's prefill caches by prompt index across the jobs of that batch (taken from ``prefills`` where there)."""
+    b, _, heads, todo = job
+    if pasts.get("batch") != b:
+        pasts.clear()
+        pasts["batch"] = b
+    for j in todo:
+        if j not in pasts:
+            pasts[j] = prefills.pop(j) if prefills and j in prefills else prefill(model, prompts[j])
+    return _decode(model, [prompts[j] for j in todo], max_new_tokens, heads, False, stack_caches([pasts[j] for j in todo]))
+
+
 @dataclass
 class RetrievalScores:
     """Detection result. ``head_score`` [layer, head] is the tensor ``retrieval/head_score``.
@@ -349,13 +372,14 @@ class RetrievalScores:
 def detect_retrieval_heads(model: Model, prompts: Sequence[NeedlePrompt], max_new_tokens: int = 30,
                            success_recall: float = SUCCESS_RECALL, threshold: float = RETRIEVAL_THRESHOLD,
                            batch_size: int | None = None, progress=None, units: Units | None = None,
-                           prefills: dict | None = None, max_memory: int | None = None) -> RetrievalScores:
+                           prefills: dict | None = None, max_memory: int | None = None, workers=None) -> RetrievalScores:
     """Retrieval score of every head from greedy decoding of ``prompts`` (see the module docstring).
 
     Prompts of equal length decode together (`length_batches`, as many as fit ``max_memory``; ``batch_size=1``:
     one at a time, the same numbers). ``progress(phase, done, total)`` is called after each batch; ``units`` keeps each decoded prompt
     (``detect.<i>``) so an interrupted run resumes without decoding it again. ``prefills`` (a dict) receives
-    each prompt's prefill cache by index, for `masking_curve` to reuse instead of prefilling again.
+    each prompt's prefill cache by index, for `masking_curve` to reuse instead of prefilling again. ``workers`` (a
+    `interp.ray_workers.RayWorkers`) decodes the batches on Ray workers (`interp.circuits.ray_circuits`; no prefills kept).
     """
     if not prompts:
         raise InterpError("retrieval-head detection needs at least one needle prompt")
@@ -364,20 +388,25 @@ def detect_retrieval_heads(model: Model, prompts: Sequence[NeedlePrompt], max_ne
     done = sum(n in units for n in name)
     if progress:
         progress("detect", done, len(prompts))
-    for batch in length_batches(model, prompts, max_new_tokens, batch_size, max_memory):
-        todo = [i for i in batch if name[i] not in units]
-        if not todo:
-            continue
-        pasts = [prefill(model, prompts[i]) for i in todo]
-        if prefills is not None:
-            prefills.update(zip(todo, pasts))
-        for i, out in zip(todo, _decode(model, [prompts[i] for i in todo], max_new_tokens, (), True, stack_caches(pasts))):
+    batches = [[i for i in b if name[i] not in units] for b in length_batches(model, prompts, max_new_tokens, batch_size, max_memory)]
+
+    def record(todo: list[int], outs: list[Decoded]) -> None:
+        nonlocal done
+        for i, out in zip(todo, outs):
             units.put(name[i], {"events": out.events, "recall": rouge1_recall(out.text, prompts[i].answer),
                                 "response": out.text}, save=False)
         units.save()
         done += len(todo)
         if progress:
             progress("detect", done, len(prompts))
+
+    if workers is not None:
+        from interp.circuits.ray_circuits import ray_detect
+
+        ray_detect(workers, prompts, [b for b in batches if b], max_new_tokens, record)
+    for todo in (batches if workers is None else []):
+        if todo:
+            record(todo, detect_batch(model, prompts, todo, max_new_tokens, prefills))
     per_test, recall, responses = [], [], []
     for i, prompt in enumerate(prompts):
         got = units.get(name[i])
@@ -478,13 +507,14 @@ def masking_settings(scores: RetrievalScores, ks: Sequence[int], n_random: int =
 def masking_curve(model: Model, prompts: Sequence[NeedlePrompt], scores: RetrievalScores, ks: Sequence[int],
                   n_random: int = 1, max_new_tokens: int = 30, seed: int = 0, batch_size: int | None = None,
                   progress=None, units: Units | None = None, prefills: dict | None = None,
-                  max_memory: int | None = None) -> MaskingCurve:
+                  max_memory: int | None = None, workers=None) -> MaskingCurve:
     """Mean ROUGE-1 recall over ``prompts`` with the top-k vs k random heads attending uniformly while decoding.
 
     Each setting (no heads masked; per k the top k and each random draw) decodes the prompts of equal length
     as one batch. ``units`` keeps each (setting, prompt) recall (``mask.<setting>.<i>``) for a resumed run;
     ``progress(phase, done, total)`` is called after each batch. ``prefills`` holds prefill caches by prompt
-    index from `detect_retrieval_heads` (used, never changed, and dropped once a batch is done).
+    index from `detect_retrieval_heads` (used, never changed, and dropped once a batch is done). ``workers`` decodes
+    each (setting, batch) on Ray workers (`interp.circuits.ray_circuits`).
     """
     if not prompts:
         raise InterpError("the masking experiment needs at least one needle prompt")
@@ -502,23 +532,27 @@ def masking_curve(model: Model, prompts: Sequence[NeedlePrompt], scores: Retriev
     done = sum(n in units for n in name.values())
     if progress:
         progress("mask", done, total)
-    for batch in length_batches(model, prompts, max_new_tokens, batch_size, max_memory):
-        pasts: dict[int, object] = {}
-        for setting, heads in settings.items():
-            todo = [j for j in batch if name[setting, j] not in units]
-            if not todo:
-                continue
-            for j in todo:
-                if j not in pasts:
-                    pasts[j] = prefills.pop(j) if prefills and j in prefills else prefill(model, prompts[j])
-            outs = _decode(model, [prompts[j] for j in todo], max_new_tokens, heads, False,
-                           stack_caches([pasts[j] for j in todo]))
-            for j, out in zip(todo, outs):
-                units.put(name[setting, j], {"recall": rouge1_recall(out.text, prompts[j].answer)}, save=False)
-            units.save()
-            done += len(todo)
-            if progress:
-                progress("mask", done, total)
+    jobs = [(b, setting, heads, [j for j in batch if name[setting, j] not in units])
+            for b, batch in enumerate(length_batches(model, prompts, max_new_tokens, batch_size, max_memory))
+            for setting, heads in settings.items()]
+    jobs = [job for job in jobs if job[3]]
+
+    def record(setting: str, todo: list[int], outs: list[Decoded]) -> None:
+        nonlocal done
+        for j, out in zip(todo, outs):
+            units.put(name[setting, j], {"recall": rouge1_recall(out.text, prompts[j].answer)}, save=False)
+        units.save()
+        done += len(todo)
+        if progress:
+            progress("mask", done, total)
+
+    if workers is not None:
+        from interp.circuits.ray_circuits import ray_masking
+
+        ray_masking(workers, prompts, jobs, max_new_tokens, record)
+    pasts: dict = {}
+    for job in (jobs if workers is None else []):
+        record(job[1], job[3], masking_job(model, prompts, job, max_new_tokens, pasts, prefills))
 
     def recall(setting: str, j: int) -> float:
         return float(units.get(name[setting, j])["recall"])

@@ -186,13 +186,14 @@ def circuit_faithfulness_run(model: Model, circuit_path: str, prompts: PromptSet
 
 def retrieval_run(model: Model, context_lengths: Sequence[int], depths: Sequence[float], ks: Sequence[int], n_random: int = 1,
                   max_new_tokens: int = 30, seed: int = 0, command: str = "heads retrieval", batch_size: int | None = None,
-                  progress=None, units: Units | None = None, max_memory: int | None = None) -> RunResult:
+                  progress=None, units: Units | None = None, max_memory: int | None = None, workers=None) -> RunResult:
     """Retrieval scores per head on needle-in-a-haystack prompts, and recall with top-k vs random-k heads masked.
 
     ``units`` (see `retrieval_units`) keeps every decoded prompt and masking setting for a resumed run;
     ``progress(phase, done, total)`` reports the "detect" and "mask" phases. ``max_memory`` (bytes; None: a share
     of the device's free memory) bounds the decode batches and the prefill caches kept between the two passes;
-    the numbers do not depend on it.
+    the numbers do not depend on it. ``workers`` (a `interp.ray_workers.RayWorkers`) decodes on Ray workers, with the
+    same numbers.
     """
     from interp.circuits.haystack import niah_prompts
     from interp.circuits.retrieval import (PREFILL_KEEP_BYTES, check_ks, detect_retrieval_heads, masking_curve,
@@ -207,7 +208,7 @@ def retrieval_run(model: Model, context_lengths: Sequence[int], depths: Sequence
     kept = {} if held <= min(PREFILL_KEEP_BYTES, budget // 2) and ks else None
     budget -= held if kept is not None else 0
     found = detect_retrieval_heads(model, prompts, max_new_tokens, batch_size=batch_size, progress=progress, units=units,
-                                   prefills=kept, max_memory=budget)
+                                   prefills=kept, max_memory=budget, workers=workers)
     t_detect = time.perf_counter() - t0
     scores = dict(found.tensors())
     tensors = {"retrieval/head_score": describe_tensor("retrieval/head_score", found.head_score, ["layer", "head"]),
@@ -219,7 +220,7 @@ def retrieval_run(model: Model, context_lengths: Sequence[int], depths: Sequence
     lines = []
     if ks and found.n_success:
         curve = masking_curve(model, prompts, found, list(ks), n_random, max_new_tokens, seed, batch_size, progress, units,
-                              kept, budget)
+                              kept, budget, workers)
         for name, value in curve.tensors().items():
             scores[name] = check_finite(value.float(), name)
             tensors[name] = describe_tensor(name, value, ["k"], {"k": [str(int(k)) for k in curve.k]})
@@ -239,6 +240,7 @@ def retrieval_run(model: Model, context_lengths: Sequence[int], depths: Sequence
                 "responses": found.responses, "notes": [{"title": "Retrieval heads", "text": "\n".join(text)}],
                 "lines": lines, "tensors": tensors,
                 "timings": {"detect_s": round(t_detect, 3), "run_s": round(time.perf_counter() - t0, 3)}}
+    _ray_entry(manifest, workers)
     return RunResult(manifest=manifest, scores=scores)
 
 
@@ -254,11 +256,12 @@ def retrieval_units(model: Model, out, context_lengths: Sequence[int], depths: S
 def neurons_run(model: Model, relations: Sequence[str] | None = None, k: int = 100, sweep: str | None = None,
                 ks: Sequence[int] = (10, 30, 100, 300), n_identification: int = 12, keep_correct: bool = True, seed: int = 0,
                 backend: str | None = None, command: str = "neurons relation", progress=None,
-                units: Units | None = None) -> RunResult:
+                units: Units | None = None, workers=None) -> RunResult:
     """Relation-specific neurons: AP per mlp_act unit, the deactivation matrix with its random control, overlap, a k sweep.
 
     ``units`` (see `neurons_units`) keeps the filter, the expertise and every row for a resumed run;
-    ``progress(phase, done, total)`` reports each phase.
+    ``progress(phase, done, total)`` reports each phase. ``workers`` (a `interp.ray_workers.RayWorkers`) computes the
+    units on Ray workers first (`interp.circuits.ray_circuits.ray_neuron_units`), with the same numbers.
     """
     from interp.circuits.neurons import (check_k, deactivation_matrix, k_sweep, layer_histogram, neuron_expertise,
                                          relation_prompt_sets, topk_overlap)
@@ -266,6 +269,11 @@ def neurons_run(model: Model, relations: Sequence[str] | None = None, k: int = 1
     t0 = time.perf_counter()
     units = Units() if units is None else units
     check_k(model, k, list(ks) if sweep else [])
+    if workers is not None:
+        from interp.circuits.ray_circuits import ray_neuron_units
+
+        ray_neuron_units(workers, model, relations, n_identification, seed, keep_correct, backend, k, sweep,
+                         list(ks) if sweep else [], units, progress)
 
     def step(phase: str, unit: str, compute):
         if progress:
@@ -316,6 +324,7 @@ def neurons_run(model: Model, relations: Sequence[str] | None = None, k: int = 1
                                "keep_correct": keep_correct, "n_test": [int(n) for n in sets.n_test]},
                 "notes": [{"title": "Relation neurons", "text": "\n".join(text)}], "lines": lines, "tensors": tensors,
                 "timings": {"run_s": round(time.perf_counter() - t0, 3)}}
+    _ray_entry(manifest, workers)
     return RunResult(manifest=manifest, scores=scores)
 
 
@@ -329,10 +338,12 @@ def neurons_units(model: Model, out, relations: Sequence[str] | None, k: int, sw
         "backend": backend or model.backend_name}, resume)
 
 
-def add_path_edges(model: Model, circuit: Circuit, result: RunResult, run_folder: str, progress=None) -> None:
+def add_path_edges(model: Model, circuit: Circuit, result: RunResult, run_folder: str, progress=None,
+                   workers=None) -> None:
     """Path-patching edges among the circuit's heads, on the prompts the patching run used (regenerated and checked).
 
-    ``progress(phase, done, total)`` is called after each receiver's path-patching pass.
+    ``progress(phase, done, total)`` is called after each receiver's path-patching pass; ``workers`` (a
+    `interp.ray_workers.RayWorkers`) runs the passes on Ray workers, with the same edges.
     """
     from interp.circuits.path_patching import circuit_edges
     from interp.errors import InterpError
@@ -357,9 +368,19 @@ def add_path_edges(model: Model, circuit: Circuit, result: RunResult, run_folder
     else:
         raise InterpError(f"could not regenerate the prompts of {run_folder} (no fingerprint matches); edges need the same prompts")
     edges = circuit_edges(model, circuit.heads(), prompts, manifest.get("metric", "logit_diff")
-                          if isinstance(manifest.get("metric"), str) else "logit_diff", progress=progress)
+                          if isinstance(manifest.get("metric"), str) else "logit_diff", progress=progress,
+                          workers=workers)
     check_finite(torch.tensor([score for _, _, score in edges]), "the path-patching edges")
     circuit.add_edges(edges)
     result.manifest["circuit"] = circuit.to_json()
+    _ray_entry(result.manifest, workers)
     result.manifest["notes"].append({"title": "Edges (path patching: change in the metric)",
                                      "text": "\n".join(f"{e.sender} -> {e.receiver}: {e.score:+.4f}" for e in circuit.edges)})
+
+
+def _ray_entry(manifest: dict, workers) -> None:
+    """Record in ``manifest`` the Ray workers a run used (nothing for a local run)."""
+    if workers is not None:
+        from interp.circuits.ray_circuits import ray_manifest
+
+        manifest["ray"] = ray_manifest(workers)
