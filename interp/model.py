@@ -238,6 +238,16 @@ class Model:
         with self._weights():
             return self.adapter.W_Q(self.hf, layer)
 
+    def ln1_gain(self, layer: int) -> torch.Tensor:
+        """The gain [d_model] of the norm before layer ``layer``'s attention."""
+        with self._weights():
+            return self.adapter.ln1_gain(self.hf, layer)
+
+    def final_gain(self) -> torch.Tensor:
+        """The gain [d_model] of the final norm."""
+        with self._weights():
+            return self.adapter.final_gain(self.hf)
+
 
 def load(name: str | None = None, backend: str = "lens", device: str = "cpu", dtype: torch.dtype = torch.float32,
          verify: bool = False, device_map: str | dict | None = None, offload_folder: str | None = None,

@@ -49,7 +49,7 @@ def readable_basis(model: Model, site: str, heads: Sequence[tuple[int, int]] = (
         if not first <= layer < model.n_layers or not 0 <= head < model.n_heads:
             raise InterpError(f"head {layer}.{head} does not read {site}: pick a layer in {first}..{model.n_layers - 1} "
                               f"and a head below {model.n_heads}")
-        gain = model.adapter.ln1_gain(model.hf, layer).detach().float()
+        gain = model.ln1_gain(layer).detach().float()
         reads.append(gain[:, None] * model.W_Q(layer)[head].detach().float())  # [d_model, d_head]
     return orthonormal_basis(torch.cat(reads, dim=1).T)
 

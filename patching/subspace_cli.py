@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from interp.errors import InterpError
-from interp.cli_support import (FORCE, check_outside_out, finite, progress_bar, removed_if_failed_empty,
+from interp.cli_support import (DEVICE_MAP, FORCE, check_outside_out, finite, progress_bar, removed_if_failed_empty,
                                 split as _split)
 from interp.outdir import PROGRESS, prepare_out
 from interp.patching.cli import N_PROMPTS_HELP, load_model_and_prompts
@@ -46,6 +46,7 @@ def subspace(
     test_fraction: float = typer.Option(0.5, help="Fraction of prompts held out for the check (0: check on the training prompts)."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1, mps."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    device_map: str = DEVICE_MAP,
     out: str = typer.Option(None, help="Run folder (default runs/subspace-<time>)."),
     resume: bool = typer.Option(False, help="Complete the interrupted DAS run in --out (its finished epochs are kept)."),
     force: bool = FORCE,
@@ -91,11 +92,12 @@ def subspace(
                test_fraction=test_fraction, seed=seed, das_options=das_options, out=out,
                command="interp " + shlex.join(sys.argv[1:]), resume=resume)
     with removed_if_failed_empty(out, created):
-        _subspace(out, run, model, backend, device, dtype, task, n_prompts, corruption, epochs, as_json)
+        _subspace(out, run, model, backend, device, dtype, task, n_prompts, corruption, epochs, as_json, device_map)
 
 
 def _subspace(out: Path, run: dict, model: str, backend: str, device: str, dtype: str, task: str,
-              n_prompts: int | None, corruption: str | None, epochs: int, as_json: bool) -> None:
+              n_prompts: int | None, corruption: str | None, epochs: int, as_json: bool,
+              device_map: str | None = None) -> None:
     from interp.patching.subspace import check_pairs_size
     from interp.patching.subspace_run import subspace_run
 
@@ -105,7 +107,7 @@ def _subspace(out: Path, run: dict, model: str, backend: str, device: str, dtype
     t0 = time.perf_counter()
     try:
         m, prompts = load_model_and_prompts(console, model, backend, device, dtype, task, n_prompts, seed,
-                                            corruption or "order", check_size=check_pairs_size)
+                                            corruption or "order", check_size=check_pairs_size, device_map=device_map)
         run |= {"model": m, "prompts": prompts}
         if method == "das":
             with progress_bar(console) as bar:

@@ -28,6 +28,7 @@ from interp.cli_support import (
     AS_JSON,
     BACKEND,
     DEVICE,
+    DEVICE_MAP,
     DTYPE,
     FORCE,
     MAX_MEMORY,
@@ -192,6 +193,7 @@ def build(
     n_rules: int = typer.Option(2, help="Rules per deduction puzzle (1 is trivially copyable)."),
     export_gguf: Path = typer.Option(None, help="Also write a llama.cpp control-vector GGUF here (layers 1 and up)."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    device_map: str = DEVICE_MAP,
     out: Path = typer.Option(None, help="Run folder (default runs/steer-build-<time>); the vectors go to <out>/vectors."),
     force: bool = FORCE, as_json: bool = AS_JSON, seed: int = SEED,
 ) -> None:
@@ -211,7 +213,7 @@ def build(
     out = _start(out, "steer-build", force)
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    m = load_model(console, model, backend, device, dtype)
+    m = load_model(console, model, backend, device, dtype, device_map)
     with _interruptible(console, out, "build", "steer build keeps no partial work"), _bars(console) as bar:
         result, vectors = build_run(m, task, method, layer_list, pos, n, only_correct, contrast, n_rules, seed,
                                     command=command_line(), progress=phase_callback(bar))
@@ -246,6 +248,7 @@ def evaluate(
     positions: str = typer.Option("all", help="Steered positions: all, last, or from a position index."),
     n_rules: int = typer.Option(2, help="Rules per deduction puzzle."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    device_map: str = DEVICE_MAP,
     out: Path = typer.Option(None, help="Run folder (default runs/steer-eval-<time>)."),
     force: bool = FORCE, resume: bool = RESUME, as_json: bool = AS_JSON, seed: int = SEED, max_memory: str = MAX_MEMORY,
     ray: str = RAY, workers: int = WORKERS,
@@ -269,7 +272,7 @@ def evaluate(
     out = _start(out, "steer-eval", force, resume)
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    m = load_model(console, model, backend, device, dtype)
+    m = load_model(console, model, backend, device, dtype, device_map)
     with _interruptible(console, out, "eval"), ray_workers(console, m, ray, workers) as pool, _bars(console) as bar:
         result = eval_run(m, str(vectors), layer_list, task, coeffs, n, keep_norm, where, n_rules, seed,
                           command=command_line(), out=out, resume=resume, progress=phase_callback(bar), max_memory=budget,
@@ -293,6 +296,7 @@ def attack(
     max_new_tokens: int = typer.Option(24, help="Reply length for refusal scoring."),
     fpr: float = typer.Option(0.05, help="Detector's false-positive target on clean calibration prompts."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    device_map: str = DEVICE_MAP,
     out: Path = typer.Option(None, help="Run folder (default runs/steer-attack-<time>); the vectors go to <out>/vectors."),
     force: bool = FORCE, resume: bool = RESUME, as_json: bool = AS_JSON, seed: int = SEED,
 ) -> None:
@@ -317,7 +321,7 @@ def attack(
     out = _start(out, "steer-attack", force, resume)
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    m = load_model(console, model, backend, device, dtype)
+    m = load_model(console, model, backend, device, dtype, device_map)
     with _interruptible(console, out, "attack"), _bars(console) as bar:
         result, vectors = attack_run(m, behaviour, n, test_fraction, layers, js_variant, layer, multiplier, reference_doubling,
                                      system, pair_tokens, max_new_tokens, fpr, seed, command=command_line(), out=out,
@@ -329,6 +333,7 @@ def attack(
 @app.command()
 def east(
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    device_map: str = DEVICE_MAP,
     layer: int = typer.Option(None, help="Residual layer to read and steer (resid_post; default the middle layer)."),
     agent: str = typer.Option("thought", help="thought (writes a thought, then acts) or token (acts at once)."),
     betas: str = typer.Option("0,2,4,8", help="Steering strengths beta, comma-separated."),
@@ -361,7 +366,7 @@ def east(
     out = _start(out, "steer-east", force, resume)
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    m = load_model(console, model, backend, device, dtype)
+    m = load_model(console, model, backend, device, dtype, device_map)
     check_east_size(m, agent, episodes, steps, k)
     with _interruptible(console, out, "east", None), ray_workers(console, m, ray, workers) as pool, _bars(console) as bar:
         task = bar.add_task("EAST", total=1 + len(beta_list) + len(temperature_list))
@@ -384,6 +389,7 @@ def generate(
     max_new_tokens: int = typer.Option(40, help="Tokens to write per prompt."),
     temperature: float = typer.Option(0.0, help="0: greedy; otherwise the sampling temperature."),
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    device_map: str = DEVICE_MAP,
     out: Path = typer.Option(None, help="Run folder (default runs/steer-generate-<time>)."),
     force: bool = FORCE, as_json: bool = AS_JSON, seed: int = SEED, max_memory: str = MAX_MEMORY,
 ) -> None:
@@ -409,7 +415,7 @@ def generate(
     out = _start(out, "steer-generate", force)
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    m = load_model(console, model, backend, device, dtype)
+    m = load_model(console, model, backend, device, dtype, device_map)
     with _interruptible(console, out, "generate", "steer generate keeps no partial work"), _bars(console) as bar:
         result = generate_run(m, list(prompt), str(vectors) if vectors else None, layer_list, coeff,
                               where_value, keep_norm, chat, max_new_tokens, temperature, seed, command_line(), phase_callback(bar),

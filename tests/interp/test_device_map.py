@@ -168,3 +168,33 @@ def test_cli_patch_with_a_device_map_file_gives_the_same_scores(tmp_path):
                            (["--device-map", "auto", "--backend", "lens"], "lens backend cannot run")):
         proc = _cli("patch", "--model", "tiny-llama", "--n-prompts", "2", *extra, "--out", tmp_path / "x")
         assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_cli_steer_with_a_device_map_file_gives_the_same_generations(tmp_path):
+    model = interp.load("tiny-llama", backend="torch")
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps(cpu_map(model, layers_1="disk")))
+    built = _cli("steer", "build", "--model", "tiny-llama", "--backend", "torch", "--task", "ioi",
+                 "--out", tmp_path / "vec", "--device-map", path)
+    assert built.returncode == 0, built.stderr
+    args = ["steer", "generate", "--model", "tiny-llama", "--backend", "torch", "--vectors", tmp_path / "vec" / "vectors",
+            "--prompt", "Hello there", "--coeff", "2", "--max-new-tokens", "6"]
+    plain = _cli(*args, "--out", tmp_path / "plain")
+    split = _cli(*args, "--out", tmp_path / "split", "--device-map", path)
+    assert plain.returncode == 0 and split.returncode == 0, split.stderr
+    a, b = load_run(tmp_path / "plain"), load_run(tmp_path / "split")
+    assert a.manifest["generations"] == b.manifest["generations"] and a.manifest["generations"][0]["steered"]
+    assert a.scores.keys() == b.scores.keys() and all(torch.equal(a.scores[k], b.scores[k]) for k in a.scores)
+
+
+def test_cli_subspace_with_a_layer_on_disk_gives_the_same_scores(tmp_path):
+    model = interp.load("tiny-llama", backend="torch")
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps(cpu_map(model, layers_1="disk")))  # the readable basis reads layer 1's offloaded weights
+    args = ["subspace", "--model", "tiny-llama", "--backend", "torch", "--site", "resid_post.0", "--heads", "1.0,1.1",
+            "--method", "das", "--epochs", "2", "--n-prompts", "8"]
+    plain = _cli(*args, "--out", tmp_path / "plain")
+    split = _cli(*args, "--out", tmp_path / "split", "--device-map", path)
+    assert plain.returncode == 0 and split.returncode == 0, split.stderr
+    a, b = load_run(tmp_path / "plain").scores, load_run(tmp_path / "split").scores
+    assert len(a) > 3 and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
