@@ -177,7 +177,7 @@ class DirectLogitAttribution:
 
 def logit_diff_directions(model: Model, answer: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
     """[n, d_model]: final-norm gain * (W_U[:, answer] - W_U[:, wrong]), the direction DLA projects on."""
-    gain = model.adapter.final_gain(model.hf)
+    gain = model.final_gain()
     w_u = model.W_U
     return gain * (w_u[:, answer] - w_u[:, wrong]).T
 

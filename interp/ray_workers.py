@@ -182,7 +182,14 @@ class RayWorkers:
 
     def _start(self, ray):
         actor = ray.remote(max_restarts=0)(_Worker).options(**self._resources)
-        return actor.remote(self.spec, self._resources["num_cpus"])
+        return actor.remote(self.spec, self._threads())
+
+    def _threads(self) -> int:
+        """Torch threads per worker: its share of the cores, capped by ``OMP_NUM_THREADS`` where the driver sets it
+        (more threads than free cores slows a CPU sweep down)."""
+        cap = os.environ.get("OMP_NUM_THREADS", "")
+        share = self._resources["num_cpus"]
+        return min(share, int(cap)) if cap.isdigit() and int(cap) > 0 else share
 
     def pids(self) -> list[int]:
         """The process id of each live worker (tests kill one to check the retry)."""
