@@ -27,6 +27,7 @@ from interp.backends.steps import plan_steps
 from interp.errors import InterpError
 from interp.interventions import Intervention
 from interp.rules import Rule, forward_rules, parse_rules, rule_steps
+from interp.splicing import splices, split_name
 from interp.sites import Site, parse_site
 
 
@@ -60,6 +61,7 @@ class Model:
         self.d_model, self.d_mlp, self.d_head, self.d_vocab = a.d_model, a.d_mlp, a.d_head, a.d_vocab
         self.n_ctx: int | None = a.n_ctx  # longest sequence (prompt + generated tokens) the model supports
         self._backends: dict[str, object] = {}
+        self.dictionaries: dict[str, object] = {}  # base site -> attached sparse dictionary (`attach`)
 
     def __repr__(self) -> str:
         return (f"Model('{self.name}', backend='{self.backend_name}', layers={self.n_layers}, "
@@ -161,9 +163,45 @@ class Model:
 
     def _plan(self, interventions: Sequence[Intervention], read: Sequence[str | Site], acts: dict, grad: bool) -> list:
         edits: dict[Site, list[Intervention]] = defaultdict(list)
+        spliced_edits: dict[str, list[Intervention]] = defaultdict(list)
         for iv in interventions:
-            edits[self.site(iv.site)].append(iv)
-        return plan_steps(self.adapter, dict(edits), [self.site(s) for s in read], acts, grad)
+            if split_name(iv.site):
+                spliced_edits[iv.site].append(iv)
+            else:
+                edits[self.site(iv.site)].append(iv)
+        spliced_reads = {s for s in read if split_name(s)}
+        for splice in (splices(self.dictionaries, spliced_edits, spliced_reads, acts, grad, self.n_heads)
+                       if spliced_edits or spliced_reads else []):
+            edits[self.site(splice.site)].append(splice)  # after the site's own edits: it sees the edited value
+        return plan_steps(self.adapter, dict(edits), [self.site(s) for s in read if s not in spliced_reads], acts, grad)
+
+    # ----------------------------------------------------------------- dictionaries
+    def attach(self, dictionary) -> str:
+        """Splice a sparse dictionary (`interp.dictionary.Dictionary`) at its site: runs may then read and edit
+        ``sae.<site>.latents``, ``.error`` and ``.recon`` (see `interp.splicing`). Returns ``"sae.<site>"``."""
+        for site in (dictionary.site, getattr(dictionary, "out_site", None)):
+            if site is not None:
+                self.site(site)
+        widths = {"resid_pre": self.d_model, "resid_mid": self.d_model, "resid_post": self.d_model,
+                  "attn_out": self.d_model, "mlp_out": self.d_model, "mlp_act": self.d_mlp,
+                  "head_out": self.n_heads * self.d_head}
+        for site, width, what in ((dictionary.site, dictionary.d_in, "input"),
+                                  (getattr(dictionary, "out_site", None) or dictionary.site, dictionary.d_out, "output")):
+            kind = self.site(site).kind
+            if kind not in widths:
+                raise InterpError(f"a dictionary cannot be spliced at {site}: use a residual, attn_out, mlp_out, "
+                                  "mlp_act or head_out site")
+            if width != widths[kind]:
+                raise InterpError(f"the dictionary's {what} width is {width}, but {site} of {self.name} has "
+                                  f"{widths[kind]}: it was trained for another model or site")
+        self.dictionaries[str(self.site(dictionary.site))] = dictionary
+        return f"sae.{self.site(dictionary.site)}"
+
+    def detach_dictionary(self, site: str) -> None:
+        """Remove the dictionary attached at ``site`` (``"resid_post.6"`` or ``"sae.resid_post.6"``)."""
+        key = site[len("sae."):] if site.startswith("sae.") else site
+        if self.dictionaries.pop(key, None) is None:
+            raise InterpError(f"no dictionary is attached at {key}")
 
     def run(
         self,

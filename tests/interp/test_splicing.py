@@ -1,0 +1,161 @@
+"""Dictionaries spliced as sites (`interp.splicing`): with the error term the forward is unchanged; reads of
+latents/error/recon equal the dictionary's own encode/decode; a latent edit equals the hand-written edit (a
+plain torch hook on the HF module); gradients at latents and the error follow the node convention; a transcoder
+replaces the MLP's output; every backend agrees; bad attachments are one-line errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from interp import Ablate, Add, InterpError, Replace
+
+SITE, LAYER = "resid_post.0", 0
+
+
+@dataclass
+class ToyDictionary:
+    """A ReLU dictionary with the interface `Model.attach` uses (independent of `interp.dictionary`)."""
+
+    W_enc: torch.Tensor
+    b_enc: torch.Tensor
+    W_dec: torch.Tensor
+    b_dec: torch.Tensor
+    site: str
+    out_site: str | None = None
+
+    d_in = property(lambda self: self.W_enc.shape[0])
+    d_sae = property(lambda self: self.W_enc.shape[1])
+    d_out = property(lambda self: self.W_dec.shape[1])
+
+    def encode(self, x):
+        return torch.relu(x @ self.W_enc + self.b_enc)
+
+    def decode(self, z):
+        return z @ self.W_dec + self.b_dec
+
+
+def toy(d_in: int, d_out: int, site: str, out_site: str | None = None, d_sae: int = 96, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return ToyDictionary(torch.randn(d_in, d_sae, generator=g) / d_in**0.5, torch.randn(d_sae, generator=g) * 0.1,
+                         torch.randn(d_sae, d_out, generator=g) / d_sae**0.5, torch.randn(d_out, generator=g) * 0.1,
+                         site, out_site)
+
+
+@pytest.fixture
+def spliced(tiny_llama):
+    d = toy(tiny_llama.d_model, tiny_llama.d_model, SITE)
+    tiny_llama.attach(d)
+    yield tiny_llama, d
+    tiny_llama.dictionaries.clear()
+
+
+@pytest.fixture(scope="module")
+def tokens(tiny_llama):
+    return tiny_llama.to_tokens(["When Mary and John went to the store, John gave", "The cat sat on the mat and then"][:1])
+
+
+def hooked_logits(model, edit):
+    """Logits with ``edit(resid_post)`` applied by a plain forward hook on the HF decoder layer (the reference)."""
+    layer = model.hf.model.layers[LAYER]
+
+    def hook(module, args, output):
+        if isinstance(output, tuple):
+            return (edit(output[0]),) + tuple(output[1:])
+        return edit(output)
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        return model.hf(model._tokens).logits
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("backend", ["torch", "nnsight", "lens"])
+def test_reads_leave_the_forward_unchanged_and_equal_the_dictionary(spliced, tokens, backend):
+    model, d = spliced
+    plain = model.run(tokens, read=[SITE], backend=backend)
+    out = model.run(tokens, read=[SITE, "sae.resid_post.0.latents", "sae.resid_post.0.error", "sae.resid_post.0.recon"],
+                    backend=backend)
+    x = plain.acts[SITE]
+    assert torch.equal(out.logits, plain.logits) or (out.logits - plain.logits).abs().max() <= 1e-5
+    assert torch.allclose(out.acts["sae.resid_post.0.latents"], d.encode(x), atol=1e-6)
+    assert torch.allclose(out.acts["sae.resid_post.0.recon"], d.decode(d.encode(x)), atol=1e-6)
+    assert torch.allclose(out.acts["sae.resid_post.0.error"] + out.acts["sae.resid_post.0.recon"], x, atol=1e-5)
+    only_latents = model.run(tokens, read=["sae.resid_post.0.latents"], backend=backend)
+    assert torch.equal(only_latents.logits, plain.logits)  # no grad, nothing edited: x itself flows on
+
+
+@pytest.mark.parametrize("backend", ["torch", "nnsight", "lens"])
+def test_latent_edits_equal_the_hand_written_edit(spliced, tokens, backend):
+    model, d = spliced
+    model._tokens = tokens
+    x_clean = model.run(tokens, read=[SITE], backend="torch").acts[SITE]
+    error = x_clean - d.decode(d.encode(x_clean))
+    vec = torch.zeros(d.d_sae)
+    vec[3], vec[7] = 2.0, -1.0
+
+    def edited(fn):
+        return lambda x: d.decode(fn(d.encode(x))) + error
+
+    cases = [
+        (Add("sae.resid_post.0.latents", vec, coeff=1.5), edited(lambda z: z + 1.5 * vec)),
+        (Replace("sae.resid_post.0.latents", torch.tensor(4.0), index=(slice(None), slice(None), 5)),
+         edited(lambda z: torch.cat([z[..., :5], torch.full_like(z[..., :1], 4.0), z[..., 6:]], -1))),
+        (Ablate("sae.resid_post.0.latents"), edited(lambda z: torch.zeros_like(z))),
+        (Ablate("sae.resid_post.0.error"), lambda x: d.decode(d.encode(x))),
+    ]
+    for iv, reference in cases:
+        ours = model.run(tokens, [iv], backend=backend).logits
+        assert (ours - hooked_logits(model, reference)).abs().max() <= 1e-4, iv
+        assert (ours - model.run(tokens).logits).abs().max() > 1e-3  # the edit did something
+
+
+def test_gradients_at_latents_and_error_follow_the_node_convention(spliced, tokens):
+    model, d = spliced
+    out = model.run(tokens, read=[SITE, "resid_pre.0", "sae.resid_post.0.latents", "sae.resid_post.0.error"], grad=True,
+                    backend="torch")
+    metric = out.logits[:, -1].logsumexp(-1).sum()
+    g_site, g_in, g_lat, g_err = torch.autograd.grad(
+        metric, [out.acts[SITE], out.acts["resid_pre.0"], out.acts["sae.resid_post.0.latents"],
+                 out.acts["sae.resid_post.0.error"]])
+    plain = model.run(tokens, read=["resid_pre.0", SITE], grad=True, backend="torch")
+    p_metric = plain.logits[:, -1].logsumexp(-1).sum()
+    p_in, p_site = torch.autograd.grad(p_metric, [plain.acts["resid_pre.0"], plain.acts[SITE]])
+    # the site read holds the spliced value (recon + error): its gradient and the error's are the plain site's
+    assert torch.allclose(g_err, p_site, atol=1e-5) and torch.allclose(g_site, p_site, atol=1e-5)
+    assert torch.allclose(g_lat, p_site @ d.W_dec.T, atol=1e-5)  # decoder row . site gradient
+    assert torch.allclose(g_in, p_in, atol=1e-5)  # upstream: the splice is the identity
+
+
+@pytest.mark.parametrize("backend", ["torch", "nnsight"])
+def test_a_transcoder_replaces_the_mlp_output(tiny_llama, tokens, backend):
+    d = toy(tiny_llama.d_model, tiny_llama.d_model, "resid_mid.1", out_site="mlp_out.1", seed=1)
+    tiny_llama.attach(d)
+    try:
+        plain = tiny_llama.run(tokens, read=["resid_mid.1", "mlp_out.1"], backend=backend)
+        out = tiny_llama.run(tokens, read=["sae.resid_mid.1.latents", "sae.resid_mid.1.error"], backend=backend)
+        x, y = plain.acts["resid_mid.1"], plain.acts["mlp_out.1"]
+        assert torch.allclose(out.acts["sae.resid_mid.1.latents"], d.encode(x), atol=1e-6)
+        assert torch.allclose(out.acts["sae.resid_mid.1.error"], y - d.decode(d.encode(x)), atol=1e-5)
+        assert (out.logits - plain.logits).abs().max() <= 1e-5
+        ablated = tiny_llama.run(tokens, [Ablate("sae.resid_mid.1.error")], read=["mlp_out.1"], backend=backend)
+        assert torch.allclose(ablated.acts["mlp_out.1"], d.decode(d.encode(x)), atol=1e-5)  # the transcoder alone
+    finally:
+        tiny_llama.dictionaries.clear()
+
+
+def test_bad_attachments_and_names_are_one_line_errors(tiny_llama, tokens):
+    with pytest.raises(InterpError, match="input width is 10, but resid_post.0"):
+        tiny_llama.attach(toy(10, tiny_llama.d_model, SITE))
+    with pytest.raises(InterpError, match="cannot be spliced at attn_pattern.0"):
+        tiny_llama.attach(toy(tiny_llama.d_model, tiny_llama.d_model, "attn_pattern.0"))
+    with pytest.raises(InterpError, match="out of range"):
+        tiny_llama.attach(toy(tiny_llama.d_model, tiny_llama.d_model, "resid_post.99"))
+    with pytest.raises(InterpError, match="no dictionary is attached at resid_post.1"):
+        tiny_llama.run(tokens, read=["sae.resid_post.1.latents"])
+    with pytest.raises(InterpError, match="bad dictionary site"):
+        tiny_llama.run(tokens, read=["sae.resid_post.1.features"])
+    assert not tiny_llama.dictionaries
