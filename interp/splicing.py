@@ -72,6 +72,8 @@ class Splice(Intervention):
 
     def _keep(self, part: str, value: torch.Tensor) -> torch.Tensor:
         value = apply_all(self.edits.get(part, []), value)
+        if self.grad and not value.requires_grad:  # nothing upstream needs a gradient: a leaf of its own
+            value = value.detach().requires_grad_(True)
         if part in self.reads:
             self.acts[f"{PREFIX}{self.name}.{part}"] = value if self.grad else value.detach()
         return value

@@ -1,0 +1,100 @@
+"""Feature effects on spliced dictionaries (`interp.patching.features`): feature AtP equals finite differences of
+the metric along each latent's patch; batched exact patching equals one patch per forward; the error node's exact
+effect equals patching the error term by hand; backends agree; bad requests are one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interp import InterpError, Replace
+from interp.ioi import generate_ioi
+from interp.metrics import MetricContext, logit_diff
+from interp.patching.features import feature_effects
+from toy_dictionary import toy
+
+SITES = ["resid_post.0", "mlp_out.1"]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_llama):
+    for i, site in enumerate(SITES):
+        tiny_llama.attach(toy(tiny_llama.d_model, tiny_llama.d_model, site, d_sae=48, seed=i))
+    tokens = generate_ioi(tiny_llama.tokenizer, 3, seed=1).tokenize(tiny_llama.tokenizer)
+    with torch.no_grad():
+        clean, corrupt = tiny_llama.run(tokens.clean).logits, tiny_llama.run(tokens.corrupt).logits
+    ctx = MetricContext(tokens.answer, tokens.wrong, clean[:, -1], corrupt[:, -1])
+    yield tiny_llama, tokens, ctx
+    tiny_llama.dictionaries.clear()
+
+
+def test_feature_atp_equals_finite_differences(setup):
+    model, tokens, ctx = setup
+    effects = feature_effects(model, tokens.corrupt, SITES, tokens.clean, logit_diff, ctx, methods=("atp",))["atp"]
+    base_metric = logit_diff(model.run(tokens.corrupt).logits[:, -1], ctx)
+    names = [f"sae.{s}.latents" for s in SITES]
+    with torch.no_grad():
+        src = model.run(tokens.clean, read=names).acts
+        base = model.run(tokens.corrupt, read=names).acts
+    eps = 1e-3
+    checked = 0
+    for name in names:
+        moved = (src[name] - base[name]).abs().sum((0, 1))
+        for unit in moved.topk(3).indices.tolist():  # latents the patch really moves
+            value = base[name][..., unit] + eps * (src[name][..., unit] - base[name][..., unit])
+            with torch.no_grad():
+                nudged = model.run(tokens.corrupt, [Replace(name, value, index=(slice(None), slice(None), unit))])
+            finite = (logit_diff(nudged.logits[:, -1], ctx) - base_metric) / eps
+            estimate = effects[name][:, unit] - base_metric
+            assert torch.allclose(finite, estimate, rtol=2e-2, atol=2e-3), (name, unit, finite, estimate)
+            checked += 1
+    assert checked == 6
+
+
+def test_batched_exact_patching_equals_one_patch_per_forward(setup):
+    model, tokens, ctx = setup
+    units = {"resid_post.0": [0, 5, 11, 47], "mlp_out.1": [2, 3]}
+    exact = feature_effects(model, tokens.corrupt, SITES, tokens.clean, logit_diff, ctx, methods=("activation",),
+                            latents=units)["activation"]
+    with torch.no_grad():
+        src = model.run(tokens.clean, read=[f"sae.{s}.{p}" for s in SITES for p in ("latents", "error")]).acts
+        for site, chosen in units.items():
+            name = f"sae.{site}.latents"
+            assert torch.isnan(exact[name]).sum() == 3 * (48 - len(chosen))
+            for unit in chosen:
+                logits = model.run(tokens.corrupt, [Replace(name, src[name][..., unit],
+                                                            index=(slice(None), slice(None), unit))]).logits
+                assert torch.allclose(exact[name][:, unit], logit_diff(logits[:, -1], ctx), atol=1e-5)
+            err = f"sae.{site}.error"
+            logits = model.run(tokens.corrupt, [Replace(err, src[err])]).logits
+            assert torch.allclose(exact[err], logit_diff(logits[:, -1], ctx), atol=1e-6)
+    with pytest.raises(InterpError, match="one latent patch"):  # a budget smaller than one patch
+        feature_effects(model, tokens.corrupt, SITES, tokens.clean, logit_diff, ctx, methods=("activation",),
+                        latents=units, max_memory=1)
+
+
+def test_backends_agree_and_relp_runs(setup):
+    model, tokens, ctx = setup
+    ours = {b: feature_effects(model, tokens.corrupt, SITES, tokens.clean, logit_diff, ctx, methods=("atp",))
+            for b in ("torch",)}
+    for backend in ("nnsight", "lens"):
+        model.backend_name, saved = backend, model.backend_name
+        try:
+            theirs = feature_effects(model, tokens.corrupt, SITES, tokens.clean, logit_diff, ctx, methods=("atp",))
+        finally:
+            model.backend_name = saved
+        for name, value in ours["torch"]["atp"].items():
+            assert torch.allclose(value, theirs["atp"][name], atol=1e-4), (backend, name)
+    relp = feature_effects(model, tokens.corrupt, SITES, tokens.clean, logit_diff, ctx, methods=("relp",))["relp"]
+    assert all(torch.isfinite(v).all() for v in relp.values())
+
+
+def test_bad_requests_are_one_line_errors(setup):
+    model, tokens, ctx = setup
+    with pytest.raises(InterpError, match="no dictionary is attached at resid_pre.1"):
+        feature_effects(model, tokens.corrupt, ["resid_pre.1"], tokens.clean, logit_diff, ctx)
+    with pytest.raises(InterpError, match="unknown method 'ig'"):
+        feature_effects(model, tokens.corrupt, SITES, tokens.clean, logit_diff, ctx, methods=("ig",))
+    with pytest.raises(InterpError, match="latents of resid_post.0 must lie in 0..47"):
+        feature_effects(model, tokens.corrupt, SITES, tokens.clean, logit_diff, ctx, methods=("activation",),
+                        latents={"resid_post.0": [48]})
