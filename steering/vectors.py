@@ -60,6 +60,22 @@ class VectorSet:
         return VectorSet(self.model, self.kind, layers, torch.stack([self.vector(layer) for layer in layers]),
                          self.method, self.position, dict(self.meta))
 
+    @classmethod
+    def from_latent(cls, dictionary, latent: int, model: str | None = None) -> "VectorSet":
+        """A sparse dictionary's decoder row for ``latent`` as a steering vector at the site it writes (an SAE's
+        own site; a transcoder's output site): adding it with coefficient c adds c units of that latent's output."""
+        site = getattr(dictionary, "out_site", None) or dictionary.site
+        kind, _, layer = site.rpartition(".")
+        kind = {"mlp_out": "resid_post"}.get(kind, kind)  # what the MLP writes is added into resid_post
+        if kind not in KINDS:
+            raise InterpError(f"a latent of a dictionary at {site} cannot steer: steering adds vectors to the residual "
+                              f"stream ({', '.join(KINDS)})")
+        if not 0 <= latent < dictionary.W_dec.shape[0]:
+            raise InterpError(f"latent {latent} is out of range: the dictionary has latents 0..{dictionary.W_dec.shape[0] - 1}")
+        row = dictionary.W_dec[latent].detach().float().clone()
+        return cls(model or getattr(dictionary, "model_name", "") or "", kind, [int(layer)], row[None], "sae-latent",
+                   "mean", {"latent": int(latent), "dictionary_site": dictionary.site})
+
     def save(self, path: str | Path) -> Path:
         """Write ``<path>.safetensors`` (the vectors) and ``<path>.json`` (everything else)."""
         return save_vectors(path, self.vectors, {"model": self.model, "kind": self.kind, "layers": self.layers,

@@ -98,3 +98,22 @@ def test_bad_requests_are_one_line_errors(setup):
     with pytest.raises(InterpError, match="latents of resid_post.0 must lie in 0..47"):
         feature_effects(model, tokens.corrupt, SITES, tokens.clean, logit_diff, ctx, methods=("activation",),
                         latents={"resid_post.0": [48]})
+
+
+def test_a_latent_decoder_row_steers_like_adding_to_the_latent(setup, tmp_path):
+    from interp import Add
+    from interp.steering.vectors import VectorSet
+
+    model, tokens, _ = setup
+    for site in SITES:
+        d = model.dictionaries[site]
+        vectors = VectorSet.from_latent(d, 7, model.name)
+        loaded = VectorSet.load(vectors.save(tmp_path / site))
+        layer = loaded.layers[0]
+        steered = model.run(tokens.clean, [Add(f"{loaded.kind}.{layer}", loaded.vector(layer), coeff=3.0)]).logits
+        one_hot = torch.zeros(d.d_sae)
+        one_hot[7] = 1.0
+        by_latent = model.run(tokens.clean, [Add(f"sae.{site}.latents", one_hot, coeff=3.0)]).logits
+        assert (steered - by_latent).abs().max() <= 1e-4 and (steered - model.run(tokens.clean).logits).abs().max() > 1e-3
+    with pytest.raises(InterpError, match="latent 48 is out of range"):
+        VectorSet.from_latent(model.dictionaries[SITES[0]], 48)
