@@ -117,3 +117,36 @@ def test_a_latent_decoder_row_steers_like_adding_to_the_latent(setup, tmp_path):
         assert (steered - by_latent).abs().max() <= 1e-4 and (steered - model.run(tokens.clean).logits).abs().max() > 1e-3
     with pytest.raises(InterpError, match="latent 48 is out of range"):
         VectorSet.from_latent(model.dictionaries[SITES[0]], 48)
+
+
+def test_feature_run_writes_a_run_folder_with_the_effects(tiny_llama, tmp_path):
+    from interp.patching.features_run import feature_run
+    from interp.results import load_run
+    from interp.tasks import load_prompt_set
+
+    prompts = load_prompt_set("ioi", tiny_llama.tokenizer, n=3, seed=1)
+    dicts = [toy(tiny_llama.d_model, tiny_llama.d_model, s, d_sae=48, seed=i) for i, s in enumerate(SITES)]
+    run = feature_run(tiny_llama, prompts, dicts, top_k=5)
+    assert not tiny_llama.dictionaries  # detached again
+    run.save(tmp_path / "run")
+    loaded = load_run(tmp_path / "run")
+    assert set(loaded.manifest["faithfulness"]["atp"]) == set(SITES)
+    for site in SITES:
+        top = loaded.scores[f"activation/sae.{site}.top"]
+        assert top.shape == (5,) and torch.isfinite(top).all()
+        labels = [int(x) for x in loaded.manifest["tensors"][f"activation/sae.{site}.top"]["labels"]["latent"]]
+        atp = loaded.scores[f"atp/sae.{site}.latents"]
+        base = loaded.manifest["baselines"]["corrupt"]["mean"]
+        assert set(labels) == set((atp - base).abs().topk(5).indices.tolist())  # the top 5 by |AtP| were patched
+        for d in dicts:
+            tiny_llama.attach(d)
+        tokens = prompts.tokenize(tiny_llama.tokenizer)
+        with torch.no_grad():
+            ctx = MetricContext(tokens.answer, tokens.wrong, tiny_llama.run(tokens.clean).logits[:, -1],
+                                tiny_llama.run(tokens.corrupt).logits[:, -1])
+        exact = feature_effects(tiny_llama, tokens.corrupt, [site], tokens.clean, logit_diff, ctx, methods=("activation",),
+                                latents={site: labels})["activation"][f"sae.{site}.latents"]
+        tiny_llama.dictionaries.clear()
+        assert torch.allclose(top, exact[:, labels].mean(0), atol=1e-6)
+    with pytest.raises(InterpError, match="--top-k must be 0"):
+        feature_run(tiny_llama, prompts, dicts, top_k=-1)
