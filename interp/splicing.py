@@ -4,8 +4,10 @@
 edit its sites then compute, at that site's activation ``x``::
 
     latents = encode(x)                      sae.<site>.latents   [..., d_sae]
-    recon   = decode(latents)                sae.<site>.recon     [..., d_out]
-    error   = x - decode(encode(x))          sae.<site>.error     [..., d_out]
+    recon   = decode(latents, x)             sae.<site>.recon     [..., d_out]
+    error   = x - decode(encode(x), x)       sae.<site>.error     [..., d_out]
+
+(``x`` reaches ``decode`` only where the output depends on it: per-input normalisation, a skip connection.)
     x'      = recon + error
 
 so with nothing edited the forward pass is the model's own (up to float rounding of ``recon + error``; a run
@@ -94,19 +96,20 @@ class Splice(Intervention):
         if self.grad:  # a node of its own: the splice's gradient reaches x through the error term only
             latents = latents.detach().requires_grad_(True)
         self.state["clean"] = latents.detach()
+        self.state["input"] = x.detach()  # what decode needs for per-input normalisation or a skip connection
         self.state["latents"] = self._keep("latents", latents)
 
     def _decode(self, act: torch.Tensor) -> torch.Tensor:
         d, latents = self.dictionary, self.state.pop("latents")
-        clean = self.state.pop("clean")
+        clean, x = self.state.pop("clean"), self.state.pop("input")
         y = _flat(act, self.flatten)
         edited = any(self.edits.get(p) for p in PARTS)
         if not edited and not self.reads.intersection(("error", "recon")) and not self.grad:
             return act  # nothing changes what flows on: the model's own activation, bit for bit
         with torch.no_grad():
-            recon_clean = d.decode(clean)
+            recon_clean = d.decode(clean, x)
         error = self._keep("error", y - recon_clean.to(y.dtype))
-        recon = self._keep("recon", d.decode(latents).to(y.dtype))
+        recon = self._keep("recon", d.decode(latents, x).to(y.dtype))
         out = recon + error
         return out.reshape(act.shape) if self.flatten else out
 

@@ -424,3 +424,21 @@ def generate(
     text = "\n".join(f"{r['prompt']!r}\n  unsteered: {r['unsteered']!r}" + (f"\n  steered:   {r['steered']!r}" if "steered" in r else "")
                      for r in rows)
     finish(console, result, out, t0, as_json, text)
+
+
+@app.command()
+def latent(
+    dictionary: Path = typer.Option(..., "--dictionary", help="Folder of a sparse dictionary in SAELens's layout "
+                                    "(cfg.json + sae_weights.safetensors)."),
+    index: int = typer.Option(..., "--latent", help="The latent whose decoder row becomes the vector."),
+    out: Path = typer.Option(..., help="Where to write the vector set (<out>.safetensors and <out>.json), for "
+                             "`interp steer eval/generate --vectors`."),
+    model: str = typer.Option(None, help="The model name to record (default: the dictionary's model name)."),
+) -> None:
+    """A dictionary latent's decoder row as a steering vector: a one-layer vector set at the residual site the
+    latent writes to (adding it with coefficient c adds c units of the latent's output)."""
+    from interp.dictionary import load_dictionary
+    from interp.steering.vectors import VectorSet
+
+    path = VectorSet.from_latent(load_dictionary(dictionary), index, model).save(out)
+    Console(stderr=True).print(f"vector set: {path}", highlight=False)

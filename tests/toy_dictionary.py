@@ -25,7 +25,7 @@ class ToyDictionary:
     def encode(self, x):
         return torch.relu(x @ self.W_enc + self.b_enc)
 
-    def decode(self, z):
+    def decode(self, z, x=None):
         return z @ self.W_dec + self.b_dec
 
 

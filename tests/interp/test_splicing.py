@@ -5,6 +5,8 @@ replaces the MLP's output; every backend agrees; bad attachments are one-line er
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -129,3 +131,28 @@ def test_bad_attachments_and_names_are_one_line_errors(tiny_llama, tokens):
     with pytest.raises(InterpError, match="bad dictionary site"):
         tiny_llama.run(tokens, read=["sae.resid_post.1.features"])
     assert not tiny_llama.dictionaries
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "saelens"
+
+
+@pytest.mark.parametrize("name", ["standard", "standard_layer_norm", "topk", "topk_norm_rescale", "jumprelu",
+                                  "jumprelu_hook_z", "transcoder", "jumprelu_skip_transcoder"])
+def test_saelens_written_dictionaries_splice_exactly(tiny_llama, tokens, name):
+    """Every dictionary SAELens wrote (tests/fixtures/saelens) attaches; the forward is unchanged with the error
+    term; the latents are the dictionary's own; without the error term the site holds the dictionary's output."""
+    from interp.dictionary import load_dictionary
+
+    d = load_dictionary(FIXTURES / name, model=tiny_llama)
+    prefix = tiny_llama.attach(d)
+    out_site = d.out_site or d.site
+    try:
+        plain = tiny_llama.run(tokens, read=[d.site, out_site], backend="torch")
+        spliced = tiny_llama.run(tokens, read=[f"{prefix}.latents", f"{prefix}.error"], grad=True, backend="torch")
+        assert (spliced.logits - plain.logits).abs().max() <= 1e-5
+        assert torch.allclose(spliced.acts[f"{prefix}.latents"], d.encode(plain.acts[d.site]), atol=1e-6)
+        ablated = tiny_llama.run(tokens, [Ablate(f"{prefix}.error")], read=[out_site], backend="torch")
+        expected = d.forward(plain.acts[d.site])
+        assert torch.allclose(ablated.acts[out_site].reshape(expected.shape), expected, atol=1e-5)
+    finally:
+        tiny_llama.dictionaries.clear()

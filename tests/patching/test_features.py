@@ -150,3 +150,31 @@ def test_feature_run_writes_a_run_folder_with_the_effects(tiny_llama, tmp_path):
         assert torch.allclose(top, exact[:, labels].mean(0), atol=1e-6)
     with pytest.raises(InterpError, match="--top-k must be 0"):
         feature_run(tiny_llama, prompts, dicts, top_k=-1)
+
+
+def test_cli_features_effects_and_steer_latent(interp_cli, tmp_path):
+    from pathlib import Path
+
+    from interp.results import load_run
+    from interp.steering.vectors import VectorSet
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "saelens"
+    run = interp_cli("features", "effects", "--model", "tiny-llama", "--backend", "torch", "--dictionary",
+                     f"{fixtures / 'standard'},{fixtures / 'transcoder'}", "--n-prompts", "3", "--top-k", "4",
+                     "--out", tmp_path / "fe")
+    assert run.returncode == 0, run.stderr
+    loaded = load_run(tmp_path / "fe")
+    assert [d["site"] for d in loaded.manifest["dictionaries"]] == ["resid_post.1", "resid_mid.1"]
+    assert loaded.manifest["dictionaries"][1]["transcoder_out"] == "mlp_out.1"
+    assert loaded.scores["activation/sae.resid_post.1.top"].shape == (4,) and "atp" in loaded.manifest["faithfulness"]
+    vec = interp_cli("steer", "latent", "--dictionary", fixtures / "standard", "--latent", "3", "--out", tmp_path / "v")
+    assert vec.returncode == 0, vec.stderr
+    vectors = VectorSet.load(tmp_path / "v")
+    assert vectors.kind == "resid_post" and vectors.layers == [1] and vectors.meta["latent"] == 3
+    for args, words in ((["features", "effects", "--model", "tiny-llama", "--dictionary", tmp_path / "nope"], "nope"),
+                        (["features", "effects", "--model", "tiny-llama", "--dictionary", fixtures / "standard",
+                          "--method", "ig"], "unknown method 'ig'"),
+                        (["steer", "latent", "--dictionary", fixtures / "standard", "--latent", "999", "--out",
+                          tmp_path / "w"], "latent 999 is out of range")):
+        bad = interp_cli(*args, "--out", tmp_path / "bad") if args[0] == "features" else interp_cli(*args)
+        assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

@@ -1,0 +1,83 @@
+"""``interp features``: which latents of sparse dictionaries carry a behaviour, as run folders (``effects``).
+
+A latent's decoder row as a steering vector is ``interp steer latent``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from interp.cli_support import (AS_JSON, BACKEND, DEVICE, DEVICE_MAP, DTYPE, FORCE, MAX_MEMORY, MODEL, SEED,
+                                check_outside_out, command_line, finish, parse_size, removed_if_failed_empty,
+                                split as _split)
+from interp.errors import InterpError
+from interp.outdir import prepare_out
+from interp.patching.cli import N_PROMPTS_HELP, load_model_and_prompts
+
+app = typer.Typer(help="Sparse dictionary features (SAEs, transcoders in SAELens's layout): effects and vectors.",
+                  no_args_is_help=True)
+
+DICTIONARY = typer.Option(..., "--dictionary", help="Folder of a dictionary in SAELens's layout (cfg.json + "
+                          "sae_weights.safetensors); a comma list for several sites.")
+
+
+def _load_dictionaries(text: str, model) -> tuple[list, list[str]]:
+    from interp.dictionary import load_dictionary
+
+    folders = _split(text)
+    if not folders:
+        raise InterpError("--dictionary is empty: give the folder of a dictionary in SAELens's layout")
+    return [load_dictionary(folder, model=model) for folder in folders], folders
+
+
+@app.command()
+def effects(
+    dictionary: str = DICTIONARY,
+    model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    device_map: str = DEVICE_MAP,
+    task: str = typer.Option("ioi", help="ioi, or a JSONL file with clean/corrupt/answer/wrong per line."),
+    n_prompts: int = typer.Option(None, help=N_PROMPTS_HELP.format(default=8)),
+    corruption: str = typer.Option(None, help="IOI corruption (ioi only): swap, three_names or order."),
+    method: str = typer.Option("atp,activation", help="Comma list: atp, relp (estimates for every latent), "
+                               "activation (exact patching of the --top-k latents)."),
+    metric: str = typer.Option("logit_diff", help="logit_diff, norm_logit_diff, answer_prob or kl."),
+    top_k: int = typer.Option(32, help="Latents per dictionary patched exactly, the largest by |AtP| (0: every one)."),
+    out: Path = typer.Option(None, help="Run folder (default runs/features-<time>)."),
+    force: bool = FORCE, as_json: bool = AS_JSON, seed: int = SEED, max_memory: str = MAX_MEMORY,
+) -> None:
+    """Which latents of the dictionaries (and which error terms) carry the task's behaviour (Marks et al.'s node
+    effects): AtP/RelP for every latent, exact activation patching for the top ones, and how well they agree."""
+    from interp.metrics import get_metric
+    from interp.patching.features import METHODS
+    from interp.patching.features_run import feature_run
+    from interp.tasks import check_task
+
+    methods = tuple(_split(method))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InterpError(f"unknown method '{','.join(unknown) or '(none)'}': use one or more of {', '.join(METHODS)}")
+    get_metric(metric)
+    if top_k < 0:
+        raise InterpError(f"--top-k must be 0 (every latent) or more, got {top_k}")
+    if n_prompts is not None and n_prompts < 1:
+        raise InterpError("--n-prompts must be at least 1")
+    budget = None if max_memory is None else parse_size(max_memory, "--max-memory")
+    check_task(task, corruption)
+    check_outside_out(out, force, task=task, dictionary=dictionary if "," not in dictionary else None)
+    created = out is None or not Path(out).exists()
+    out = prepare_out(out, "features", force=force)
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    with removed_if_failed_empty(out, created):
+        m, prompts = load_model_and_prompts(console, model, backend, device, dtype, task, n_prompts or 8, seed,
+                                            corruption, device_map=device_map)
+        dictionaries, folders = _load_dictionaries(dictionary, m)
+        with console.status("scoring latents"):
+            result = feature_run(m, prompts, dictionaries, methods, metric, top_k, command_line(), seed, budget,
+                                 [str(Path(f).resolve()) for f in folders])
+        lines = [f"{site}: top latents " + ", ".join(f"{t['latent']}" for t in tops[:5])
+                 for site, tops in result.manifest["top_latents"].items()]
+        finish(console, result, out, t0, as_json, "\n".join(lines))
