@@ -27,7 +27,6 @@ import torch
 
 from interp.errors import InterpError
 from interp.results import write_json_atomic, write_tensors_atomic
-from interp.sites import LAYER_KINDS
 
 ARCHS = ("relu", "topk", "jumprelu")
 NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")  # what SAELens 6's SAE classes apply at inference
@@ -186,7 +185,7 @@ class Dictionary(torch.nn.Module):
 def hook_to_site(hook: str) -> str:
     """The interp site of a TransformerLens hook name SAELens uses, e.g. ``blocks.6.hook_resid_post`` -> ``resid_post.6``."""
     m = re.fullmatch(r"blocks\.(\d+)\.(.+)", hook or "")
-    if m and m.group(2) == "ln2.hook_normalized" and "mlp_in" in LAYER_KINDS:
+    if m and m.group(2) == "ln2.hook_normalized":  # what the MLP reads
         return f"mlp_in.{m.group(1)}"
     if not m or m.group(2) not in _HOOKS:
         raise InterpError(f"the dictionary reads hook '{hook}', which has no interp site (interp reads "
@@ -321,11 +320,10 @@ def _from_saelens(cfg: dict, tensors: dict[str, torch.Tensor]) -> Dictionary:
 
 def _gemma_site(point: str | None) -> str:
     m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", point or "")
-    if m and m.group(2) == "pre_feedforward_layernorm.output" and "mlp_in" in LAYER_KINDS:
+    if m and m.group(2) == "pre_feedforward_layernorm.output":  # what the MLP reads
         return f"mlp_in.{m.group(1)}"
     if not m or m.group(2) not in _GEMMA_SCOPE_2:
-        raise InterpError(f"the Gemma Scope 2 dictionary reads '{point}', which has no interp site (a transcoder's "
-                          "input, the MLP's normalised input, has none yet)")
+        raise InterpError(f"the Gemma Scope 2 dictionary reads '{point}', which has no interp site")
     return f"{_GEMMA_SCOPE_2[m.group(2)]}.{m.group(1)}"
 
 

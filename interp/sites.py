@@ -15,6 +15,7 @@ resid_mid.L        [batch, pos, d_model]              residual after attention, 
 resid_post.L       [batch, pos, d_model]              residual leaving layer L
 attn_out.L         [batch, pos, d_model]              what attention adds to the residual
 mlp_out.L          [batch, pos, d_model]              what the MLP adds to the residual
+mlp_in.L           [batch, pos, d_model]              what the MLP reads (its norm's output, if any)
 head_out.L         [batch, pos, n_heads, d_head]      per-head attention output z (before W_O)
 mlp_act.L          [batch, pos, d_mlp]                neurons: act(gate) * up for gated MLPs
 attn_pattern.L     [batch, n_heads, q_pos, k_pos]     attention probabilities (read only)
@@ -51,6 +52,7 @@ LAYER_KINDS = (
     "resid_post",
     "attn_out",
     "mlp_out",
+    "mlp_in",
     "head_out",
     "mlp_act",
     "attn_pattern",

@@ -231,6 +231,7 @@ def build(family: str, layout: Layout, config, caps_logits: bool = True) -> Adap
         "resid_pre": P(layer, "input", lens + "hook_resid_pre", order=0),
         "head_out": P(f"{attn}.{layout.o}", "input", lens + "attn.hook_z", order=20, heads=heads),
         "attn_pattern": P(attn, "output", lens + "attn.hook_pattern", index=1, order=30),
+        "mlp_in": P(mlp, "input", lens + "mlp.hook_in", order=46),  # what the MLP reads (its norm's output in pre-norm blocks)
         "mlp_act": P(f"{mlp}.{layout.down}", "input", lens + "mlp.hook_post", order=55),
         "resid_post": P(layer, "output", lens + "hook_resid_post", index=0 if layout.layer_output_tuple else None, order=80),
     }

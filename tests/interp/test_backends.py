@@ -25,7 +25,7 @@ PROMPTS = (
 )
 BACKENDS = ("lens", "nnsight", "torch")
 TOL = 1e-4  # max abs diff allowed between backends and against the HF forward (float32)
-LAYER_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out", "mlp_act", "attn_pattern")
+LAYER_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_in", "head_out", "mlp_act", "attn_pattern")
 
 # (fixture name, layers whose sites are checked): every layer of the tiny models, a few of SmolLM2's.
 MODELS = [
@@ -70,6 +70,7 @@ def expected_shape(model: interp.Model, site: str, batch: int, pos: int) -> tupl
         "resid_post": (batch, pos, cfg.hidden_size),
         "attn_out": (batch, pos, cfg.hidden_size),
         "mlp_out": (batch, pos, cfg.hidden_size),
+        "mlp_in": (batch, pos, cfg.hidden_size),
         "head_out": (batch, pos, cfg.num_attention_heads, d_head),
         "mlp_act": (batch, pos, cfg.intermediate_size),
         "attn_pattern": (batch, cfg.num_attention_heads, pos, pos),

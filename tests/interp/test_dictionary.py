@@ -203,5 +203,5 @@ def test_gemma_scope_2_layout(tmp_path):
     (folder / "config.json").write_text(json.dumps({"architecture": "jump_relu", "model_name": "gemma-v3-270m-pt",
         "hf_hook_point_in": "model.layers.1.pre_feedforward_layernorm.output",
         "hf_hook_point_out": "model.layers.1.post_feedforward_layernorm.output"}))
-    with pytest.raises(InterpError, match="MLP's normalised input"):
-        load_dictionary(folder)
+    t = load_dictionary(folder)  # a transcoder from what the MLP reads (its norm's output) to what it writes
+    assert (t.site, t.out_site, t.is_transcoder) == ("mlp_in.1", "mlp_out.1", True)

@@ -89,6 +89,12 @@ def test_residual_identities_and_weights(row):
         else:
             mid = acts[f"resid_mid.{L}"]
             assert diff(mid, pre + attn) <= 1e-5 and diff(post, mid + mlp) <= 1e-5
+        if "ln2" in a.norms and a.block == "sequential":  # what the MLP reads: the pre-MLP norm of resid_mid
+            with torch.no_grad():
+                normed = model.hf.get_submodule(a.norms["ln2"].module_path(L))(acts[f"resid_mid.{L}"])
+            assert diff(acts[f"mlp_in.{L}"], normed) <= 1e-5
+        elif a.block == "post_norm":  # OLMo-2: the MLP reads the residual itself
+            assert torch.equal(acts[f"mlp_in.{L}"], acts[f"resid_mid.{L}"])
         if L + 1 < model.n_layers:
             assert torch.equal(post, acts[f"resid_pre.{L + 1}"])
         if a.sublayers_add_linearly():  # what the heads write, through W_O, is what attention adds
@@ -145,7 +151,8 @@ def _interventions(model) -> list:
     ivs = [Add("resid_pre.1", torch.randn(model.d_model), coeff=0.5, positions=[3, 7]),
            Ablate("head_out.1", index=(slice(None), slice(None), 1)),
            Replace("attn_out.0", torch.zeros(model.d_model), index=(slice(None), 6)),
-           Add("mlp_out.1", torch.randn(model.d_model), coeff=0.3)]
+           Add("mlp_out.1", torch.randn(model.d_model), coeff=0.3),
+           Add("mlp_in.0", torch.randn(model.d_model), coeff=0.2, positions=[2, 8])]
     if "resid_mid" in a.points:
         ivs.append(Replace(f"resid_mid.{n - 1}", torch.randn(model.d_model), index=(slice(None), 9)))
     dense = [L for L in range(n) if L not in a.moe_layers]
