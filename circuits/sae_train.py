@@ -228,11 +228,12 @@ class _StopAt(Intervention):
 
 
 def in_site_for(model, out_site: str) -> str:
-    """The site an MLP reads for a transcoder replacing ``mlp_out.L``: resid_mid.L, or resid_pre.L in parallel blocks."""
+    """The site an MLP reads, for a transcoder replacing ``mlp_out.L``: ``mlp_in.L`` (its norm's output in pre-norm
+    blocks, as published transcoders read it)."""
     site = model.site(out_site)
     if site.kind != "mlp_out":
         raise InterpError(f"--transcoder-out must be an MLP output site (mlp_out.L), got '{out_site}'")
-    return f"{'resid_pre' if model.adapter.block == 'parallel' else 'resid_mid'}.{site.layer}"
+    return f"mlp_in.{site.layer}"
 
 
 class ActivationSource:

@@ -183,7 +183,7 @@ class Model:
             if site is not None:
                 self.site(site)
         widths = {"resid_pre": self.d_model, "resid_mid": self.d_model, "resid_post": self.d_model,
-                  "attn_out": self.d_model, "mlp_out": self.d_model, "mlp_act": self.d_mlp,
+                  "attn_out": self.d_model, "mlp_out": self.d_model, "mlp_in": self.d_model, "mlp_act": self.d_mlp,
                   "head_out": self.n_heads * self.d_head}
         for site, width, what in ((dictionary.site, dictionary.d_in, "input"),
                                   (getattr(dictionary, "out_site", None) or dictionary.site, dictionary.d_out, "output")):

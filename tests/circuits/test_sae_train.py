@@ -67,7 +67,7 @@ def test_relu_transcoder_reads_the_mlp_input_and_predicts_its_output(tiny_llama,
                       **(SMALL | dict(batch_size=64, lr=3e-3)))
     trained = train(tiny_llama, cfg, streams[0], backend="torch")
     d = dictionary_from(trained, tiny_llama.name, "builtin")
-    assert (d.site, d.out_site, d.apply_b_dec_to_input) == ("resid_mid.0", "mlp_out.0", False)
+    assert (d.site, d.out_site, d.apply_b_dec_to_input) == ("mlp_in.0", "mlp_out.0", False)
     tokens = streams[1].contexts(0, 4)
     metrics, _ = evaluate(tiny_llama, d, tokens, "mlp_out.0", backend="torch")
     # measured 0.17 (a random MLP is hard to sparsify); through the folded weights on raw activations

@@ -102,18 +102,19 @@ def test_gradients_at_latents_and_error_follow_the_node_convention(spliced, toke
     assert torch.allclose(g_in, p_in, atol=1e-5)  # upstream: the splice is the identity
 
 
-@pytest.mark.parametrize("backend", ["torch", "nnsight"])
-def test_a_transcoder_replaces_the_mlp_output(tiny_llama, tokens, backend):
-    d = toy(tiny_llama.d_model, tiny_llama.d_model, "resid_mid.1", out_site="mlp_out.1", seed=1)
+@pytest.mark.parametrize("backend", ["torch", "nnsight", "lens"])
+@pytest.mark.parametrize("site", ["resid_mid.1", "mlp_in.1"])
+def test_a_transcoder_replaces_the_mlp_output(tiny_llama, tokens, backend, site):
+    d = toy(tiny_llama.d_model, tiny_llama.d_model, site, out_site="mlp_out.1", seed=1)
     tiny_llama.attach(d)
     try:
-        plain = tiny_llama.run(tokens, read=["resid_mid.1", "mlp_out.1"], backend=backend)
-        out = tiny_llama.run(tokens, read=["sae.resid_mid.1.latents", "sae.resid_mid.1.error"], backend=backend)
-        x, y = plain.acts["resid_mid.1"], plain.acts["mlp_out.1"]
-        assert torch.allclose(out.acts["sae.resid_mid.1.latents"], d.encode(x), atol=1e-6)
-        assert torch.allclose(out.acts["sae.resid_mid.1.error"], y - d.decode(d.encode(x)), atol=1e-5)
+        plain = tiny_llama.run(tokens, read=[site, "mlp_out.1"], backend=backend)
+        out = tiny_llama.run(tokens, read=[f"sae.{site}.latents", f"sae.{site}.error"], backend=backend)
+        x, y = plain.acts[site], plain.acts["mlp_out.1"]
+        assert torch.allclose(out.acts[f"sae.{site}.latents"], d.encode(x), atol=1e-6)
+        assert torch.allclose(out.acts[f"sae.{site}.error"], y - d.decode(d.encode(x)), atol=1e-5)
         assert (out.logits - plain.logits).abs().max() <= 1e-5
-        ablated = tiny_llama.run(tokens, [Ablate("sae.resid_mid.1.error")], read=["mlp_out.1"], backend=backend)
+        ablated = tiny_llama.run(tokens, [Ablate(f"sae.{site}.error")], read=["mlp_out.1"], backend=backend)
         assert torch.allclose(ablated.acts["mlp_out.1"], d.decode(d.encode(x)), atol=1e-5)  # the transcoder alone
     finally:
         tiny_llama.dictionaries.clear()
