@@ -13,6 +13,10 @@ plain module-level functions ``fn(model, shared, shard, cache) -> result``: ``sh
 store once per run (tokens, the source run's activations), ``cache`` is a dict the worker keeps for the run
 (e.g. a batched engine built once per worker rather than once per shard).
 
+Workers run torch with the driver's number of threads: with a different count, torch's CPU kernels may split a
+reduction (a softmax over the vocabulary) differently, and results would differ from the local run's by float
+rounding.
+
 Without Ray installed, `require_ray` says what to install. ``address=None`` starts a local cluster;
 ``address="HOST:PORT"`` joins one started with ``ray start --head`` (every node must have interp and the
 model's files at the same path).
@@ -54,6 +58,7 @@ class ModelSpec:
     device: str = "cpu"
     dtype: str = "float32"
     device_map: str | None = None
+    threads: int = 1  # torch threads: the driver's, so CPU kernels split their reductions the same way
 
     @classmethod
     def of(cls, model) -> "ModelSpec":
@@ -67,7 +72,8 @@ class ModelSpec:
             raise InterpError("--ray with --device-map is not supported: each Ray worker loads the whole model on "
                               "its own device; drop --device-map or run without --ray")
         device = str(model.device)
-        return cls(name, model.backend_name, "cuda" if device.startswith("cuda") else device, dtype)
+        return cls(name, model.backend_name, "cuda" if device.startswith("cuda") else device, dtype,
+                   threads=torch.get_num_threads())
 
     def load(self):
         import interp
@@ -82,8 +88,8 @@ class ModelSpec:
 class _Worker:
     """A Ray actor's state: the loaded model and the current run's cache."""
 
-    def __init__(self, spec: ModelSpec, threads: int):
-        torch.set_num_threads(max(1, threads))
+    def __init__(self, spec: ModelSpec):
+        torch.set_num_threads(max(1, spec.threads))
         self.model = spec.load()
         self.run_key, self.cache = None, {}
 
@@ -182,14 +188,7 @@ class RayWorkers:
 
     def _start(self, ray):
         actor = ray.remote(max_restarts=0)(_Worker).options(**self._resources)
-        return actor.remote(self.spec, self._threads())
-
-    def _threads(self) -> int:
-        """Torch threads per worker: its share of the cores, capped by ``OMP_NUM_THREADS`` where the driver sets it
-        (more threads than free cores slows a CPU sweep down)."""
-        cap = os.environ.get("OMP_NUM_THREADS", "")
-        share = self._resources["num_cpus"]
-        return min(share, int(cap)) if cap.isdigit() and int(cap) > 0 else share
+        return actor.remote(self.spec)
 
     def pids(self) -> list[int]:
         """The process id of each live worker (tests kill one to check the retry)."""

@@ -268,7 +268,9 @@ SLOW_RETRIEVAL = ["heads", "retrieval", *TINY, "--lengths", "110,120,130,140", "
 def test_sigint_keeps_finished_prompts_and_resume_completes_with_identical_results(tmp_path, cli):
     out = tmp_path / "r"
     proc = subprocess.Popen([str(INTERP), *SLOW_RETRIEVAL, "--out", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal,
+    # even when the suite itself runs in the background (where SIGINT is ignored and children inherit that)
     try:
         deadline = time.monotonic() + 240
         while not (out / "progress.json").exists():

@@ -64,7 +64,7 @@ def test_estimates_are_identical_for_any_budget(setup, rules):
             for comp in COMPS:
                 assert torch.equal(got[comp], reference[comp]), f"{comp}: {k} prompts per pass differ from all at once"
     finally:
-        model.run = run
+        del model.run  # the class's own method again (assigning the bound method back would shadow it for good)
 
 
 @pytest.mark.parametrize("metric", ["norm_logit_diff", "kl", "answer_prob"])
