@@ -178,3 +178,47 @@ def test_cli_features_effects_and_steer_latent(interp_cli, tmp_path):
                           tmp_path / "w"], "latent 999 is out of range")):
         bad = interp_cli(*args, "--out", tmp_path / "bad") if args[0] == "features" else interp_cli(*args)
         assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_feature_edges_equal_finite_differences_through_the_downstream_latent(setup):
+    from interp.patching.feature_edges import feature_edges
+
+    model, tokens, ctx = setup
+    up, down = SITES  # resid_post.0 -> mlp_out.1
+    below = model.dictionaries[down]
+    run = model.run(tokens.corrupt, read=[f"sae.{down}.latents"], grad=True)
+    g = torch.autograd.grad(logit_diff(run.logits[:, -1], ctx).sum(), [run.acts[f"sae.{down}.latents"]])[0]
+    chosen = (g * run.acts[f"sae.{down}.latents"]).detach().abs().sum((0, 1)).topk(3).indices.tolist()
+    edges = feature_edges(model, tokens.corrupt, tokens.clean, up, down, logit_diff, ctx, chosen)
+    assert edges.shape == (3, 3, 48 + 1) and edges.abs().sum() > 0
+    with torch.no_grad():
+        src = model.run(tokens.clean, read=[f"sae.{up}.latents", f"sae.{up}.error"]).acts
+        base = model.run(tokens.corrupt, read=[f"sae.{up}.latents", f"sae.{up}.error"]).acts
+    saved = model.dictionaries.pop(down)
+
+    def through(j, edits):  # sum over positions of g_j * d_j, the downstream encoder run here on the site
+        with torch.no_grad():
+            x = model.run(tokens.corrupt, edits, read=[down]).acts[down]
+        return (g[..., j].detach() * saved.encode(x)[..., j]).sum(1)
+
+    eps = 1e-3
+    try:
+        checked = 0
+        for row, j in enumerate(chosen):
+            t0 = through(j, [])
+            moved = (src[f"sae.{up}.latents"] - base[f"sae.{up}.latents"]).abs().sum((0, 1))
+            for unit in moved.topk(2).indices.tolist():
+                name = f"sae.{up}.latents"
+                value = base[name][..., unit] + eps * (src[name][..., unit] - base[name][..., unit])
+                finite = (through(j, [Replace(name, value, index=(slice(None), slice(None), unit))]) - t0) / eps
+                assert torch.allclose(finite, edges[:, row, unit], rtol=3e-2, atol=1e-3), (j, unit, finite, edges[:, row, unit])
+                checked += 1
+            name = f"sae.{up}.error"
+            value = base[name] + eps * (src[name] - base[name])
+            finite = (through(j, [Replace(name, value)]) - t0) / eps
+            assert torch.allclose(finite, edges[:, row, -1], rtol=3e-2, atol=1e-3)
+        assert checked == 6
+    finally:
+        model.dictionaries[down] = saved
+    with pytest.raises(InterpError, match="edges run forward"):
+        feature_edges(model, tokens.corrupt, tokens.clean, down, up, logit_diff, ctx, [0])
