@@ -17,14 +17,19 @@ SITES = ["resid_post.0", "mlp_out.1"]
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_llama):
-    for i, site in enumerate(SITES):
-        tiny_llama.attach(toy(tiny_llama.d_model, tiny_llama.d_model, site, d_sae=48, seed=i))
+def prompts_and_ctx(tiny_llama):
     tokens = generate_ioi(tiny_llama.tokenizer, 3, seed=1).tokenize(tiny_llama.tokenizer)
     with torch.no_grad():
         clean, corrupt = tiny_llama.run(tokens.clean).logits, tiny_llama.run(tokens.corrupt).logits
-    ctx = MetricContext(tokens.answer, tokens.wrong, clean[:, -1], corrupt[:, -1])
-    yield tiny_llama, tokens, ctx
+    return tokens, MetricContext(tokens.answer, tokens.wrong, clean[:, -1], corrupt[:, -1])
+
+
+@pytest.fixture
+def setup(tiny_llama, prompts_and_ctx):
+    """The shared model with a toy dictionary attached at each of SITES (detached again after the test)."""
+    for i, site in enumerate(SITES):
+        tiny_llama.attach(toy(tiny_llama.d_model, tiny_llama.d_model, site, d_sae=48, seed=i))
+    yield tiny_llama, *prompts_and_ctx
     tiny_llama.dictionaries.clear()
 
 
