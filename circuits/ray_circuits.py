@@ -32,7 +32,6 @@ from interp.circuits.units import Units
 from interp.model import Model
 from interp.ray_workers import RayWorkers, split_even
 
-SHARDS_PER_WORKER = 4  # shards per worker where the work splits freely (edges): early finishers take more
 
 
 # ------------------------------------------------------------------ retrieval heads
@@ -130,7 +129,7 @@ def edges_shard(model: Model, shared: dict, receivers: list, cache: dict) -> lis
 def ray_edges(workers: RayWorkers, heads: list, prompts, receivers: list, metric, backend: str | None,
               record: Callable[[int, list], None]) -> None:
     """The edges into every one of ``receivers`` on ``workers``; ``record(receiver index, edges)`` as each arrives."""
-    shards = split_even(list(range(len(receivers))), SHARDS_PER_WORKER * len(workers.actors))
+    shards = workers.shards(list(range(len(receivers))))
 
     def on_result(index: int, result: list) -> None:
         for r, edges in zip(shards[index], result):
@@ -138,8 +137,3 @@ def ray_edges(workers: RayWorkers, heads: list, prompts, receivers: list, metric
 
     workers.run(edges_shard, {"heads": heads, "prompts": prompts, "metric": metric, "backend": backend},
                 [[receivers[r] for r in shard] for shard in shards], on_result)
-
-
-def ray_manifest(workers: RayWorkers) -> dict:
-    """The manifest's ``ray`` entry: workers, the cluster's address and how many shards were retried."""
-    return {"workers": len(workers.actors), "address": workers.address or "local", "shards_retried": workers.retried}

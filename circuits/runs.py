@@ -381,6 +381,4 @@ def add_path_edges(model: Model, circuit: Circuit, result: RunResult, run_folder
 def _ray_entry(manifest: dict, workers) -> None:
     """Record in ``manifest`` the Ray workers a run used (nothing for a local run)."""
     if workers is not None:
-        from interp.circuits.ray_circuits import ray_manifest
-
-        manifest["ray"] = ray_manifest(workers)
+        manifest["ray"] = workers.info()

@@ -22,11 +22,10 @@ import json
 import re
 from pathlib import Path
 
-import safetensors.torch
 import torch
 
 from interp.errors import InterpError
-from interp.results import write_json_atomic, write_tensors_atomic
+from interp.results import read_tensors, write_json_atomic, write_tensors_atomic
 
 ARCHS = ("relu", "topk", "jumprelu")
 NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm")  # what SAELens 6's SAE classes apply at inference
@@ -210,13 +209,6 @@ def _same_model(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
-def _width(model, site: str) -> int:
-    kind = site.split(".")[0]
-    if kind == "head_out":
-        return model.n_heads * model.d_head
-    return model.d_mlp if kind == "mlp_act" else model.d_model
-
-
 def check_dictionary(d: Dictionary, model) -> None:
     """Refuse (one line) a dictionary made for another model, a site this model lacks, or other widths."""
     if d.model_name and not _same_model(d.model_name, model.name):
@@ -224,10 +216,12 @@ def check_dictionary(d: Dictionary, model) -> None:
     for site, width, what in ((d.site, d.d_in, "d_in"), (d.out_site, d.d_out, "d_out")):
         if site is None:
             continue
-        model.site(site)  # a one-line error for a layer or site kind this model lacks
-        if width != _width(model, site):
+        expected = model.site_width(site)  # also a one-line error for a layer or site kind this model lacks
+        if expected is None:
+            raise InterpError(f"{site} is a read-only site: a dictionary cannot read or replace it")
+        if width != expected:
             raise InterpError(f"the dictionary's {what} is {width} but {site} of '{model.name}' is "
-                              f"{_width(model, site)} wide")
+                              f"{expected} wide")
 
 
 # ---------------------------------------------------------------- load / save
@@ -241,9 +235,9 @@ def load_dictionary(folder: str | Path, model=None) -> Dictionary:
         raise InterpError(f"no dictionary folder at {folder}: expected cfg.json and sae_weights.safetensors "
                           "(SAELens) or config.json and params.safetensors (Gemma Scope 2); nothing is downloaded")
     if (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file():
-        d = _from_saelens(_read_json(folder / "cfg.json"), _read_tensors(folder / "sae_weights.safetensors"))
+        d = _from_saelens(_read_json(folder / "cfg.json"), read_tensors(folder / "sae_weights.safetensors"))
     elif (folder / "params.safetensors").is_file():
-        d = _from_gemma_scope_2(folder, _read_tensors(folder / "params.safetensors"))
+        d = _from_gemma_scope_2(folder, read_tensors(folder / "params.safetensors"))
     elif (folder / "params.npz").is_file():
         raise InterpError(f"{folder} holds params.npz (Gemma Scope 1, for Gemma 2 models), which interp does not "
                           "read; convert it to SAELens's layout with SAELens")
@@ -261,13 +255,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise InterpError(f"{path} cannot be read as JSON ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from e
-
-
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return safetensors.torch.load(path.read_bytes())
-    except Exception as e:  # safetensors raises its own error types
-        raise InterpError(f"{path} cannot be read as safetensors ({type(e).__name__})") from e
 
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}

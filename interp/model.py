@@ -27,8 +27,8 @@ from interp.backends.steps import plan_steps
 from interp.errors import InterpError
 from interp.interventions import Intervention
 from interp.rules import Rule, forward_rules, parse_rules, rule_steps
-from interp.splicing import splices, split_name
-from interp.sites import Site, parse_site
+from interp.splicing import attached_site, splices, split_name
+from interp.sites import READ_ONLY_KINDS, Site, parse_site
 
 
 @dataclass
@@ -176,32 +176,36 @@ class Model:
         return plan_steps(self.adapter, dict(edits), [self.site(s) for s in read if s not in spliced_reads], acts, grad)
 
     # ----------------------------------------------------------------- dictionaries
+    def site_width(self, site: str | Site) -> int | None:
+        """The last-axis width of ``site`` as a dictionary reads it (head_out flattened: n_heads * d_head); None
+        for sites no dictionary reads (attention patterns, norm divisors, MoE router and expert reads)."""
+        kind = self.site(site).kind
+        if kind == "head_out":
+            return self.n_heads * self.d_head
+        if kind == "mlp_act":
+            return self.d_mlp
+        return None if kind in READ_ONLY_KINDS else self.d_model
+
     def attach(self, dictionary) -> str:
         """Splice a sparse dictionary (`interp.dictionary.Dictionary`) at its site: runs may then read and edit
         ``sae.<site>.latents``, ``.error`` and ``.recon`` (see `interp.splicing`). Returns ``"sae.<site>"``."""
-        for site in (dictionary.site, getattr(dictionary, "out_site", None)):
-            if site is not None:
-                self.site(site)
-        widths = {"resid_pre": self.d_model, "resid_mid": self.d_model, "resid_post": self.d_model,
-                  "attn_out": self.d_model, "mlp_out": self.d_model, "mlp_in": self.d_model, "mlp_act": self.d_mlp,
-                  "head_out": self.n_heads * self.d_head}
+        out_site = getattr(dictionary, "out_site", None)
         for site, width, what in ((dictionary.site, dictionary.d_in, "input"),
-                                  (getattr(dictionary, "out_site", None) or dictionary.site, dictionary.d_out, "output")):
-            kind = self.site(site).kind
-            if kind not in widths:
+                                  (out_site or dictionary.site, dictionary.d_out, "output")):
+            expected = self.site_width(site)
+            if expected is None:
                 raise InterpError(f"a dictionary cannot be spliced at {site}: use a residual, attn_out, mlp_out, "
-                                  "mlp_act or head_out site")
-            if width != widths[kind]:
+                                  "mlp_in, mlp_act or head_out site")
+            if width != expected:
                 raise InterpError(f"the dictionary's {what} width is {width}, but {site} of {self.name} has "
-                                  f"{widths[kind]}: it was trained for another model or site")
-        self.dictionaries[str(self.site(dictionary.site))] = dictionary
-        return f"sae.{self.site(dictionary.site)}"
+                                  f"{expected}: it was trained for another model or site")
+        base = str(self.site(dictionary.site))
+        self.dictionaries[base] = dictionary
+        return f"sae.{base}"
 
     def detach_dictionary(self, site: str) -> None:
         """Remove the dictionary attached at ``site`` (``"resid_post.6"`` or ``"sae.resid_post.6"``)."""
-        key = site[len("sae."):] if site.startswith("sae.") else site
-        if self.dictionaries.pop(key, None) is None:
-            raise InterpError(f"no dictionary is attached at {key}")
+        del self.dictionaries[attached_site(self.dictionaries, site)]
 
     def run(
         self,

@@ -37,6 +37,7 @@ import torch
 from interp.errors import InterpError
 
 LOCAL = "local"  # the value of ``--ray`` without an address: start a local cluster
+SHARDS_PER_WORKER = 4  # enough shards that workers finishing early take more; few enough to keep overhead low
 
 
 def require_ray():
@@ -189,6 +190,14 @@ class RayWorkers:
     def _start(self, ray):
         actor = ray.remote(max_restarts=0)(_Worker).options(**self._resources)
         return actor.remote(self.spec)
+
+    def shards(self, items: Sequence) -> list[list]:
+        """``items`` cut into contiguous shards, `SHARDS_PER_WORKER` per worker (fewer when there are few items)."""
+        return split_even(items, SHARDS_PER_WORKER * len(self.actors))
+
+    def info(self) -> dict:
+        """The manifest's ``ray`` entry: how many workers, where, and how many shards were retried."""
+        return {"workers": len(self.actors), "address": self.address or LOCAL, "shards_retried": self.retried}
 
     def pids(self) -> list[int]:
         """The process id of each live worker (tests kill one to check the retry)."""

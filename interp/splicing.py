@@ -50,6 +50,16 @@ def split_name(name: str) -> tuple[str, str] | None:
     return base, part
 
 
+def attached_site(dictionaries: dict, name: str) -> str:
+    """The base site of the dictionary attached at ``name`` (``"resid_post.6"`` or ``"sae.resid_post.6"``), or a
+    one-line error listing what is attached."""
+    base = name.removeprefix(PREFIX)
+    if base not in dictionaries:
+        attached = ", ".join(sorted(dictionaries)) or "none"
+        raise InterpError(f"no dictionary is attached at {base} (attached: {attached}): model.attach(...) one first")
+    return base
+
+
 def _flat(x: torch.Tensor, flatten: bool) -> torch.Tensor:
     return x.flatten(-2) if flatten else x
 
@@ -124,9 +134,7 @@ def splices(dictionaries: dict, edits: dict[str, list[Intervention]], reads: set
     touched: dict[str, tuple[dict, set]] = {}
     for name in set(edits) | set(reads):
         base, part = split_name(name)
-        if base not in dictionaries:
-            attached = ", ".join(sorted(dictionaries)) or "none"
-            raise InterpError(f"no dictionary is attached at {base} (attached: {attached}): model.attach(...) one first")
+        attached_site(dictionaries, base)
         part_edits, part_reads = touched.setdefault(base, ({}, set()))
         if name in edits:
             part_edits[part] = edits[name]

@@ -27,6 +27,7 @@ from interp.limits import memory_budget, row_bytes, rows_that_fit
 from interp.metrics import MetricContext
 from interp.model import Model
 from interp.rules import RELP_RULES
+from interp.splicing import attached_site
 
 METHODS = ("activation", "atp", "relp")
 
@@ -37,13 +38,7 @@ def _names(sites: Sequence[str]) -> list[str]:
 
 def check_sites(model: Model, sites: Sequence[str]) -> list[str]:
     """The base sites of attached dictionaries (``"resid_post.6"`` or ``"sae.resid_post.6"``), checked."""
-    out = []
-    for site in sites:
-        base = site[len("sae."):] if site.startswith("sae.") else site
-        if base not in model.dictionaries:
-            attached = ", ".join(sorted(model.dictionaries)) or "none"
-            raise InterpError(f"no dictionary is attached at {base} (attached: {attached}): model.attach(...) one first")
-        out.append(base)
+    out = [attached_site(model.dictionaries, site) for site in sites]
     if not out:
         raise InterpError("no dictionary sites given: name the sites of attached dictionaries, e.g. resid_post.6")
     return out

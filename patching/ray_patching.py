@@ -16,12 +16,9 @@ import torch
 
 from interp.metrics import MetricContext, get_metric
 from interp.model import Model
-from interp.ray_workers import RayWorkers, split_even
+from interp.ray_workers import RayWorkers
 from interp.patching.activation import BatchedEngine, grid_shape, memory_budget, patches, sweep
 from interp.patching.integrated_gradients import path_gradient
-
-SHARDS_PER_WORKER = 4  # enough shards that workers finishing early take more; few enough to keep overhead low
-
 
 def _engine(model: Model, shared: dict, cache: dict) -> BatchedEngine | None:
     if shared["engine"] != "batched":
@@ -67,7 +64,7 @@ def ray_sweep(workers: RayWorkers, model: Model, component: str, shared: dict, d
     """Fill ``values``/``done`` for every cell of ``component`` not yet done, shard by shard over ``workers``."""
     n_pos = shared["base"].shape[1]
     todo = [p.cell for p in patches(model, component, n_pos, shared["layers"][component]) if not done[p.cell]]
-    shards = [(component, cells) for cells in split_even(todo, SHARDS_PER_WORKER * len(workers.actors))]
+    shards = [(component, cells) for cells in workers.shards(todo)]
 
     def on_result(index: int, result: torch.Tensor) -> None:
         for j, cell in enumerate(shards[index][1]):
@@ -82,7 +79,7 @@ def ray_ig_passes(workers: RayWorkers, sites: list[tuple[str, int]], shared: dic
                   on_layer: Callable[[str, int], None]) -> None:
     """Compute IG's mean path gradient for every site not yet in ``grads``, shard by shard over ``workers``."""
     todo = [(kind, layer) for kind, layer in sites if f"{kind}.{layer}" not in grads]
-    shards = split_even(todo, SHARDS_PER_WORKER * len(workers.actors))
+    shards = workers.shards(todo)
 
     def on_result(index: int, result: dict[str, torch.Tensor]) -> None:
         for kind, layer in shards[index]:

@@ -299,8 +299,7 @@ def activation_patching(
     if model.device_map:  # where each module ran (results equal the single-device run's)
         manifest["device_map"] = model.device_map
     if workers is not None:
-        manifest["ray"] = {"workers": len(workers.actors), "address": workers.address or "local",
-                           "shards_retried": workers.retried}
+        manifest["ray"] = workers.info()
     result = RunResult(manifest=manifest, scores=scores)
     if out is not None:
         result.save(out)

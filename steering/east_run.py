@@ -182,9 +182,7 @@ def east_run(model: Model, layer: int | None = None, agent: str = "thought", bet
         "timings": {"vector_s": round(t_vector, 3), "run_s": round(time.perf_counter() - t0, 3)},
     }
     if workers is not None:
-        from interp.steering.ray_steering import ray_info
-
-        manifest["ray"] = ray_info(workers)
+        manifest["ray"] = workers.info()
     for name in ("east/entropy", "east/reward", "east/temperature_entropy", "east/sampled_entropy"):
         if name in scores:
             check_finite(scores[name], name)

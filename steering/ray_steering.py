@@ -29,14 +29,7 @@ from interp.steering.east_agent import play_setting
 from interp.steering.sweep import SweepPlan
 
 from interp.model import Model
-from interp.ray_workers import RayWorkers, split_even
-
-SHARDS_PER_WORKER = 4  # enough shards that a worker finishing early takes more; few enough to keep overhead low
-
-
-def ray_info(workers: RayWorkers) -> dict:
-    """The manifest's ``ray`` entry: how many workers, where, and how many shards were retried."""
-    return {"workers": len(workers.actors), "address": workers.address or "local", "shards_retried": workers.retried}
+from interp.ray_workers import RayWorkers
 
 
 def sweep_shard(model: Model, plan: SweepPlan, groups: list[tuple[list[int], torch.Tensor]],
@@ -48,7 +41,7 @@ def sweep_shard(model: Model, plan: SweepPlan, groups: list[tuple[list[int], tor
 def ray_sweep_groups(workers: RayWorkers, plan: SweepPlan, groups: list[tuple[list[int], torch.Tensor]],
                      on_shard: Callable[[list[tuple[list[int], dict[str, torch.Tensor]]]], None]) -> None:
     """Measure ``groups`` (rows, tokens) on ``workers``; ``on_shard`` gets each shard's (rows, metrics) as it finishes."""
-    shards = split_even(groups, SHARDS_PER_WORKER * len(workers.actors))
+    shards = workers.shards(groups)
     workers.run(sweep_shard, plan, shards, lambda index, result: on_shard(result))
 
 

@@ -295,7 +295,5 @@ def eval_run(model: Model, vector_file: str, layers: Sequence[int], task: str = 
                 "sweep": sweep.rows(), "notes": [{"title": "Sweep", "text": sweep.table()}], "lines": lines,
                 "tensors": tensors, "timings": {"run_s": round(time.perf_counter() - t0, 3)}}
     if workers is not None:
-        from interp.steering.ray_steering import ray_info
-
-        manifest["ray"] = ray_info(workers)
+        manifest["ray"] = workers.info()
     return RunResult(manifest=manifest, scores=scores)

@@ -62,9 +62,9 @@ def test_two_workers_give_the_local_numbers(model, prompts, local, pool):
 
 
 def test_the_grid_does_not_depend_on_the_sharding(model, prompts, local, pool, monkeypatch):
-    import interp.patching.ray_patching as ray_patching
+    import interp.ray_workers as ray_workers
 
-    monkeypatch.setattr(ray_patching, "SHARDS_PER_WORKER", 40)  # many small shards: cells split mid-layer
+    monkeypatch.setattr(ray_workers, "SHARDS_PER_WORKER", 40)  # many small shards: cells split mid-layer
     assert_equal_runs(local, activation_patching(model, prompts, COMPONENTS, **OPTIONS, workers=pool))
 
 

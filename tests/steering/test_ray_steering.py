@@ -82,7 +82,7 @@ def not_here(*args, **kwargs):
 
 
 def test_eval_on_one_or_two_workers_gives_the_local_numbers(model, vector_file, budget, local_eval, pool, monkeypatch):
-    from interp.steering import ray_steering
+    import interp.ray_workers as ray_workers
     from interp.steering.sweep import SweepPlan
 
     monkeypatch.setattr(SweepPlan, "group", not_here)  # in this process only: the workers import their own
@@ -91,7 +91,7 @@ def test_eval_on_one_or_two_workers_gives_the_local_numbers(model, vector_file, 
         assert_equal_runs(local_eval, result)
         assert result.manifest["ray"] == {"workers": len(workers.actors), "address": "local", "shards_retried": 0}
     assert local_eval.scores["sweep/kl/per_prompt"].shape == (3, 10) and local_eval.scores["sweep/kl"].abs().sum() > 0
-    monkeypatch.setattr(ray_steering, "SHARDS_PER_WORKER", 40)  # one batch per shard
+    monkeypatch.setattr(ray_workers, "SHARDS_PER_WORKER", 40)  # one batch per shard
     assert_equal_runs(local_eval, eval_run(model, vector_file, **EVAL, max_memory=budget, workers=pool))
 
 
