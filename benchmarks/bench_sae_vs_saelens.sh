@@ -17,20 +17,9 @@
 # Extra arguments go to collect.py (--tokens, --layer, --latents, --k, --lr, --batch-size, --eval-contexts, --corpus).
 # The SAELens venv (SAELENS_VENV, default /tmp/saelens-venv) is built as benchmarks/saelens_env.sh builds it.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${SAELENS_VENV:-/tmp/saelens-venv}"
-MAIN_PY="${INTERP_PYTHON:-$ROOT/.venv/bin/python}"
+source "$(dirname "${BASH_SOURCE[0]}")/saelens_venv.sh"
 WORK="${WORK:-/tmp/sae_compare}"
-TORCH_PIN="torch==2.13.0"
 HERE="$ROOT/benchmarks/sae_compare"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import sae_lens" 2>/dev/null; then
-  echo "== building $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q "$TORCH_PIN"
-  "$VENV/bin/pip" install -q "sae-lens" "transformer-lens<4" "$TORCH_PIN"
-fi
 mkdir -p "$WORK"
 cd "$ROOT"
 echo "== 1. activations (interp's venv) -> $WORK"

@@ -12,25 +12,8 @@
 #      (check_interp_written.py, SAELens's venv).
 # Usage, from anywhere:  bash benchmarks/saelens_env.sh      (about 2 minutes the first time)
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${SAELENS_VENV:-/tmp/saelens-venv}"
-MAIN_PY="${INTERP_PYTHON:-$ROOT/.venv/bin/python}"
-TORCH_PIN="torch==2.13.0"
+source "$(dirname "${BASH_SOURCE[0]}")/saelens_venv.sh"
 FIX="$ROOT/tests/fixtures/saelens"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import sae_lens" 2>/dev/null; then
-  echo "== building $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q "$TORCH_PIN"
-  "$VENV/bin/pip" install -q "sae-lens" "transformer-lens<4" "$TORCH_PIN"
-fi
-"$VENV/bin/python" - "$TORCH_PIN" <<'PY'
-import sys, importlib.metadata as m, torch
-want = sys.argv[1].split("==")[1]
-assert torch.__version__.split("+")[0] == want, f"torch {torch.__version__} in the SAELens venv, expected {want}"
-print(f"== SAELens env: sae-lens {m.version('sae-lens')}, transformer-lens {m.version('transformer-lens')}, torch {torch.__version__}")
-PY
 
 if [ "${REMAKE_FIXTURE:-0}" = 1 ]; then
   echo "== 1. SAELens writes the fixture"

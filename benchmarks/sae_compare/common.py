@@ -6,8 +6,12 @@ settings from the activation file's metadata, written here by collect.py.
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 from pathlib import Path
+
+import torch
 
 from interp.circuits.sae_train import TrainConfig
 
@@ -33,3 +37,15 @@ def read_meta(work: Path) -> dict:
 
     with safe_open(str(work / ACTS), "pt") as f:
         return json.loads(f.metadata()["run"])
+
+
+def stored_run(description: str) -> tuple[Path, dict, dict[str, torch.Tensor]]:
+    """Parse the work folder from the command line, set torch's threads from OMP_NUM_THREADS, and return the folder,
+    the run's settings and the stored tensors (what train_interp.py and evaluate.py start from)."""
+    from interp.results import read_tensors
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("work", type=Path)
+    work = p.parse_args().work
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    return work, read_meta(work), read_tensors(work / ACTS)

@@ -15,18 +15,16 @@ training steps' JSON files.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import interp  # noqa: E402
-from common import ACTS, INTERP_SAE, INTERP_STATS, SAELENS_SAE, SAELENS_STATS, read_meta  # noqa: E402
+from common import INTERP_SAE, INTERP_STATS, SAELENS_SAE, SAELENS_STATS, stored_run  # noqa: E402
 from interp.dictionary import load_dictionary  # noqa: E402
 from interp.interventions import Ablate  # noqa: E402
 
@@ -48,20 +46,15 @@ def ce(logits: torch.Tensor, rows: torch.Tensor) -> tuple[float, int]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("work", type=Path)
-    args = p.parse_args()
-    torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "1")))
-    meta = read_meta(args.work)
+    work, meta, t = stored_run(__doc__.splitlines()[0])
     cfg, site = meta["cfg"], meta["site"]
-    t = load_file(str(args.work / ACTS))
     eval_tokens, eval_acts = t["eval_tokens"], t["eval_acts"]
     x = eval_acts.reshape(-1, eval_acts.shape[-1])
     model = interp.load("smollm2-135m", backend="torch")
-    dicts = {"interp": load_dictionary(args.work / INTERP_SAE, model),
-             "SAELens": load_dictionary(args.work / SAELENS_SAE, model)}
-    stats = {"interp": json.loads((args.work / INTERP_STATS).read_text()),
-             "SAELens": json.loads((args.work / SAELENS_STATS).read_text())}
+    dicts = {"interp": load_dictionary(work / INTERP_SAE, model),
+             "SAELens": load_dictionary(work / SAELENS_SAE, model)}
+    stats = {"interp": json.loads((work / INTERP_STATS).read_text()),
+             "SAELens": json.loads((work / SAELENS_STATS).read_text())}
     rows_of = {name: activation_metrics(d, x) for name, d in dicts.items()}
 
     later = (slice(None), slice(1, None))

@@ -15,17 +15,15 @@ first chunk is read before the clock starts; later chunks are read from memory i
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ACTS, INTERP_SAE, INTERP_STATS, read_meta  # noqa: E402
+from common import INTERP_SAE, INTERP_STATS, stored_run  # noqa: E402
 from interp.circuits.sae_cli import dictionary_from  # noqa: E402
 from interp.circuits.sae_train import ActivationSource, TrainConfig, train  # noqa: E402
 from interp.dictionary import save_dictionary  # noqa: E402
@@ -63,13 +61,8 @@ class ContextNumbers:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("work", type=Path)
-    args = p.parse_args()
-    torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "1")))
-    meta = read_meta(args.work)
+    work, meta, tensors = stored_run(__doc__.splitlines()[0])
     cfg = TrainConfig(**meta["cfg"]).check()
-    tensors = load_file(str(args.work / ACTS))
     acts, order = tensors["train_acts"], tensors["train_order"]
     model, stream = StoredActivations(meta["model_name"], acts), ContextNumbers(len(acts))
 
@@ -81,12 +74,12 @@ def main() -> None:
 
     trained = train(model, cfg, stream)
     dictionary = dictionary_from(trained, meta["model_name"], cfg.corpus)
-    save_dictionary(dictionary, args.work / INTERP_SAE)
+    save_dictionary(dictionary, work / INTERP_SAE)
     stats = {"train_seconds": trained.train_seconds, "tokens": trained.tokens_trained,
              "tokens_per_second": trained.tokens_trained / trained.train_seconds,
              "dead_fraction": float(trained.dead.float().mean()), "dead_window_tokens": cfg.dead_tokens,
              "final_loss": float(trained.curve[-1, 1])}
-    (args.work / INTERP_STATS).write_text(json.dumps(stats, indent=1))
+    (work / INTERP_STATS).write_text(json.dumps(stats, indent=1))
     print(f"interp: {stats['tokens']} tokens in {stats['train_seconds']:.1f} s ({stats['tokens_per_second']:.0f} tok/s), "
           f"dead {stats['dead_fraction']:.1%}, final loss {stats['final_loss']:.2f}", flush=True)
 
