@@ -4,22 +4,18 @@ import pytest
 import torch
 
 from interp.interventions import Replace
-from interp.ioi import generate_ioi
-from interp.metrics import MetricContext, logit_diff
+from interp.metrics import logit_diff
 from interp.patching.activation import COMPONENTS
 from interp.patching.attribution import atp
+from ioi_runs import ioi_runs
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_llama):
     model = tiny_llama
-    prompts = generate_ioi(model.tokenizer, 3, seed=1).tokenize(model.tokenizer)
     kinds = sorted({kind for kind, _ in COMPONENTS.values()})
     sites = [f"{k}.{layer}" for k in kinds for layer in range(model.n_layers)]
-    with torch.no_grad():
-        clean = model.run(prompts.clean, read=sites, backend="torch")
-        corrupt = model.run(prompts.corrupt, read=sites, backend="torch")
-    ctx = MetricContext(prompts.answer, prompts.wrong, clean.logits[:, -1], corrupt.logits[:, -1])
+    prompts, clean, corrupt, ctx = ioi_runs(model, 3, 1, sites, backend="torch")
     return model, prompts, clean.acts, corrupt.acts, ctx
 
 

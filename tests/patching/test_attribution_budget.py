@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from interp import InterpError
-from interp.ioi import generate_ioi
-from interp.metrics import METRICS, MetricContext
+from interp.metrics import METRICS
 from interp.patching.activation import COMPONENTS
 from interp.patching.attribution import attribution_patching, atp, prompts_per_pass, relp
+from ioi_runs import ioi_runs
 
 COMPS = ["resid_pre", "resid_mid", "attn_out", "head_out", "head_out_pos", "mlp_act"]
 
@@ -19,13 +19,9 @@ COMPS = ["resid_pre", "resid_mid", "attn_out", "head_out", "head_out_pos", "mlp_
 @pytest.fixture(scope="module")
 def setup(tiny_llama):
     model = tiny_llama
-    prompts = generate_ioi(model.tokenizer, 5, seed=2).tokenize(model.tokenizer)
     kinds = sorted({kind for kind, _ in COMPONENTS.values()})
     sites = [f"{k}.{layer}" for k in kinds for layer in range(model.n_layers)]
-    with torch.no_grad():
-        clean = model.run(prompts.clean, read=sites)
-        corrupt = model.run(prompts.corrupt, read=sites)
-    ctx = MetricContext(prompts.answer, prompts.wrong, clean.logits[:, -1], corrupt.logits[:, -1])
+    prompts, clean, _, ctx = ioi_runs(model, 5, 2, sites)
     n_reads = len(sites)  # an upper bound on the sites any call here reads
     return model, prompts.corrupt, clean.acts, ctx, n_reads
 

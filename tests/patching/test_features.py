@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from interp import InterpError, Replace
-from interp.ioi import generate_ioi
 from interp.metrics import MetricContext, logit_diff
 from interp.patching.features import feature_effects
+from ioi_runs import ioi_runs
 from toy_dictionary import toy
 
 SITES = ["resid_post.0", "mlp_out.1"]
@@ -18,10 +18,8 @@ SITES = ["resid_post.0", "mlp_out.1"]
 
 @pytest.fixture(scope="module")
 def prompts_and_ctx(tiny_llama):
-    tokens = generate_ioi(tiny_llama.tokenizer, 3, seed=1).tokenize(tiny_llama.tokenizer)
-    with torch.no_grad():
-        clean, corrupt = tiny_llama.run(tokens.clean).logits, tiny_llama.run(tokens.corrupt).logits
-    return tokens, MetricContext(tokens.answer, tokens.wrong, clean[:, -1], corrupt[:, -1])
+    tokens, _, _, ctx = ioi_runs(tiny_llama, 3, 1)
+    return tokens, ctx
 
 
 @pytest.fixture
@@ -190,7 +188,6 @@ def test_feature_edges_equal_finite_differences_through_the_downstream_latent(se
 
     model, tokens, ctx = setup
     up, down = SITES  # resid_post.0 -> mlp_out.1
-    below = model.dictionaries[down]
     run = model.run(tokens.corrupt, read=[f"sae.{down}.latents"], grad=True)
     g = torch.autograd.grad(logit_diff(run.logits[:, -1], ctx).sum(), [run.acts[f"sae.{down}.latents"]])[0]
     chosen = (g * run.acts[f"sae.{down}.latents"]).detach().abs().sum((0, 1)).topk(3).indices.tolist()
