@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,14 +203,20 @@ class RayWorkers:
         ray = require_ray()
         return ray.get([a.pid.remote() for a in self.actors])
 
+    def put(self, shared: Any):
+        """``shared`` in Ray's object store, to pass to several `run` calls: it is sent once, and each worker keeps
+        its ``cache`` across those calls (e.g. a batched engine built once per run, not once per call)."""
+        return require_ray().put(shared)
+
     def run(self, fn: Callable, shared: Any, shards: Sequence, on_result: Callable[[int, Any], None]) -> None:
         """Run ``fn(model, shared, shard, cache)`` on every shard, calling ``on_result(index, result)`` in the
-        driver as each finishes (in completion order). A shard whose worker dies goes to another worker."""
+        driver as each finishes (in completion order). A shard whose worker dies goes to another worker.
+        ``shared`` is any object, or what `put` returned; workers keep one ``cache`` per shared object."""
         ray = require_ray()
         from ray.exceptions import RayActorError, RayTaskError
 
-        run_key = uuid.uuid4().hex
-        shared_ref = ray.put(shared)
+        shared_ref = shared if isinstance(shared, ray.ObjectRef) else ray.put(shared)
+        run_key = shared_ref.hex()
         queue = deque(enumerate(shards))
         idle, pending = list(self.actors), {}
         while queue or pending:

@@ -119,7 +119,8 @@ class Splice(Intervention):
         with torch.no_grad():
             recon_clean = d.decode(clean, x)
         error = self._keep("error", y - recon_clean.to(y.dtype))
-        recon = self._keep("recon", d.decode(latents, x).to(y.dtype))
+        same = not self.grad and not self.edits.get("latents")  # the latents are the clean ones: so is their decoding
+        recon = self._keep("recon", (recon_clean if same else d.decode(latents, x)).to(y.dtype))
         out = recon + error
         return out.reshape(act.shape) if self.flatten else out
 

@@ -47,11 +47,13 @@ def check_sites(model: Model, sites: Sequence[str]) -> list[str]:
 def feature_effects(model: Model, base: torch.Tensor, sites: Sequence[str], source: torch.Tensor,
                     metric: Callable, ctx: MetricContext, methods: Sequence[str] = ("atp",),
                     latents: dict[str, Sequence[int]] | None = None, rules: str = ",".join(RELP_RULES),
-                    max_memory: int | None = None) -> dict[str, dict[str, torch.Tensor]]:
+                    max_memory: int | None = None, source_acts: dict[str, torch.Tensor] | None = None
+                    ) -> dict[str, dict[str, torch.Tensor]]:
     """Effects per method: ``{"atp": {"sae.<site>.latents": [n, d_sae], "sae.<site>.error": [n]}, ...}``.
 
     ``base``/``source``: token ids of the base run and the run patched from (same shape). ``latents`` limits
     exact patching to some latents per site (the others are NaN); estimates always cover every latent.
+    ``source_acts``: the source run's ``sae.<site>.latents``/``.error`` when the caller has them (else one forward).
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -61,8 +63,10 @@ def feature_effects(model: Model, base: torch.Tensor, sites: Sequence[str], sour
         raise InterpError(f"base and source prompts must tokenize to the same shape, got {tuple(base.shape)} "
                           f"and {tuple(source.shape)}")
     names = _names(sites)
-    with torch.no_grad():
-        src = model.run(source, read=names).acts
+    src = source_acts
+    if src is None:
+        with torch.no_grad():
+            src = model.run(source, read=names).acts
     out: dict[str, dict[str, torch.Tensor]] = {}
     for method in (m for m in ("atp", "relp") if m in methods):
         out[method] = _estimate(model, base, sites, src, metric, ctx, rules if method == "relp" else ())

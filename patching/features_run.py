@@ -49,13 +49,14 @@ def feature_run(model: Model, prompts: PromptSet, dictionaries: list, methods: t
 
 def _run(model, prompts, dictionaries, sites, methods, metric, metric_fn, top_k, command, seed, max_memory, sources):
     tokens = prompts.tokenize(model.tokenizer)
-    with torch.no_grad():
-        clean, corrupt = model.run(tokens.clean).logits[:, -1], model.run(tokens.corrupt).logits[:, -1]
+    with torch.no_grad():  # the clean run is also the source of every patch
+        clean_run = model.run(tokens.clean, read=[f"sae.{s}.{p}" for s in sites for p in ("latents", "error")])
+        clean, corrupt = clean_run.logits[:, -1], model.run(tokens.corrupt).logits[:, -1]
     ctx = MetricContext(tokens.answer, tokens.wrong, clean, corrupt)
     baselines = {"clean": metric_fn(clean, ctx), "corrupt": metric_fn(corrupt, ctx)}
     estimators = tuple(m for m in ("atp", "relp") if m in methods or (m == "atp" and "activation" in methods))
     effects = feature_effects(model, tokens.corrupt, sites, tokens.clean, metric_fn, ctx, methods=estimators,
-                              max_memory=max_memory)
+                              max_memory=max_memory, source_acts=clean_run.acts)
     chosen = {}
     for site in sites:
         estimate = effects[estimators[0]][f"sae.{site}.latents"].mean(0)  # AtP (RelP when only it was asked)
@@ -63,7 +64,7 @@ def _run(model, prompts, dictionaries, sites, methods, metric, metric_fn, top_k,
         chosen[site] = sorted((estimate - baselines["corrupt"].mean()).abs().topk(k).indices.tolist())
     if "activation" in methods:
         effects |= feature_effects(model, tokens.corrupt, sites, tokens.clean, metric_fn, ctx, methods=("activation",),
-                                   latents=chosen, max_memory=max_memory)
+                                   latents=chosen, max_memory=max_memory, source_acts=clean_run.acts)
     base = float(baselines["corrupt"].mean())
     scores, tensors, top, errors, faithful, comparisons = {}, {}, {}, {}, {}, []
     for method, per_name in effects.items():

@@ -3,7 +3,7 @@
 The driver (`interp.patching.run.activation_patching` with ``workers=``) runs the baselines itself, then hands
 out the cells still to do (activation patching) or the sites still to pass (IG) in shards. Each worker runs
 exactly the code a local run runs on its shard (`sweep` with every other cell marked done; `path_gradient`),
-with its own batched engine built once per run, and the driver writes each finished shard into the same
+with its own batched engine built once per run (for every component and IG alike), and the driver writes each finished shard into the same
 values, done masks and IG gradients a local run checkpoints. A cell's value does not depend on which other
 cells share its forward, so the grid equals the local run's (``torch.equal``) for any number of workers.
 """
@@ -54,16 +54,16 @@ def ig_shard(model: Model, shared: dict, sites: list[tuple[str, int]], cache: di
 
 def shared_state(base: torch.Tensor, source_acts: dict, metric: str, ctx: MetricContext, layers: dict, engine: str,
                  max_memory: int | None, base_acts: dict | None = None, steps: int = 0) -> dict:
-    """What every shard of a run needs, put into Ray's object store once."""
+    """What every shard of a run needs (put into Ray's object store once per run with `RayWorkers.put`)."""
     return {"base": base, "source_acts": source_acts, "base_acts": base_acts or {}, "metric": metric, "ctx": ctx,
             "layers": layers, "engine": engine, "max_memory": max_memory, "steps": steps}
 
 
-def ray_sweep(workers: RayWorkers, model: Model, component: str, shared: dict, done: torch.Tensor,
-              values: torch.Tensor, on_chunk: Callable[[int], None]) -> None:
-    """Fill ``values``/``done`` for every cell of ``component`` not yet done, shard by shard over ``workers``."""
-    n_pos = shared["base"].shape[1]
-    todo = [p.cell for p in patches(model, component, n_pos, shared["layers"][component]) if not done[p.cell]]
+def ray_sweep(workers: RayWorkers, model: Model, component: str, shared, n_pos: int, layers: list[int],
+              done: torch.Tensor, values: torch.Tensor, on_chunk: Callable[[int], None]) -> None:
+    """Fill ``values``/``done`` for every cell of ``component`` (on ``layers``, prompts of ``n_pos`` tokens) not yet
+    done, shard by shard over ``workers``; ``shared``: the run's `shared_state`, as `RayWorkers.put` stored it."""
+    todo = [p.cell for p in patches(model, component, n_pos, layers) if not done[p.cell]]
     shards = [(component, cells) for cells in workers.shards(todo)]
 
     def on_result(index: int, result: torch.Tensor) -> None:
@@ -75,7 +75,7 @@ def ray_sweep(workers: RayWorkers, model: Model, component: str, shared: dict, d
     workers.run(sweep_shard, shared, shards, on_result)
 
 
-def ray_ig_passes(workers: RayWorkers, sites: list[tuple[str, int]], shared: dict, grads: dict[str, torch.Tensor],
+def ray_ig_passes(workers: RayWorkers, sites: list[tuple[str, int]], shared, grads: dict[str, torch.Tensor],
                   on_layer: Callable[[str, int], None]) -> None:
     """Compute IG's mean path gradient for every site not yet in ``grads``, shard by shard over ``workers``."""
     todo = [(kind, layer) for kind, layer in sites if f"{kind}.{layer}" not in grads]

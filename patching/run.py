@@ -179,6 +179,8 @@ def activation_patching(
 
     timings: dict[str, float] = {}
     last_save = time.perf_counter()
+    shared = None if workers is None else workers.put(  # sent to the workers once, for every component and IG
+        shared_state(base, source_acts, metric, ctx, layers_of, engine, max_memory, base_acts, ig_steps))
     try:
         for method in (m for m in ESTIMATORS if m in methods and m not in estimates):
             t0 = time.perf_counter()
@@ -197,8 +199,7 @@ def activation_patching(
                 if workers is not None:  # the passes on the workers, then the estimates from their gradients
                     count = len(ig_grads)
                     sites = list(dict.fromkeys((COMPONENTS[c][0], layer) for c in components for layer in layers_of[c]))
-                    ray_ig_passes(workers, sites, shared_state(base, source_acts, metric, ctx, layers_of, engine,
-                                                               max_memory, base_acts, ig_steps), ig_grads, on_layer)
+                    ray_ig_passes(workers, sites, shared, ig_grads, on_layer)
                 estimates[method] = integrated_gradients(model, components, base, source_acts, base_acts, metric_fn,
                                                          ctx, layers_of, steps=ig_steps, engine=engine,
                                                          on_layer=None if workers is not None else on_layer,
@@ -237,8 +238,7 @@ def activation_patching(
 
             t0 = time.perf_counter()
             if workers is not None:
-                ray_sweep(workers, model, comp, shared_state(base, source_acts, metric, ctx, layers_of, engine,
-                                                             max_memory), done[comp], values[comp], on_chunk)
+                ray_sweep(workers, model, comp, shared, n_pos, layers_of[comp], done[comp], values[comp], on_chunk)
             else:
                 sweep(model, comp, base, source_acts, metric_fn, ctx, layers=layers_of[comp], engine=engine,
                       done=done[comp], values=values[comp], on_chunk=on_chunk, batched=batched)

@@ -110,8 +110,8 @@ def test_an_error_in_a_shard_is_the_local_error(model, prompts, pool):
     shared = shared_state(torch.zeros(1, 3, dtype=torch.long), {}, "logit_diff", None, {"resid_pre": [0, 1]},
                           "batched", None)
     with pytest.raises(KeyError):  # the source activations are missing: the worker's KeyError reaches the driver
-        ray_sweep(pool, model, "resid_pre", shared, torch.zeros(2, 3, dtype=torch.bool), torch.zeros(1, 2, 3),
-                  lambda k: None)
+        ray_sweep(pool, model, "resid_pre", shared, 3, [0, 1], torch.zeros(2, 3, dtype=torch.bool),
+                  torch.zeros(1, 2, 3), lambda k: None)
 
 
 def test_split_even():
