@@ -360,7 +360,8 @@ def circuit_faithfulness(
     out: str = typer.Option(None, help="Run folder (default runs/faithfulness-<time>)."),
     as_json: bool = AS_JSON, seed: int = SEED, force: bool = FORCE,
 ) -> None:
-    """The metric with every head and MLP outside the circuit mean-ablated, as a fraction of the full model's."""
+    """The metric with every head and MLP outside the circuit mean-ablated, as a fraction of the full model's. A
+    feature circuit (interp features circuit) mean-ablates the latents and error terms of its dictionaries instead."""
     from interp.circuits.graph import Circuit
     from interp.circuits.runs import circuit_faithfulness_run
     from interp.metrics import get_metric

@@ -1,4 +1,5 @@
-"""Plotly figures of circuits: the graph (nodes by layer, sized by score; path-patching edges) and node details.
+"""Plotly figures of circuits: the graph (nodes by layer, sized by score; path-patching or attribution edges) and
+node details.
 
 Layout: x is the layer (an MLP, neuron or resid_post node sits half a layer to the right of the
 layer's heads), y orders the nodes of one layer; the logits sit one layer past the last node. Node
@@ -14,6 +15,9 @@ import plotly.graph_objects as go
 from interp.circuits.graph import Circuit, Edge, parse_node
 
 _LATE = {"mlp", "neuron", "resid_post"}  # read after the layer's attention: drawn half a layer later
+# feature and error nodes sit by their dictionary's site, in the order a layer's forward reaches it
+_SITE_OFFSET = {"resid_pre": -0.25, "head_out": 0.0, "attn_out": 0.0, "resid_mid": 0.25, "mlp_in": 0.25, "mlp_act": 0.5,
+                "mlp_out": 0.5, "resid_post": 0.75}
 _POSITIVE, _NEGATIVE = "#c0392b", "#2c6fbb"
 
 
@@ -22,7 +26,10 @@ def node_positions(circuit: Circuit) -> dict[str, tuple[float, float]]:
     by_column: dict[float, list[str]] = {}
     for name in circuit.nodes:
         node = parse_node(name)
-        x = node.layer + (0.5 if node.kind in _LATE else 0.0) - (0.25 if node.kind == "resid_pre" else 0.0)
+        if node.site is not None:
+            x = node.layer + _SITE_OFFSET[node.site]
+        else:
+            x = node.layer + (0.5 if node.kind in _LATE else 0.0) - (0.25 if node.kind == "resid_pre" else 0.0)
         by_column.setdefault(x, []).append(name)
     positions = {}
     for x, names in by_column.items():
@@ -33,6 +40,16 @@ def node_positions(circuit: Circuit) -> dict[str, tuple[float, float]]:
         last = max((x for x, _ in positions.values()), default=0.0)
         positions["logits"] = (float(int(last)) + 1.0, 0.0)
     return positions
+
+
+def node_label(name: str) -> str:
+    """The text drawn beside a node: its name, or ``#<latent>`` / ``err`` for feature and error nodes (whose
+    column says their site; hovering shows the full name)."""
+    node = parse_node(name)
+    if node.site is None:
+        return name
+    label = "err" if node.kind == "error" else f"#{node.unit}"
+    return label if node.pos is None else f"{label}@{node.pos}"
 
 
 def edges_of(circuit: Circuit, name: str) -> tuple[list[Edge], list[Edge]]:
@@ -67,7 +84,7 @@ def circuit_figure(circuit: Circuit, title: str = "Circuit", highlight: str | No
     scores = [circuit.nodes[n] for n in names]
     fig.add_trace(go.Scatter(
         x=[positions[n][0] for n in names], y=[positions[n][1] for n in names], mode="markers+text", name="nodes",
-        text=names, textposition="top center", customdata=names,
+        text=[node_label(n) for n in names], textposition="top center", customdata=names,
         hovertext=[f"{n}: {s:+.4f}" for n, s in zip(names, scores)], hoverinfo="text",
         marker={"size": [12 + 36 * abs(s) / top_node for s in scores],
                 "color": [_POSITIVE if s >= 0 else _NEGATIVE for s in scores],

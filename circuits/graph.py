@@ -12,7 +12,13 @@ mlp.L@p         the MLP of layer L at position p             ``<method>/mlp_out`
 neuron.L.N      neuron N of layer L's MLP                    ``<method>/mlp_act``
 attn.L@p        attention output of layer L at position p    ``<method>/attn_out``
 resid_pre.L@p   residual stream (also resid_mid, resid_post)  ``<method>/resid_pre``...
+feature.S.L.N   latent N of the dictionary at site S.L       ``interp features circuit``
+error.S.L       that dictionary's error term                 ``interp features circuit``
 ==============  ============================================  ========================
+
+Feature and error nodes (S: resid_pre, resid_mid, resid_post, attn_out, mlp_out, mlp_in, mlp_act or head_out; a
+transcoder is named by its input site) are measured over their dictionaries: see
+`interp.circuits.feature_circuit`.
 
 `node_scores` reads any run folder (activation patching, AtP, RelP, IG: ``interp.results.load_run``)
 and scores each node by its *effect*: the metric after patching it minus the base run's metric.
@@ -42,29 +48,45 @@ from interp.results import RunResult, load_run, write_json_atomic
 CIRCUIT_FILE = "circuit.json"
 CIRCUIT_SCHEMA = 1
 _NODE = re.compile(r"^(head|neuron)\.(\d+)\.(\d+)(?:@(\d+))?$|^(mlp|attn|resid_pre|resid_mid|resid_post)\.(\d+)(?:@(\d+))?$")
+DICTIONARY_SITE_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_in", "mlp_act", "head_out")
+_FEATURE = re.compile(rf"^(feature|error)\.({'|'.join(DICTIONARY_SITE_KINDS)})\.(\d+)(?:\.(\d+))?(?:@(\d+))?$")
+FEATURE_KINDS = ("feature", "error")
 _NODE_KIND = {"head_out": "head", "head_out_pos": "head", "mlp_out": "mlp", "mlp_act": "neuron", "attn_out": "attn",
               "resid_pre": "resid_pre", "resid_mid": "resid_mid", "resid_post": "resid_post"}
 
 
 @dataclass(frozen=True)
 class Node:
-    """A parsed node name: kind, layer, unit (head or neuron; None otherwise), pos (None: every position)."""
+    """A parsed node name: kind, layer, unit (head, neuron or latent; None otherwise), pos (None: every
+    position) and, for feature and error nodes, the kind of their dictionary's site (``site``)."""
 
     kind: str
     layer: int
     unit: int | None = None
     pos: int | None = None
+    site: str | None = None
 
     def __str__(self) -> str:
-        name = f"{self.kind}.{self.layer}" + ("" if self.unit is None else f".{self.unit}")
+        middle = f"{self.site}.{self.layer}" if self.kind in FEATURE_KINDS else f"{self.layer}"
+        name = f"{self.kind}.{middle}" + ("" if self.unit is None else f".{self.unit}")
         return name if self.pos is None else f"{name}@{self.pos}"
+
+    @property
+    def dictionary_site(self) -> str | None:
+        """``"resid_post.6"`` for a feature or error node of the dictionary there; None for other nodes."""
+        return f"{self.site}.{self.layer}" if self.kind in FEATURE_KINDS else None
 
 
 def parse_node(name: str) -> Node:
     """``"head.3.1@5"`` -> Node("head", 3, 1, 5); an `InterpError` for anything else."""
+    f = _FEATURE.match(str(name))
+    if f and (f.group(1) == "feature") == (f.group(4) is not None):
+        pos = None if f.group(5) is None else int(f.group(5))
+        return Node(f.group(1), int(f.group(3)), None if f.group(4) is None else int(f.group(4)), pos, f.group(2))
     m = _NODE.match(str(name))
     if not m:
-        raise InterpError(f"bad node name '{name}': use head.L.H, mlp.L, neuron.L.N, attn.L, resid_pre.L (optionally @pos)")
+        raise InterpError(f"bad node name '{name}': use head.L.H, mlp.L, neuron.L.N, attn.L, resid_pre.L, "
+                          "feature.SITE.L.N or error.SITE.L (optionally @pos)")
     if m.group(1):
         return Node(m.group(1), int(m.group(2)), int(m.group(3)), None if m.group(4) is None else int(m.group(4)))
     return Node(m.group(5), int(m.group(6)), None, None if m.group(7) is None else int(m.group(7)))
@@ -301,6 +323,9 @@ def faithfulness(model: Model, circuit: Circuit, prompts: PromptSet | TokenizedP
     """
     if reference not in ("clean", "corrupt", "both"):
         raise InterpError(f"unknown reference '{reference}': use clean, corrupt or both")
+    if any(parse_node(n).kind in FEATURE_KINDS for n in circuit.nodes):
+        raise InterpError("this circuit has feature nodes: measure it with "
+                          "interp.circuits.feature_circuit.feature_faithfulness, its dictionaries attached")
     tokens = prompts.tokenize(model.tokenizer) if isinstance(prompts, PromptSet) else prompts
     metric_fn = get_metric(metric) if isinstance(metric, str) else metric
     check_nodes(model, circuit, tokens.clean.shape[1])

@@ -18,8 +18,9 @@ import torch
 
 from interp.circuits.graph import Circuit, check_nodes, faithfulness, node_scores, overlap, parse_node, threshold
 from interp.circuits.heads import DETECTORS, detect_heads, direct_logit_attribution
-from interp.limits import check_context, check_memory, memory_budget
 from interp.circuits.units import Units, run_units
+from interp.errors import InterpError
+from interp.limits import check_context, check_memory, memory_budget
 from interp.metrics import check_finite
 from interp.model import Model
 from interp.prompts import PromptSet
@@ -152,17 +153,26 @@ def circuit_faithfulness_run(model: Model, circuit_path: str, prompts: PromptSet
 
     ``keep_mlps`` adds every MLP to the circuit (a head circuit with the MLPs left intact, as in the IOI paper).
     """
+    from interp.circuits.feature_circuit import dictionaries_attached, feature_faithfulness, is_feature_circuit
+
     circuit = Circuit.load(circuit_path)
+    features = is_feature_circuit(circuit)
+    if keep_mlps and features:
+        raise InterpError("--keep-mlps is for circuits of heads: a feature circuit leaves every head and MLP as it is")
     if keep_mlps:
         circuit = Circuit(circuit.nodes | {f"mlp.{layer}": 0.0 for layer in range(model.n_layers)}, circuit.edges, circuit.provenance)
     t0 = time.perf_counter()
-    result = faithfulness(model, circuit, prompts, metric, reference, backend)
+    if features:
+        with dictionaries_attached(model, circuit):
+            result = feature_faithfulness(model, circuit, prompts, metric, reference, backend)
+    else:
+        result = faithfulness(model, circuit, prompts, metric, reference, backend)
     per_prompt = torch.stack([result.full, result.circuit, result.empty], dim=1).float()
     means = per_prompt.mean(0)
     labels = {"model": ["full", "circuit", "empty"]}
     text = (f"{metric}: full {float(means[0]):.4f}, circuit {float(means[1]):.4f}, empty {float(means[2]):.4f}; "
-            f"fraction {_fmt(result.fraction)}, normalized {_fmt(result.normalized)} ({result.n_ablated} components "
-            "mean-ablated)")
+            f"fraction {_fmt(result.fraction)}, normalized {_fmt(result.normalized)} ({result.n_ablated} "
+            + ("mean-ablations of latents and error terms)" if features else "components mean-ablated)"))
     if result.fraction is None or result.normalized is None:
         text += "; a ratio is undefined (null) where its denominator, the full model's metric or full - empty, is 0"
     if result.ignored:
@@ -346,7 +356,6 @@ def add_path_edges(model: Model, circuit: Circuit, result: RunResult, run_folder
     `interp.ray_workers.RayWorkers`) runs the passes on Ray workers, with the same edges.
     """
     from interp.circuits.path_patching import circuit_edges
-    from interp.errors import InterpError
     from interp.results import load_run
     from interp.tasks import load_prompt_set
 

@@ -81,3 +81,63 @@ def effects(
         lines = [f"{site}: top latents " + ", ".join(f"{t['latent']}" for t in tops[:5])
                  for site, tops in result.manifest["top_latents"].items()]
         finish(console, result, out, t0, as_json, "\n".join(lines))
+
+
+@app.command()
+def circuit(
+    dictionary: str = DICTIONARY,
+    model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    device_map: str = DEVICE_MAP,
+    task: str = typer.Option("ioi", help="ioi, or a JSONL file with clean/corrupt/answer/wrong per line."),
+    n_prompts: int = typer.Option(None, help=N_PROMPTS_HELP.format(default=8)),
+    corruption: str = typer.Option(None, help="IOI corruption (ioi only): swap, three_names or order."),
+    method: str = typer.Option("atp", help="atp or relp: the estimate that ranks every latent."),
+    exact: bool = typer.Option(True, help="Patch the --top-k latents per dictionary exactly and score nodes by that."),
+    metric: str = typer.Option("logit_diff", help="logit_diff, norm_logit_diff, answer_prob or kl."),
+    nodes: int = typer.Option(8, help="Nodes per dictionary: the latents (and error term) with the largest |effect|."),
+    top_k: int = typer.Option(32, help="Candidate latents per dictionary, the largest by |estimate| (0: every one)."),
+    min_abs: float = typer.Option(None, help="Keep only nodes with |effect| at least this."),
+    edges: bool = typer.Option(True, help="Edges between the nodes of consecutive dictionaries, by attribution."),
+    reference: str = typer.Option("clean", help="Mean-ablation means (faithfulness) from the clean, corrupt or both sets."),
+    out: Path = typer.Option(None, help="Run folder for circuit.json and its report (default runs/features-circuit-<time>)."),
+    force: bool = FORCE, as_json: bool = AS_JSON, seed: int = SEED, max_memory: str = MAX_MEMORY,
+) -> None:
+    """A sparse feature circuit (Marks et al.): the latents and error terms that carry the task's behaviour, the
+    edges between consecutive dictionaries, and its faithfulness by circuit size; writes circuit.json."""
+    from interp.circuits.feature_circuit import feature_circuit_run
+    from interp.cli_support import finite, phase_callback, progress_bar
+    from interp.metrics import get_metric
+    from interp.tasks import check_task
+
+    if method not in ("atp", "relp"):
+        raise InterpError(f"unknown --method '{method}': use atp or relp")
+    if reference not in ("clean", "corrupt", "both"):
+        raise InterpError(f"unknown --reference '{reference}': use clean, corrupt or both")
+    get_metric(metric)
+    if nodes < 1 or top_k < 0 or (top_k and top_k < nodes):
+        raise InterpError(f"--nodes must be at least 1 and at most --top-k (0: every latent), got --nodes {nodes} "
+                          f"--top-k {top_k}")
+    if min_abs is not None:
+        finite(min_abs, "--min-abs")
+    if n_prompts is not None and n_prompts < 1:
+        raise InterpError("--n-prompts must be at least 1")
+    budget = None if max_memory is None else parse_size(max_memory, "--max-memory")
+    check_task(task, corruption)
+    check_outside_out(out, force, task=task, dictionary=dictionary if "," not in dictionary else None)
+    created = out is None or not Path(out).exists()
+    out = prepare_out(out, "features-circuit", force=force)
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    with removed_if_failed_empty(out, created):
+        m, prompts = load_model_and_prompts(console, model, backend, device, dtype, task, n_prompts or 8, seed,
+                                            corruption, device_map=device_map)
+        dictionaries, folders = _load_dictionaries(dictionary, m)
+        with progress_bar(console) as bar:
+            result, built = feature_circuit_run(m, prompts, dictionaries, metric, nodes, top_k, method, exact, edges,
+                                                min_abs, reference, command_line(), seed, budget,
+                                                [str(Path(f).resolve()) for f in folders], progress=phase_callback(bar))
+        built.save(out)
+        f = result.manifest["faithfulness"]
+        norm = "undefined" if f["normalized"] is None else f"{f['normalized']:.3f}"
+        finish(console, result, out, t0, as_json,
+               f"{len(built)} nodes, {len(built.edges)} edges; faithfulness (normalized) {norm}")

@@ -184,7 +184,7 @@ def test_cli_features_effects_and_steer_latent(interp_cli, tmp_path):
 
 
 def test_feature_edges_equal_finite_differences_through_the_downstream_latent(setup):
-    from interp.patching.feature_edges import feature_edges
+    from interp.circuits.feature_edges import feature_edges
 
     model, tokens, ctx = setup
     up, down = SITES  # resid_post.0 -> mlp_out.1
