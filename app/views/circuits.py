@@ -1,5 +1,6 @@
-"""Circuits: the graph of a circuit (nodes sized by score, path-patching edges) with node details, the
-overlap of two circuits, and faithfulness runs."""
+"""Circuits: the graph of a circuit (nodes sized by score; path-patching or, for feature circuits, attribution
+edges) with node details and, where the run has one, its faithfulness curve; the overlap of two circuits, and
+faithfulness runs."""
 
 from __future__ import annotations
 
@@ -59,16 +60,21 @@ def _graph(entries: list[RunEntry]) -> None:
         node = parse_node(highlight)
         incoming, outgoing = edges_of(circuit, highlight)
         metric = run.manifest.get("metric") if isinstance(run.manifest.get("metric"), str) else None
-        st.markdown(f"**{md(highlight)}**: {node.kind}, layer {node.layer}"
-                    + ("" if node.unit is None else f", unit {node.unit}") + ("" if node.pos is None else f", position {node.pos}")
+        what = (f"latent {node.unit} of the dictionary at {node.dictionary_site}" if node.kind == "feature" else
+                f"the error term of the dictionary at {node.dictionary_site}" if node.kind == "error" else
+                f"{node.kind}, layer {node.layer}" + ("" if node.unit is None else f", unit {node.unit}"))
+        st.markdown(f"**{md(highlight)}**: {md(what)}" + ("" if node.pos is None else f", position {node.pos}")
                     + f"; score {circuit.nodes[highlight]:+.4f} (change in {md(metric or 'the metric')} when patched)")
         cols = st.columns(2)
         cols[0].markdown("Edges in")
         cols[0].dataframe([{"from": e.sender, "score": round(e.score, 5)} for e in incoming], hide_index=True)
         cols[1].markdown("Edges out")
         cols[1].dataframe([{"to": e.receiver, "score": round(e.score, 5)} for e in outgoing], hide_index=True)
+    if "circuit/curve" in run.scores and run.scores["circuit/curve"].ndim == 1:
+        st.markdown("Faithfulness by circuit size (the metric with everything outside the circuit mean-ablated)")
+        show_figure(run.plot("circuit/curve"), key=f"curve-{entry.path}", name=f"{entry.name}_curve")
     if not circuit.edges:
-        st.caption("No edges: build with `interp circuit build --edges` to add path-patching edges.")
+        st.caption("No edges: build with `interp circuit build --edges` (or `interp features circuit --edges`) to add them.")
     st.dataframe(node_table(circuit), hide_index=True, width="stretch")
     provenance = circuit.provenance if isinstance(circuit.provenance, dict) else {}
     st.caption(f"built from {md(scalar(provenance.get('run')))} with {md(scalar(provenance.get('method')))}")

@@ -1,11 +1,16 @@
 """The run folders the app's tests browse: `interp` arguments per folder, and the unreadable folders."""
 
+from pathlib import Path
+
 TINY = ["--model", "tiny-llama"]
+SAELENS = Path(__file__).resolve().parents[1] / "fixtures" / "saelens"  # dictionaries SAELens wrote for tiny-llama
 COMMANDS = {  # folder -> arguments of `interp`
     "patch": ["patch", *TINY, "--n-prompts", "2", "--components", "resid_pre,head_out,mlp_out",
               "--method", "activation,atp,relp,ig", "--ig-steps", "2"],
     "circuit_a": ["circuit", "build", "--run", "{runs}/patch", "--top-k", "4", "--components", "head_out", "--edges", *TINY],
     "circuit_b": ["circuit", "build", "--run", "{runs}/patch", "--top-k", "3"],
+    "feature_circuit": ["features", "circuit", *TINY, "--dictionary", f"{SAELENS / 'jumprelu'},{SAELENS / 'standard'}",
+                        "--n-prompts", "3", "--nodes", "3", "--top-k", "4"],
     "overlap": ["circuit", "overlap", "{runs}/circuit_a", "{runs}/circuit_b"],
     "faithfulness": ["circuit", "faithfulness", "{runs}/circuit_a", *TINY, "--n-prompts", "2"],
     "subspace": ["subspace", *TINY, "--site", "mlp_act.1", "--method", "das", "--n-prompts", "8", "--epochs", "2"],

@@ -19,7 +19,7 @@ from app_runs import BROKEN
 from streamlit.testing.v1 import AppTest
 
 from interp.app.catalog import scan_runs
-from interp.circuits.graph import Circuit
+from interp.circuits.graph import Circuit, parse_node
 from interp.plots import inert, position_labels
 from interp.results import load_run
 
@@ -219,6 +219,25 @@ def test_circuit_graph_node_details_and_overlap(app_runs, monkeypatch):
     shared, union = set(a.nodes) & set(b.nodes), set(a.nodes) | set(b.nodes)
     assert at.metric[0].value == f"{len(shared) / len(union):.3f}"
     assert at.metric[1].value == f"{len(shared) / len(a.nodes):.3f}"
+
+
+def test_feature_circuit_graph_curve_and_node_details(app_runs, monkeypatch):
+    circuit = Circuit.load(app_runs / "feature_circuit")
+    run = load_run(app_runs / "feature_circuit")
+    at = open_page(app_runs, "Circuits", monkeypatch, "feature_circuit")
+    assert_clean(at)
+    graph, curve = charts(at)[:2]
+    nodes = next(t for t in graph["data"] if t.get("name") == "nodes")
+    assert sorted(nodes["customdata"]) == sorted(circuit.nodes)
+    assert all(label == "err" or label.startswith("#") for label in nodes["text"])
+    assert len([t for t in graph["data"] if t.get("mode") == "lines"]) == len(circuit.edges) > 0
+    assert np.allclose(_array(curve["data"][0]["y"]), run.scores["circuit/curve"].numpy())
+    feature = next(n for n in circuit.nodes if n.startswith("feature."))
+    at.selectbox(key="circuit-node").set_value(feature).run()
+    assert_clean(at)
+    node = parse_node(feature)
+    assert any(f"latent {node.unit} of the dictionary at {node.dictionary_site}" in unescape(m.value) for m in at.markdown)
+    assert len(at.dataframe[0].value) == sum(e.receiver == feature for e in circuit.edges)
 
 
 def test_attention_pattern_matches_the_other_backend(app_runs, monkeypatch, tiny_llama):
