@@ -1,4 +1,5 @@
-"""``interp sae train``: train a sparse autoencoder or transcoder on the hook layer and save it in SAELens's layout.
+"""``interp sae train``: train a sparse autoencoder or transcoder on the hook layer and save it in SAELens's layout;
+``interp sae latents``: its latent pages (`interp.circuits.latent_pages`) as a run folder for the app.
 
 The run folder holds the dictionary (``cfg.json`` + ``sae_weights.safetensors``, readable by
 `interp.dictionary.load_dictionary` and by SAELens 6) beside the usual run files (``manifest.json`` with L0,
@@ -8,6 +9,7 @@ checkpoint in the folder (``partial.safetensors`` + ``progress.json``) lets Ctrl
 ``--resume`` finish it with the same weights an uninterrupted run gets.
 
     interp sae train --site resid_post.6 --latents 4608 --tokens 2M --arch topk --k 32 --out runs/sae6
+    interp sae latents --dictionary runs/sae6 --tokens 200k --out runs/sae6-latents
 """
 
 from __future__ import annotations
@@ -27,14 +29,15 @@ from interp.cli_support import (AS_JSON, BACKEND, DEVICE, DTYPE, FORCE, MODEL, S
                                 finish, load_model, progress_bar)
 from interp.errors import InterpError
 
-app = typer.Typer(help="Sparse dictionaries: train SAEs and transcoders on the hook layer (SAELens layout on disk).",
+app = typer.Typer(help="Sparse dictionaries: train SAEs and transcoders on the hook layer (SAELens layout on disk); "
+                  "their latent pages.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 
 
 @app.callback()
 def _group() -> None:
-    """Sparse dictionaries: train SAEs and transcoders on the hook layer (SAELens layout on disk)."""
+    """Sparse dictionaries: train SAEs and transcoders on the hook layer (SAELens layout on disk); their latent pages."""
 
 
 _COUNT = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGbB]?)\s*")
@@ -216,3 +219,62 @@ def _remove_if_created(folder: Path, existed: bool) -> None:
             folder.rmdir()  # only an empty folder
         except OSError:
             pass
+
+
+@app.command("latents")
+def latents_command(
+    dictionary: str = typer.Option(..., help="The dictionary's folder (SAELens layout, e.g. what `interp sae train` wrote)."),
+    corpus: str = typer.Option("builtin", help="builtin, a .txt file or a .jsonl file with a 'text' field."),
+    tokens: str = typer.Option("200k", help="Tokens to read, e.g. 20000, 500k (at most one pass over the corpus)."),
+    context: int = typer.Option(64, help="Tokens per context."),
+    top: int = typer.Option(20, help="Top-activating contexts kept per latent."),
+    window: int = typer.Option(12, help="Tokens kept on each side of a top context's maximum."),
+    logit_tokens: int = typer.Option(10, "--logit-tokens", help="Promoted and suppressed tokens kept per latent."),
+    model_batch: int = typer.Option(8, help="Contexts per model forward."),
+    model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    out: str = typer.Option(None, help="Run folder (default runs/latents-<time>)."),
+    as_json: bool = AS_JSON, seed: int = SEED, force: bool = FORCE,
+) -> None:
+    """Latent pages: every latent's density, activation histogram, top-activating contexts and logit effects."""
+    from interp.circuits.corpus import load_corpus
+    from interp.circuits.latent_pages import latents_run
+    from interp.dictionary import check_dictionary, load_dictionary
+    from interp.outdir import prepare_out
+    from interp.results import MANIFEST, REPORT, SCORES
+
+    n_tokens = parse_count(tokens)
+    for name, value, low in (("--context", context, 2), ("--top", top, 1), ("--window", window, 0),
+                             ("--logit-tokens", logit_tokens, 1), ("--model-batch", model_batch, 1)):
+        if value < low:
+            raise InterpError(f"{name} must be at least {low}, got {value}")
+    d = load_dictionary(dictionary)  # a bad folder fails here, before the model loads
+    load_corpus(corpus)
+    check_outside_out(out, force, dictionary=dictionary, corpus=corpus if corpus != "builtin" else None)
+    existed = out is not None and Path(out).exists()
+    folder = prepare_out(out, "latents", force)
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
+    try:
+        m = load_model(console, model, backend, device, dtype)
+        check_dictionary(d, m)
+        d = d.to(m.device)
+        with progress_bar(console) as bar:
+            task = bar.add_task("contexts", total=None)
+            result = latents_run(m, d, corpus, n_tokens, context, top, window, logit_tokens, model_batch, seed, backend,
+                                 lambda done, total: bar.update(task, completed=done, total=total), command_line(),
+                                 str(Path(dictionary).resolve()))
+        finish(console, result, folder, t0, as_json, result.manifest["notes"][0]["text"])
+    except (KeyboardInterrupt, InterpError) as e:
+        if not (folder / MANIFEST).is_file():  # an unfinished save leaves no half a run behind
+            for name in (SCORES, REPORT):
+                (folder / name).unlink(missing_ok=True)
+            _remove_if_created(folder, existed)
+        if isinstance(e, InterpError):
+            raise
+        console.print("interrupted: nothing was written; run the command again", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
