@@ -218,7 +218,8 @@ def check_dictionary(d: Dictionary, model) -> None:
             continue
         expected = model.site_width(site)  # also a one-line error for a layer or site kind this model lacks
         if expected is None:
-            raise InterpError(f"{site} is a read-only site: a dictionary cannot read or replace it")
+            raise InterpError(f"a dictionary cannot read or replace {site} (read-only or per-head q/k/v site): use a "
+                              "residual, attn_out, mlp_out, mlp_in, mlp_act or head_out site")
         if width != expected:
             raise InterpError(f"the dictionary's {what} is {width} but {site} of '{model.name}' is "
                               f"{expected} wide")

@@ -178,13 +178,13 @@ class Model:
     # ----------------------------------------------------------------- dictionaries
     def site_width(self, site: str | Site) -> int | None:
         """The last-axis width of ``site`` as a dictionary reads it (head_out flattened: n_heads * d_head); None
-        for sites no dictionary reads (attention patterns, norm divisors, MoE router and expert reads)."""
+        for sites no dictionary reads (q/k/v, attention patterns, norm divisors, MoE router and expert reads)."""
         kind = self.site(site).kind
         if kind == "head_out":
             return self.n_heads * self.d_head
         if kind == "mlp_act":
             return self.d_mlp
-        return None if kind in READ_ONLY_KINDS else self.d_model
+        return None if kind in READ_ONLY_KINDS or kind in ("q", "k", "v") else self.d_model
 
     def attach(self, dictionary) -> str:
         """Splice a sparse dictionary (`interp.dictionary.Dictionary`) at its site: runs may then read and edit
@@ -276,9 +276,35 @@ class Model:
             return self.adapter.W_O(self.hf, layer)
 
     def W_Q(self, layer: int) -> torch.Tensor:
-        """Query weights [n_heads, d_model, d_head] (cut out of a fused q/k/v projection where there is one)."""
+        """Query weights [n_heads, d_model, d_head] (cut out of a fused q/k/v projection where there is one): the site
+        ``q.L`` is ln1(resid_pre) @ W_Q + b_Q, per head (the projection's output, before any q-norm and RoPE)."""
         with self._weights():
             return self.adapter.W_Q(self.hf, layer)
+
+    def W_K(self, layer: int) -> torch.Tensor:
+        """Key weights [n_kv_heads, d_model, d_head]: the site ``k.L`` is ln1(resid_pre) @ W_K + b_K, per KV head."""
+        with self._weights():
+            return self.adapter.W_K(self.hf, layer)
+
+    def W_V(self, layer: int) -> torch.Tensor:
+        """Value weights [n_kv_heads, d_model, d_head]: the site ``v.L`` is ln1(resid_pre) @ W_V + b_V, per KV head."""
+        with self._weights():
+            return self.adapter.W_V(self.hf, layer)
+
+    def b_Q(self, layer: int) -> torch.Tensor | None:
+        """Query bias [n_heads, d_head], None where the projection has none."""
+        with self._weights():
+            return self.adapter.b_QKV(self.hf, layer, "q")
+
+    def b_K(self, layer: int) -> torch.Tensor | None:
+        """Key bias [n_kv_heads, d_head], None where the projection has none."""
+        with self._weights():
+            return self.adapter.b_QKV(self.hf, layer, "k")
+
+    def b_V(self, layer: int) -> torch.Tensor | None:
+        """Value bias [n_kv_heads, d_head], None where the projection has none."""
+        with self._weights():
+            return self.adapter.b_QKV(self.hf, layer, "v")
 
     def ln1_gain(self, layer: int) -> torch.Tensor:
         """The gain [d_model] of the norm before layer ``layer``'s attention."""

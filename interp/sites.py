@@ -16,6 +16,9 @@ resid_post.L       [batch, pos, d_model]              residual leaving layer L
 attn_out.L         [batch, pos, d_model]              what attention adds to the residual
 mlp_out.L          [batch, pos, d_model]              what the MLP adds to the residual
 mlp_in.L           [batch, pos, d_model]              what the MLP reads (its norm's output, if any)
+q.L                [batch, pos, n_heads, d_head]      the query projection's output per head (before q-norm, RoPE)
+k.L                [batch, pos, n_kv_heads, d_head]   the key projection's output per KV head (before k-norm, RoPE)
+v.L                [batch, pos, n_kv_heads, d_head]   the value projection's output per KV head
 head_out.L         [batch, pos, n_heads, d_head]      per-head attention output z (before W_O)
 mlp_act.L          [batch, pos, d_mlp]                neurons: act(gate) * up for gated MLPs
 attn_pattern.L     [batch, n_heads, q_pos, k_pos]     attention probabilities (read only)
@@ -29,6 +32,9 @@ expert_out.L       [batch, pos, n_experts, d_model]   each expert's weighted out
 The meanings hold for every block shape: ``attn_out``/``mlp_out`` are exactly what each sublayer
 adds to the residual stream (after any post-norm or residual multiplier), ``resid_mid`` exists
 only where attention and MLP run one after the other, and ``mlp_act`` only on dense MLP layers.
+``q``/``k``/``v`` are the projections' outputs cut per head out of separate or fused projections
+(``ln1(resid_pre) @ W_Q + b_Q``, `Model.W_Q` / ``W_K`` / ``W_V``); with grouped-query attention one
+KV head serves n_heads / n_kv_heads query heads.
 The norm divisor is sqrt(mean(x**2) + eps) for RMSNorm and sqrt(var(x) + eps) for LayerNorm.
 
 Writing ``resid_mid.L`` replaces the residual stream itself (what the MLP *and* later layers see),
@@ -53,6 +59,9 @@ LAYER_KINDS = (
     "attn_out",
     "mlp_out",
     "mlp_in",
+    "q",
+    "k",
+    "v",
     "head_out",
     "mlp_act",
     "attn_pattern",

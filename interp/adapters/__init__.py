@@ -16,7 +16,7 @@ from __future__ import annotations
 from interp.adapters.adapter import Adapter, NormSpec, norm_eps
 from interp.adapters.families import FAMILIES, MULTIMODAL
 from interp.adapters.layout import build, with_paths
-from interp.adapters.points import INPUT, OUTPUT, RULE, Point, RulePoint
+from interp.adapters.points import INPUT, OUTPUT, RULE, Part, Point, RulePoint
 from interp.errors import InterpError
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "RULE",
     "Adapter",
     "NormSpec",
+    "Part",
     "Point",
     "RulePoint",
     "adapter_for",

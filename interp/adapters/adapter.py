@@ -8,7 +8,7 @@ description (`interp.adapters.families`) and the HF config. It says
   as in GPT-NeoX, GPT-J, Falcon), ``sandwich`` (pre- and post-norms, Gemma 2/3) or ``post_norm``
   (a norm after each sublayer only, OLMo-2);
 - the norm kind (RMSNorm with its gain offset, or LayerNorm), the attention layout (how to cut
-  W_Q and W_O out of separate or fused projections), the MLP kind (gated, plain, fused, MoE);
+  W_Q, W_K, W_V and W_O out of separate or fused projections), the MLP kind (gated, plain, fused, MoE);
 - the per-layer attention windows and every scalar the forward applies.
 
 Nothing outside `interp.adapters` names an HF module path or config field: methods ask the adapter
@@ -78,6 +78,9 @@ class Adapter:
     d_vocab: int
     n_ctx: int | None  # the longest sequence the positions support (None: the config does not say, e.g. ALiBi)
     w_q: WeightFn  # [n_heads, d_model, d_head]
+    w_k: WeightFn  # [n_kv_heads, d_model, d_head]
+    w_v: WeightFn  # [n_kv_heads, d_model, d_head]
+    qkv_bias: Callable[[torch.nn.Module, int, str], torch.Tensor | None]  # (hf, layer, "q"|"k"|"v") -> [heads, d_head]
     w_o: WeightFn  # [n_heads, d_head, d_model], times what the block multiplies the attention output by
     w_out: WeightFn  # [d_mlp, d_model], likewise
     attn_out_bias: Callable[[torch.nn.Module, int], torch.Tensor | None]
@@ -166,6 +169,18 @@ class Adapter:
 
     def W_Q(self, hf: torch.nn.Module, layer: int) -> torch.Tensor:
         return self.w_q(hf, layer)
+
+    def W_K(self, hf: torch.nn.Module, layer: int) -> torch.Tensor:
+        return self.w_k(hf, layer)
+
+    def W_V(self, hf: torch.nn.Module, layer: int) -> torch.Tensor:
+        return self.w_v(hf, layer)
+
+    def b_QKV(self, hf: torch.nn.Module, layer: int, which: str) -> torch.Tensor | None:
+        """The bias [heads, d_head] of the ``which`` ("q", "k" or "v") projection, None where it has none."""
+        if which not in ("q", "k", "v"):
+            raise InterpError(f"unknown projection '{which}': use q, k or v")
+        return self.qkv_bias(hf, layer, which)
 
     def W_O(self, hf: torch.nn.Module, layer: int) -> torch.Tensor:
         return self.w_o(hf, layer)

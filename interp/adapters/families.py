@@ -80,14 +80,14 @@ def _granite(cfg) -> Layout:
 def _olmo2(cfg) -> Layout:
     # No pre-norms: a norm after each sublayer; q/k norms over the full projection width.
     return replace(LLAMA, block="post_norm", ln1=None, ln2=None, attn_post_norm="post_attention_layernorm",
-                   mlp_post_norm="post_feedforward_layernorm", q_norm="q_norm", k_norm="k_norm")
+                   mlp_post_norm="post_feedforward_layernorm", q_norm="q_norm", k_norm="k_norm", qk_norm_each=True)
 
 
 def _static(layout: Layout) -> Callable[[object], Layout]:
     return lambda cfg: layout
 
 
-QK_NORM = replace(LLAMA, q_norm="q_norm", k_norm="k_norm")
+QK_NORM = replace(LLAMA, q_norm="q_norm", k_norm="k_norm", qk_norm_each=True)  # Qwen3: q_proj, q_norm, k_proj, k_norm
 
 # model_type -> (family name, layout from config). Multimodal wrappers are resolved in `interp.adapters`.
 FAMILIES: dict[str, tuple[str, Callable[[object], Layout]]] = {

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from interp.adapters.adapter import Adapter, NormSpec, norm_eps
-from interp.adapters.points import Point, RulePoint
+from interp.adapters.points import Part, Point, RulePoint
 from interp.errors import InterpError
 
 QKV_LAYOUTS = ("separate", "fused", "per_head", "conv1d", "grouped", "multi_query")
@@ -33,11 +33,14 @@ class Layout:
     norm: NormSpec = NormSpec("rms")
     attn: str = "self_attn"
     q: str = "q_proj"  # the query projection, or the fused q/k/v projection (see qkv)
+    k: str = "k_proj"  # the key and value projections (separate layout only)
+    v: str = "v_proj"
     qkv: str = "separate"  # separate | fused [Q|K|V] | per_head [q,k,v]*h | conv1d (GPT-2) | grouped | multi_query
     o: str = "o_proj"
     q_norm: str | None = None  # relative to attn
     k_norm: str | None = None
     qk_norm_per_head_modules: bool = False  # StableLM: a LayerNorm per head under q_norm.norms.{h}
+    qk_norm_each: bool = False  # q_norm runs right after q_proj, before k_proj (Qwen3, OLMo-2); else after v_proj
     mlp: str = "mlp"
     act: str = "act_fn"  # relative to mlp
     up: str | None = "up_proj"  # None: plain MLP; the act's input is then the first linear's output
@@ -114,28 +117,43 @@ def _weight(hf: torch.nn.Module, path: str) -> torch.Tensor:
     return hf.get_submodule(path).weight
 
 
-def _q_rows(layout: Layout, w: torch.Tensor, n: dict[str, int]) -> torch.Tensor:
-    """The query part [n_heads * d_head, d_model] of a (possibly fused) projection weight (Linear layout)."""
-    h, kv, d = n["n_heads"], n["n_kv_heads"], n["d_head"]
-    if layout.qkv in ("separate", "fused", "multi_query"):
-        return w[: h * d]
-    if layout.qkv == "per_head":  # [q_h, k_h, v_h] for each head h
-        return w.view(h, 3, d, -1)[:, 0].reshape(h * d, -1)
-    if layout.qkv == "grouped":  # [q.. (h / kv), k, v] for each kv head
-        return w.view(kv, h // kv + 2, d, -1)[:, : h // kv].reshape(h * d, -1)
-    raise InterpError(f"unknown q/k/v layout {layout.qkv!r}")
+def qkv_parts(layout: Layout, n: dict[str, int]) -> dict[str, tuple[str, Part]]:
+    """For q, k and v: the projection holding them (relative to the attention module) and their `Part` of its output."""
+    h, kv = n["n_heads"], n["n_kv_heads"]
+    if layout.qkv == "separate":
+        return {c: (getattr(layout, c), Part(1, count, 0, count)) for c, count in (("q", h), ("k", kv), ("v", kv))}
+    if layout.qkv in ("fused", "multi_query"):  # [Q | K | V]
+        groups, bounds = 1, (0, h, h + kv, h + 2 * kv)
+    elif layout.qkv == "per_head":  # [q_h, k_h, v_h] for each head h
+        groups, bounds = h, (0, 1, 2, 3)
+    elif layout.qkv == "grouped":  # [q.. (h / kv), k, v] for each kv head
+        groups, bounds = kv, (0, h // kv, h // kv + 1, h // kv + 2)
+    else:
+        raise InterpError(f"unknown q/k/v layout {layout.qkv!r}")
+    return {c: (layout.q, Part(groups, bounds[-1], bounds[i], bounds[i + 1])) for i, c in enumerate("qkv")}
 
 
-def weight_fns(layout: Layout, n: dict[str, int]):
-    """W_Q, W_O, W_out accessors and the attention output bias, for this layout."""
+def weight_fns(layout: Layout, n: dict[str, int]) -> dict[str, Callable]:
+    """The `Adapter`'s weight accessors for this layout: W_Q/W_K/W_V, q/k/v biases, W_O, W_out, the attention output bias."""
     h, d, m = n["n_heads"], n["d_head"], layout.residual_multiplier
     layer = layout.layers + ".{L}."
     attn = layer + layout.attn + "."
+    parts = qkv_parts(layout, n)
 
-    def w_q(hf, L):
-        w = _weight(hf, (attn + layout.q).format(L=L))
-        w = w.T if layout.conv1d else w  # Conv1D stores [in, out]
-        return _q_rows(layout, w, n).reshape(h, d, -1).transpose(1, 2)
+    def w_proj(which: str) -> Callable:
+        module, part = parts[which]
+
+        def w(hf, L):  # [heads, d_model, d_head]
+            w = _weight(hf, (attn + module).format(L=L))
+            w = w if layout.conv1d else w.T  # -> [d_model, out] (Conv1D stores [in, out])
+            return part.take(w).transpose(0, 1)
+
+        return w
+
+    def qkv_bias(hf, L, which):  # [heads, d_head] or None
+        module, part = parts[which]
+        bias = hf.get_submodule((attn + module).format(L=L)).bias
+        return None if bias is None else part.take(bias)
 
     def w_o(hf, L):
         w = _weight(hf, (attn + layout.o).format(L=L))
@@ -152,7 +170,8 @@ def weight_fns(layout: Layout, n: dict[str, int]):
         bias = hf.get_submodule((attn + layout.o).format(L=L)).bias
         return None if bias is None else (bias * m if m != 1.0 else bias)
 
-    return w_q, w_o, w_out, o_bias
+    return dict(w_q=w_proj("q"), w_k=w_proj("k"), w_v=w_proj("v"), qkv_bias=qkv_bias, w_o=w_o, w_out=w_out,
+                attn_out_bias=o_bias)
 
 
 # ---------------------------------------------------------------- MoE (derived read-only sites)
@@ -235,6 +254,12 @@ def build(family: str, layout: Layout, config, caps_logits: bool = True) -> Adap
         "mlp_act": P(f"{mlp}.{layout.down}", "input", lens + "mlp.hook_post", order=55),
         "resid_post": P(layer, "output", lens + "hook_resid_post", index=0 if layout.layer_output_tuple else None, order=80),
     }
+    # the projections' outputs per head, before any q/k norm and RoPE; fused projections are cut by a `Part`
+    qkv_order = dict(q=12, k=14, v=16) if layout.qk_norm_each else dict(q=12, k=13, v=14)
+    for c, (module, part) in qkv_parts(layout, n).items():
+        whole = part.groups == 1 and part.lo == 0 and part.hi == part.slots
+        points[c] = P(f"{attn}.{module}", "output", lens + f"attn.hook_{c}", order=qkv_order[c],
+                      heads=part.hi if whole else 0, part=None if whole else part)
     if layout.attn_post_norm:  # sandwich / post-norm: the residual receives the post-norm's output
         points["attn_out"] = P(f"{layer}.{layout.attn_post_norm}", "output", lens + "hook_attn_out", order=40)
         points["mlp_out"] = P(f"{layer}.{layout.mlp_post_norm}", "output", lens + "hook_mlp_out", order=65)
@@ -260,12 +285,13 @@ def build(family: str, layout: Layout, config, caps_logits: bool = True) -> Adap
                          derive=divisor)
 
     rules = [RulePoint(p.module, "norm", p.order) for p in norms.values()]
+    qk_norm_order = (13, 15) if layout.qk_norm_each else (15, 16)
     for i, name in enumerate((layout.q_norm, layout.k_norm)):
         if name and layout.qk_norm_per_head_modules:
             count = n["n_heads"] if i == 0 else n["n_kv_heads"]
-            rules += [RulePoint(f"{attn}.{name}.norms.{h}", "norm", 15 + i) for h in range(count)]
+            rules += [RulePoint(f"{attn}.{name}.norms.{h}", "norm", qk_norm_order[i]) for h in range(count)]
         elif name:
-            rules.append(RulePoint(f"{attn}.{name}", "norm", 15 + i))
+            rules.append(RulePoint(f"{attn}.{name}", "norm", qk_norm_order[i]))
     if layout.attn_post_norm:
         rules += [RulePoint(f"{layer}.{layout.attn_post_norm}", "norm", 40),
                   RulePoint(f"{layer}.{layout.mlp_post_norm}", "norm", 65)]
@@ -279,14 +305,13 @@ def build(family: str, layout: Layout, config, caps_logits: bool = True) -> Adap
     elif layout.up:
         rules += [RulePoint(act, "gated_product", 50, only=dense), RulePoint(f"{mlp}.{layout.up}", "gated_product", 51, only=dense)]
 
-    w_q, w_o, w_out, o_bias = weight_fns(layout, n)
     n_layers = n["n_layers"]
     moe = moe_layers(config, layout, n_layers)
     return Adapter(
         family=family, block=layout.block, points=points, norms=norms, norm=layout.norm,
         rule_points=tuple(sorted(rules, key=lambda r: (r.order, r.module))), layers=layout.layers,
         final_norm=layout.final_norm, unembed=layout.unembed, embed=layout.embed, **n,
-        w_q=w_q, w_o=w_o, w_out=w_out, attn_out_bias=o_bias, windows=windows(config, layout, n_layers),
+        **weight_fns(layout, n), windows=windows(config, layout, n_layers),
         moe_layers=moe, n_experts=_first(config, "num_experts", "num_local_experts", default=0) if moe else 0,
         notes=layout.notes, logit_post=logit_post(config, caps_logits),
         softcaps=(n_layers if getattr(config, "attn_logit_softcapping", None) else 0)

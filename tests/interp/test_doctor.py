@@ -76,9 +76,9 @@ def test_a_wrong_residual_multiplier_fails_and_names_the_site():
     checks = by_name(doctor_checks(model))
     failed = {key for key, c in checks.items() if not c.passed}
     assert {("resid_mid = resid_pre + attn_out", "torch"), ("head_out · W_O + b_O = attn_out", "torch"),
-            ("reads = torch (34 sites)", "lens")} <= failed
+            ("reads = torch (43 sites)", "lens")} <= failed
     assert "attn_out.0" in checks[("resid_mid = resid_pre + attn_out", "torch")].detail
-    assert checks[("reads = torch (34 sites)", "lens")].detail == "largest: attn_out.0"  # the bridge's hook is right
+    assert checks[("reads = torch (43 sites)", "lens")].detail == "largest: attn_out.0"  # the bridge's hook is right
     bad = checks[("resid_mid = resid_pre + attn_out", "torch")]
     assert bad.max_diff > 10 * bad.tolerance
     # plain logits do not depend on the adapter; nothing else was touched
@@ -181,7 +181,7 @@ def test_cli_doctor_prints_a_table_and_exits_0(interp_cli):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "interp doctor: tiny-llama (llama, sequential block, 2 layers, float32, cpu" in out
-    for name in ("logits = HF forward", "resid_mid = resid_pre + attn_out", "reads = torch (23 sites)",
+    for name in ("logits = HF forward", "resid_mid = resid_pre + attn_out", "reads = torch (29 sites)",
                  "interventions = torch", "batched = hooks engine (resid_pre)", "no hook left behind"):
         assert name in out, name
     assert "FAIL" not in out and "all 14 checks passed" in out
@@ -196,7 +196,7 @@ def test_cli_doctor_json(interp_cli):
     assert report["family"] == "llama" and report["block"] == "sequential"
     statuses = {(c["name"], c["backend"]): c["status"] for c in report["checks"]}
     assert statuses[("logits = HF forward", "nnsight")] == "pass"
-    assert statuses[("reads = torch (23 sites)", "nnsight")] == "pass"
+    assert statuses[("reads = torch (29 sites)", "nnsight")] == "pass"
     assert ("logits = HF forward", "lens") not in statuses
     for c in report["checks"]:
         assert {"name", "backend", "passed", "max_diff", "tolerance", "detail", "refused", "status"} <= set(c)

@@ -152,7 +152,9 @@ def _interventions(model) -> list:
            Ablate("head_out.1", index=(slice(None), slice(None), 1)),
            Replace("attn_out.0", torch.zeros(model.d_model), index=(slice(None), 6)),
            Add("mlp_out.1", torch.randn(model.d_model), coeff=0.3),
-           Add("mlp_in.0", torch.randn(model.d_model), coeff=0.2, positions=[2, 8])]
+           Add("mlp_in.0", torch.randn(model.d_model), coeff=0.2, positions=[2, 8]),
+           Add("q.1", torch.randn(model.d_head), coeff=0.5, positions=[4]),
+           Ablate("v.0", index=(slice(None), slice(None), model.n_kv_heads - 1))]
     if "resid_mid" in a.points:
         ivs.append(Replace(f"resid_mid.{n - 1}", torch.randn(model.d_model), index=(slice(None), 9)))
     dense = [L for L in range(n) if L not in a.moe_layers]
@@ -220,6 +222,169 @@ def test_w_q_matches_the_models_own_queries():
         else:  # queries first: separate q_proj, [Q|K|V], GPT-2's thirds, Falcon's [Q_all, k, v]
             want = full[..., : h * model.d_head].unflatten(-1, (h, -1))
         assert diff(q, want) <= 1e-5, row_id
+
+
+# ------------------------------------------------------------------ q/k/v per head
+
+# The test's own reading of where each fused projection keeps q, k and v (written from the HF modeling files,
+# not from interp.adapters): [Q|K|V] in one block, [q_h, k_h, v_h] per head, or [q.. (h / kv), k, v] per kv head.
+QKV_FUSED = {"phi3": "contiguous", "gpt2": "contiguous", "falcon-mqa": "contiguous", "neox-parallel": "per_head",
+             "neox-sequential": "per_head", "falcon-mha-sequential": "per_head", "falcon-alibi": "per_head",
+             "falcon-newarch-kv2": "grouped"}
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "c_attn", "qkv_proj", "query_key_value")
+QKV_KINDS = ("llama", "phi3", "gpt2", "neox-parallel", "falcon-newarch-kv2", "falcon-mqa")  # one row per layout
+
+
+def _projections(model, L: int) -> dict[str, torch.nn.Module]:
+    layer = model.adapter.layer_list(model.hf)[L]
+    return {name.split(".")[-1]: m for name, m in layer.named_modules() if name.split(".")[-1] in PROJECTIONS}
+
+
+def _columns(model, row_id: str, which: str, head: int) -> tuple[str, torch.Tensor]:
+    """(projection name, the output columns holding head ``head`` of ``which``), by the test's own layout table."""
+    h, kv, d = model.n_heads, model.n_kv_heads, model.d_head
+    fused, index = QKV_FUSED.get(row_id), "qkv".index(which)
+    if fused is None:
+        return f"{which}_proj", head * d + torch.arange(d)
+    if fused == "contiguous":
+        start = (0, h * d, (h + kv) * d)[index] + head * d
+    elif fused == "per_head":
+        start = (3 * head + index) * d
+    else:  # grouped: query head j sits in kv group j // (h / kv)
+        g = h // kv
+        start = ((head // g) * (g + 2) + head % g) * d if which == "q" else (head * (g + 2) + g + index - 1) * d
+    return next(n for n in _projections(model, 0) if n not in ("q_proj", "k_proj", "v_proj")), start + torch.arange(d)
+
+
+def _own_qkv(model, row_id: str, L: int, tokens_: torch.Tensor):
+    """The projections' input and q/k/v per head, from plain torch hooks on the HF projections of layer L."""
+    seen = {}
+    handles = [m.register_forward_hook(lambda m, args, out, n=n: seen.__setitem__(n, (args[0], out)))
+               for n, m in _projections(model, L).items()]
+    try:
+        with torch.no_grad():
+            model.hf(input_ids=tokens_)
+    finally:
+        for handle in handles:
+            handle.remove()
+    own = {}
+    for which, count in (("q", model.n_heads), ("k", model.n_kv_heads), ("v", model.n_kv_heads)):
+        cut = [_columns(model, row_id, which, j) for j in range(count)]
+        own[which] = torch.stack([seen[name][1][..., cols] for name, cols in cut], dim=-2)
+    return next(iter(seen.values()))[0], own
+
+
+def test_qkv_sites_are_the_projections_outputs_per_head(row):
+    """q/k/v = the HF projection's output cut per head (the test's own cut) = its input @ W + b, on every backend."""
+    model, L = build(row), 1
+    clean, _ = tokens(model)
+    sites = [f"{c}.{L}" for c in "qkv"]
+    x, own = _own_qkv(model, row, L, clean)
+    ref = model.run(clean, read=sites + [f"resid_pre.{L}"], backend="torch").acts
+    if "ln1" in model.adapter.norms:  # what the projections read is ln1(resid_pre)
+        with torch.no_grad():
+            ln1 = model.hf.get_submodule(model.adapter.norms["ln1"].module_path(L))
+            assert diff(ln1(ref[f"resid_pre.{L}"]), x) <= 1e-5
+    weights = {"q": (model.W_Q(L), model.b_Q(L)), "k": (model.W_K(L), model.b_K(L)), "v": (model.W_V(L), model.b_V(L))}
+    for c, count in (("q", model.n_heads), ("k", model.n_kv_heads), ("v", model.n_kv_heads)):
+        site = ref[f"{c}.{L}"]
+        assert site.shape == (*clean.shape, count, model.d_head), c
+        assert diff(site, own[c]) <= 1e-5, c
+        w, b = weights[c]
+        assert w.shape == (count, model.d_model, model.d_head), c
+        computed = torch.einsum("bpm,hmd->bphd", x, w) + (0 if b is None else b)
+        assert diff(site, computed) <= 1e-5, c
+    assert (model.b_Q(L) is None) == (row not in ("llama-bias", "qwen2-window", "gpt2", "neox-parallel", "neox-sequential"))
+    for backend in backends_for(row)[1:]:
+        got = model.run(clean, read=sites, backend=backend).acts
+        assert all(diff(got[s], ref[s]) <= 1e-5 for s in sites), backend
+
+
+def test_a_replace_on_k_is_a_plain_hook_on_the_projection(row):
+    """Replacing KV head 1 of k (and query head 2 of q) = writing the same values into the projection's columns."""
+    model, L = build(row), 1
+    clean, _ = tokens(model)
+    kv_head = min(1, model.n_kv_heads - 1)
+    torch.manual_seed(0)
+    new_k, new_q = torch.randn(model.d_head), torch.randn(model.d_head)
+    edits = [("k", kv_head, new_k), ("q", 2, new_q)]
+    handles = []
+    for which, head, value in edits:
+        name, cols = _columns(model, row, which, head)
+
+        def hook(m, args, out, cols=cols, value=value):
+            out = out.clone()
+            out[..., cols] = value
+            return out
+
+        handles.append(_projections(model, L)[name].register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            expected = model.hf(input_ids=clean).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert diff(expected, model.hf(input_ids=clean).logits) > 1e-3  # the edit matters
+    ivs = [Replace(f"{which}.{L}", value, index=(slice(None), slice(None), head)) for which, head, value in edits]
+    for backend in backends_for(row):
+        assert diff(model.run(clean, ivs, backend=backend).logits, expected) <= TOL, backend
+
+
+@pytest.mark.parametrize("row_id", QKV_KINDS)
+def test_qkv_gradients_are_the_projections_own(row_id):
+    """d metric / d (q, k, v) read with grad=True = the gradient at the HF projection's output, cut per head."""
+    model, L = build(row_id), 1
+    clean, _ = tokens(model)
+    held = {}
+
+    def hold(m, args, out, name):
+        held[name] = out.detach().requires_grad_(True)
+        return held[name]
+
+    handles = [m.register_forward_hook(lambda m, a, o, n=n: hold(m, a, o, n)) for n, m in _projections(model, L).items()]
+    try:
+        logits = model.hf(input_ids=clean).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    names = list(held)
+    grads = dict(zip(names, torch.autograd.grad(logits[:, -1, 11].sum(), [held[n] for n in names])))
+    sites = [f"{c}.{L}" for c in "qkv"]
+    for backend in backends_for(row_id):
+        out = model.run(clean, read=sites, grad=True, backend=backend)
+        got = torch.autograd.grad(out.logits[:, -1, 11].sum(), [out.acts[s] for s in sites])
+        for c, g in zip("qkv", got):
+            count = model.n_heads if c == "q" else model.n_kv_heads
+            want = torch.stack([grads[name][..., cols] for name, cols in
+                                (_columns(model, row_id, c, j) for j in range(count))], dim=-2)
+            assert g.abs().max() > 0 and diff(g, want) <= 1e-5 * max(1.0, want.abs().max().item()), (backend, c)
+
+
+def test_qkv_reads_with_rules_follow_the_forward_order():
+    """Qwen3 and OLMo-2 run q_norm between q_proj and k_proj: nnsight, which serves modules in forward order, agrees."""
+    for row_id in ("qwen3-headdim", "olmo2", "stablelm"):
+        model = build(row_id)
+        clean, _ = tokens(model)
+        sites = ["q.1", "k.1", "v.1"]
+        grads = {}
+        for backend in ("torch", "nnsight"):
+            out = model.run(clean, read=sites, grad=True, backend=backend, rules="ln,identity,half")
+            grads[backend] = torch.autograd.grad(out.logits[:, -1, 11].sum(), [out.acts[s] for s in sites])
+        assert all(diff(a, b) <= 1e-6 for a, b in zip(*grads.values())), row_id
+
+
+def test_qkv_site_errors_are_one_line():
+    model = build("llama")
+    clean, _ = tokens(model)
+    for name, message in (("q.99", "site 'q.99' is out of range: this model has layers 0..2"),
+                          ("k", "bad site 'k': use <kind>.<layer>, e.g. k.0"),
+                          ("v.1.2", "bad site 'v.1.2'"), ("qk.1", "unknown site 'qk.1'")):
+        with pytest.raises(InterpError) as err:
+            model.run(clean, read=[name])
+        assert message in str(err.value) and "\n" not in str(err.value), name
+    with pytest.raises(InterpError, match="unknown projection 'o': use q, k or v"):
+        model.adapter.b_QKV(model.hf, 0, "o")
+    assert all(model.site_width(f"{c}.0") is None for c in "qkv")  # no dictionary splices per-head q/k/v
 
 
 # ------------------------------------------------------------------ patching

@@ -27,6 +27,16 @@ def test_fields():
     assert parse_site("norm_scale.final") == Site("norm_scale", None, "final")
     assert parse_site("resid_pre.12").layer == 12
     assert parse_site("resid_pre.007") == Site("resid_pre", 7)  # leading zeros are the same layer
+    assert parse_site("k.3") == Site("k", 3) and parse_site("q.0").writable and parse_site("v.2").writable
+
+
+def test_every_kind_is_in_the_module_table():
+    import re
+
+    import interp.sites
+
+    for kind in ALL_KINDS:
+        assert re.search(rf"^{kind}\.(L|final)", interp.sites.__doc__, re.M), kind
 
 
 def test_kinds_and_writability():
