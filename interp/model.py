@@ -291,20 +291,10 @@ class Model:
         with self._weights():
             return self.adapter.W_V(self.hf, layer)
 
-    def b_Q(self, layer: int) -> torch.Tensor | None:
-        """Query bias [n_heads, d_head], None where the projection has none."""
+    def b_QKV(self, layer: int, which: str) -> torch.Tensor | None:
+        """The bias [heads, d_head] of the ``which`` ("q", "k" or "v") projection, None where it has none."""
         with self._weights():
-            return self.adapter.b_QKV(self.hf, layer, "q")
-
-    def b_K(self, layer: int) -> torch.Tensor | None:
-        """Key bias [n_kv_heads, d_head], None where the projection has none."""
-        with self._weights():
-            return self.adapter.b_QKV(self.hf, layer, "k")
-
-    def b_V(self, layer: int) -> torch.Tensor | None:
-        """Value bias [n_kv_heads, d_head], None where the projection has none."""
-        with self._weights():
-            return self.adapter.b_QKV(self.hf, layer, "v")
+            return self.adapter.b_QKV(self.hf, layer, which)
 
     def ln1_gain(self, layer: int) -> torch.Tensor:
         """The gain [d_model] of the norm before layer ``layer``'s attention."""

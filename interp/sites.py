@@ -33,7 +33,7 @@ The meanings hold for every block shape: ``attn_out``/``mlp_out`` are exactly wh
 adds to the residual stream (after any post-norm or residual multiplier), ``resid_mid`` exists
 only where attention and MLP run one after the other, and ``mlp_act`` only on dense MLP layers.
 ``q``/``k``/``v`` are the projections' outputs cut per head out of separate or fused projections
-(``ln1(resid_pre) @ W_Q + b_Q``, `Model.W_Q` / ``W_K`` / ``W_V``); with grouped-query attention one
+(``ln1(resid_pre) @ W_Q + b_Q``: `Model.W_Q`, ``W_K``, ``W_V``, ``b_QKV``); with grouped-query attention one
 KV head serves n_heads / n_kv_heads query heads.
 The norm divisor is sqrt(mean(x**2) + eps) for RMSNorm and sqrt(var(x) + eps) for LayerNorm.
 

@@ -285,7 +285,7 @@ def test_qkv_sites_are_the_projections_outputs_per_head(row):
         with torch.no_grad():
             ln1 = model.hf.get_submodule(model.adapter.norms["ln1"].module_path(L))
             assert diff(ln1(ref[f"resid_pre.{L}"]), x) <= 1e-5
-    weights = {"q": (model.W_Q(L), model.b_Q(L)), "k": (model.W_K(L), model.b_K(L)), "v": (model.W_V(L), model.b_V(L))}
+    weights = {c: (w, model.b_QKV(L, c)) for c, w in (("q", model.W_Q(L)), ("k", model.W_K(L)), ("v", model.W_V(L)))}
     for c, count in (("q", model.n_heads), ("k", model.n_kv_heads), ("v", model.n_kv_heads)):
         site = ref[f"{c}.{L}"]
         assert site.shape == (*clean.shape, count, model.d_head), c
@@ -294,7 +294,7 @@ def test_qkv_sites_are_the_projections_outputs_per_head(row):
         assert w.shape == (count, model.d_model, model.d_head), c
         computed = torch.einsum("bpm,hmd->bphd", x, w) + (0 if b is None else b)
         assert diff(site, computed) <= 1e-5, c
-    assert (model.b_Q(L) is None) == (row not in ("llama-bias", "qwen2-window", "gpt2", "neox-parallel", "neox-sequential"))
+    assert (model.b_QKV(L, "q") is None) == (row not in ("llama-bias", "qwen2-window", "gpt2", "neox-parallel", "neox-sequential"))
     for backend in backends_for(row)[1:]:
         got = model.run(clean, read=sites, backend=backend).acts
         assert all(diff(got[s], ref[s]) <= 1e-5 for s in sites), backend
@@ -383,7 +383,7 @@ def test_qkv_site_errors_are_one_line():
             model.run(clean, read=[name])
         assert message in str(err.value) and "\n" not in str(err.value), name
     with pytest.raises(InterpError, match="unknown projection 'o': use q, k or v"):
-        model.adapter.b_QKV(model.hf, 0, "o")
+        model.b_QKV(0, "o")
     assert all(model.site_width(f"{c}.0") is None for c in "qkv")  # no dictionary splices per-head q/k/v
 
 
