@@ -27,7 +27,7 @@ _PATCH_GRID_FAMILY = {"resid_pre": "layer-pos", "resid_mid": "layer-pos", "resid
 _KINDS_BY_TENSOR = (
     ("circuit/overlap", "overlap"), ("circuit/faithfulness", "faithfulness"), ("circuit/", "circuit"), ("subspace/", "subspace"),
     ("retrieval/", "retrieval"), ("heads/", "heads"), ("dla/", "heads"), ("neurons/", "neurons"),
-    ("voids/", "voids"), ("sweep/", "sweep"), ("east/", "east"), ("attack/", "attack"), ("vectors/", "vectors"),
+    ("voids/", "voids"), ("latents/", "latents"), ("sweep/", "sweep"), ("east/", "east"), ("attack/", "attack"), ("vectors/", "vectors"),
 )
 _PATCHING_METHODS = ("activation", "atp", "relp", "ig")
 
@@ -35,7 +35,7 @@ KIND_TITLES = {
     "patching": "Patching", "circuit": "Circuit", "overlap": "Circuit overlap", "subspace": "Subspace patching",
     "retrieval": "Retrieval heads", "heads": "Head detectors", "neurons": "Relation neurons", "voids": "Void layers",
     "sweep": "Steering sweep", "east": "EAST", "attack": "Backdoor attack", "vectors": "Steering vectors",
-    "faithfulness": "Circuit faithfulness", "other": "Run", "running": "Running", "broken": "Unreadable",
+    "faithfulness": "Circuit faithfulness", "latents": "Latent pages", "other": "Run", "running": "Running", "broken": "Unreadable",
 }
 
 

@@ -18,6 +18,7 @@ from interp.app.views import (
     attention,
     circuits,
     heads,
+    latents,
     launch,
     neurons,
     patching,
@@ -33,7 +34,7 @@ from interp.errors import RunFolderError
 PAGES = {
     "Runs": runs.render, "Patching": patching.render, "Attention": attention.render, "Heads": heads.render,
     "Neurons": neurons.render, "Voids": voids.render, "Steering": steering.render, "Subspace": subspace.render,
-    "Circuits": circuits.render, "Report": report.render,
+    "Circuits": circuits.render, "Latents": latents.render, "Report": report.render,
 }
 NEW_RUN = "New run"
 PAGE_FAILED = "This page cannot show this run"  # the last-resort message; pages check what they show first

@@ -1,7 +1,8 @@
 """Latent pages: what each latent of a sparse dictionary responds to on a corpus, and what it writes to the logits.
 
-`latent_pages` streams token contexts through the model with the dictionary spliced in (`interp.splicing`), reads
-its latents batch by batch without gradients, and keeps per latent, in memory bounded by the dictionary's width:
+`latent_pages` streams token contexts through the model, batch by batch without gradients, up to the dictionary's
+input site (the layers above it and the unembedding are not run), encodes the latents there as the splice
+``sae.<site>.latents`` (`interp.splicing`) does, and keeps per latent, in memory bounded by the dictionary's width:
 
 - ``density``: the fraction of tokens it fires on (latent > 0), ``max`` and ``mean`` (mean when firing);
 - ``hist``: counts of its nonzero activations in fixed log-spaced bins shared by every latent
@@ -159,19 +160,14 @@ class _Running:
 
 
 def read_latents(model, dictionary, tokens: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-    """The dictionary's latents [batch, pos, d_sae] on ``tokens``, read from its splice (attached for this run if it
-    is not attached already)."""
-    base = str(model.site(dictionary.site))
-    attached = model.dictionaries.get(base) is dictionary
-    if not attached and base in model.dictionaries:
-        raise InterpError(f"another dictionary is attached at {base}: detach it first")
-    name = model.attach(dictionary) + ".latents"
-    try:
-        with torch.no_grad():
-            return model.run(tokens, read=[name], backend=backend).acts[name]
-    finally:
-        if not attached:
-            model.dictionaries.pop(base, None)
+    """The dictionary's latents [batch, pos, d_sae] on ``tokens``: its input site read (the forward ends there on the
+    torch and lens backends) and encoded, as the splice ``sae.<site>.latents`` encodes it (head_out flattened)."""
+    from interp.circuits.sae_train import site_acts
+
+    site = str(model.site(dictionary.site))
+    x = site_acts(model, tokens, [site], backend)[site]
+    with torch.no_grad():
+        return dictionary.encode(x.flatten(-2) if site.startswith("head_out.") else x)
 
 
 def latent_pages(model, dictionary, tokens: torch.Tensor, top: int = 20, window: int = 12, k: int = 10,
@@ -253,7 +249,7 @@ def latents_run(model, dictionary, corpus: str = "builtin", tokens: int = 20_000
                f"{n} contexts of {context} tokens: {float((density > 0).float().mean()):.1%} fired, mean density "
                f"{float(density.mean()):.4f}, densest {float(density.max()):.4f}; {n * context / seconds:.0f} tokens/s")
     described = {name: describe_tensor(name, value, _AXES[name.split("/", 1)[1]]) for name, value in tensors.items()}
-    for name, info in described.items():
+    for info in described.values():
         info["plot"] = False
     manifest = {**run_header(model, command, seed, backend), "method": "latent pages",
                 "parameters": {"corpus": corpus, "tokens": tokens, "tokens_used": n * context, "contexts": n,

@@ -19,6 +19,7 @@ import shlex
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -54,6 +55,18 @@ def parse_count(text: str, option: str = "--tokens") -> int:
 
 def _interrupt(*_):
     raise KeyboardInterrupt
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """While the block runs, SIGTERM raises KeyboardInterrupt (in the main thread), so both stop a run the same way."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
+    try:
+        yield
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _resume_command() -> str:
@@ -176,41 +189,38 @@ def train_command(
     folder = prepare_out(out, "sae", force, resume)
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
-    try:
-        m = load_model(console, model, backend, device, dtype)
-        if transcoder_out is None:
-            cfg.site = str(m.site(site))
-        else:
-            from interp.circuits.sae_train import in_site_for
+    with _terminate_as_interrupt():
+        try:
+            m = load_model(console, model, backend, device, dtype)
+            if transcoder_out is None:
+                cfg.site = str(m.site(site))
+            else:
+                from interp.circuits.sae_train import in_site_for
 
-            cfg.site = in_site_for(m, transcoder_out)
-            if site is not None and str(m.site(site)) != cfg.site:
-                raise InterpError(f"--site {site} is not the input of {transcoder_out}'s MLP ({cfg.site}): leave --site out")
-        with progress_bar(console) as bar:
-            task = bar.add_task("training", total=cfg.tokens)
-            result = train_run(m, cfg, folder, resume, backend, lambda done, total: bar.update(task, completed=done),
-                               checkpoint_seconds, command_line())
-        finish(console, result, folder, t0, as_json, result.manifest["notes"][0]["text"])
-        from interp.outdir import Checkpoint
+                cfg.site = in_site_for(m, transcoder_out)
+                if site is not None and str(m.site(site)) != cfg.site:
+                    raise InterpError(f"--site {site} is not the input of {transcoder_out}'s MLP ({cfg.site}): "
+                                      "leave --site out")
+            with progress_bar(console) as bar:
+                task = bar.add_task("training", total=cfg.tokens)
+                result = train_run(m, cfg, folder, resume, backend,
+                                   lambda done, total: bar.update(task, completed=done), checkpoint_seconds, command_line())
+            finish(console, result, folder, t0, as_json, result.manifest["notes"][0]["text"])
+            from interp.outdir import Checkpoint
 
-        Checkpoint(folder, {}).clear()
-    except KeyboardInterrupt:
-        if (folder / PROGRESS).is_file():
-            console.print(f"interrupted: the last checkpoint is kept in {folder}; complete the run with "
-                          f"`{_resume_command()}`", highlight=False, soft_wrap=True)
-        else:
+            Checkpoint(folder, {}).clear()
+        except KeyboardInterrupt:
+            if (folder / PROGRESS).is_file():
+                console.print(f"interrupted: the last checkpoint is kept in {folder}; complete the run with "
+                              f"`{_resume_command()}`", highlight=False, soft_wrap=True)
+            else:
+                _remove_if_created(folder, existed)
+                console.print("interrupted before the first checkpoint: nothing was kept; run the command again",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+        except InterpError:
             _remove_if_created(folder, existed)
-            console.print("interrupted before the first checkpoint: nothing was kept; run the command again",
-                          highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
-    except InterpError:
-        _remove_if_created(folder, existed)
-        raise
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+            raise
 
 
 def _remove_if_created(folder: Path, existed: bool) -> None:
@@ -223,7 +233,8 @@ def _remove_if_created(folder: Path, existed: bool) -> None:
 
 @app.command("latents")
 def latents_command(
-    dictionary: str = typer.Option(..., help="The dictionary's folder (SAELens layout, e.g. what `interp sae train` wrote)."),
+    dictionary: str = typer.Option(..., help="The dictionary's folder (SAELens layout, e.g. what `interp sae train` "
+                                   "wrote)."),
     corpus: str = typer.Option("builtin", help="builtin, a .txt file or a .jsonl file with a 'text' field."),
     tokens: str = typer.Option("200k", help="Tokens to read, e.g. 20000, 500k (at most one pass over the corpus)."),
     context: int = typer.Option(64, help="Tokens per context."),
@@ -254,27 +265,23 @@ def latents_command(
     folder = prepare_out(out, "latents", force)
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
-    try:
-        m = load_model(console, model, backend, device, dtype)
-        check_dictionary(d, m)
-        d = d.to(m.device)
-        with progress_bar(console) as bar:
-            task = bar.add_task("contexts", total=None)
-            result = latents_run(m, d, corpus, n_tokens, context, top, window, logit_tokens, model_batch, seed, backend,
-                                 lambda done, total: bar.update(task, completed=done, total=total), command_line(),
-                                 str(Path(dictionary).resolve()))
-        finish(console, result, folder, t0, as_json, result.manifest["notes"][0]["text"])
-    except (KeyboardInterrupt, InterpError) as e:
-        if not (folder / MANIFEST).is_file():  # an unfinished save leaves no half a run behind
-            for name in (SCORES, REPORT):
-                (folder / name).unlink(missing_ok=True)
-            _remove_if_created(folder, existed)
-        if isinstance(e, InterpError):
-            raise
-        console.print("interrupted: nothing was written; run the command again", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+    with _terminate_as_interrupt():
+        try:
+            m = load_model(console, model, backend, device, dtype)
+            check_dictionary(d, m)
+            d = d.to(m.device)
+            with progress_bar(console) as bar:
+                task = bar.add_task("contexts", total=None)
+                result = latents_run(m, d, corpus, n_tokens, context, top, window, logit_tokens, model_batch, seed,
+                                     backend, lambda done, total: bar.update(task, completed=done, total=total),
+                                     command_line(), str(Path(dictionary).resolve()))
+            finish(console, result, folder, t0, as_json, result.manifest["notes"][0]["text"])
+        except (KeyboardInterrupt, InterpError) as e:
+            if not (folder / MANIFEST).is_file():  # an unfinished save leaves no half a run behind
+                for name in (SCORES, REPORT):
+                    (folder / name).unlink(missing_ok=True)
+                _remove_if_created(folder, existed)
+            if isinstance(e, InterpError):
+                raise
+            console.print("interrupted: nothing was written; run the command again", highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None

@@ -227,6 +227,27 @@ class _StopAt(Intervention):
         return act
 
 
+def site_acts(model, tokens: torch.Tensor, sites: list[str], backend: str | None = None) -> dict[str, torch.Tensor]:
+    """The activations at ``sites`` (the last one last in the forward) on ``tokens``, without gradients.
+
+    On the torch and lens backends the forward stops at the last site (a `_StopAt` intervention raises once it has
+    the activation), so layers above it and the unembedding are not computed.
+    """
+    last = sites[-1]
+    with torch.no_grad():
+        if (backend or model.backend_name) not in ("torch", "lens"):
+            return model.run(tokens, read=list(dict.fromkeys(sites)), backend=backend).acts
+        acts: dict = {}
+        try:
+            model.run(tokens, [_StopAt(s, acts, stop=False) for s in sites[:-1] if s != last] + [_StopAt(last, acts)],
+                      backend=backend)
+        except _Stopped:
+            pass
+    if last not in acts:  # pragma: no cover - every block shape reaches its own sites
+        raise InterpError(f"the forward did not reach {last}")
+    return acts
+
+
 def in_site_for(model, out_site: str) -> str:
     """The site an MLP reads, for a transcoder replacing ``mlp_out.L``: ``mlp_in.L`` (its norm's output in pre-norm
     blocks, as published transcoders read it)."""
@@ -250,18 +271,7 @@ class ActivationSource:
         raises once it has the activation), so layers above it and the unembedding are not computed.
         """
         last = self.out_site or self.in_site
-        with torch.no_grad():
-            if (self.backend or self.model.backend_name) in ("torch", "lens"):
-                acts: dict = {}
-                keep = [_StopAt(self.in_site, acts, stop=False)] if self.out_site else []
-                try:
-                    self.model.run(tokens, keep + [_StopAt(last, acts)], backend=self.backend)
-                except _Stopped:
-                    pass
-                if last not in acts:  # pragma: no cover - every block shape reaches its own sites
-                    raise InterpError(f"the forward did not reach {last}")
-            else:
-                acts = self.model.run(tokens, read=list(dict.fromkeys([self.in_site, last])), backend=self.backend).acts
+        acts = site_acts(self.model, tokens, [self.in_site, last], self.backend)
         x = acts[self.in_site].float()
         return x, acts[last].float()
 

@@ -11,7 +11,8 @@ from interp.app.widgets import md
 PAGE_OF_KIND = {
     "patching": "Patching", "circuit": "Circuits", "overlap": "Circuits", "faithfulness": "Circuits",
     "retrieval": "Heads", "heads": "Heads", "neurons": "Neurons", "voids": "Voids", "subspace": "Subspace",
-    "sweep": "Steering", "east": "Steering", "attack": "Steering", "vectors": "Steering", "other": "Report",
+    "sweep": "Steering", "east": "Steering", "attack": "Steering", "vectors": "Steering", "latents": "Latents",
+    "other": "Report",
 }
 
 

@@ -23,6 +23,8 @@ COMMANDS = {  # folder -> arguments of `interp`
     "steer_eval": ["steer", "eval", *TINY, "--vectors", "{runs}/steer_build/vectors", "--layers", "1", "--task", "ioi", "--n", "4",
                    "--coefficients", "-1,0,2"],
     "east": ["steer", "east", *TINY, "--episodes", "2", "--steps", "2", "--k", "2", "--betas", "0,4", "--temperatures", "1,2"],
+    "latents": ["sae", "latents", *TINY, "--dictionary", str(SAELENS / "topk"), "--tokens", "2k", "--context", "32",
+                "--top", "4", "--window", "3"],
     "attack": ["steer", "attack", *TINY, "--n", "8", "--pair-tokens", "3", "--search", "0,1", "--layer", "1"],
 }
 BROKEN = {"damaged": "is not valid JSON", "newer": "newer interp", "stray": "has no manifest.json",

@@ -128,6 +128,7 @@ PAGE_FIELDS = {
     "east": ("lines.0.title", "vector"),
     "steer_build": ("vectors",),
     "overlap": ("overlap",),
+    "latents": ("token_strings", "parameters", "dictionary"),
 }
 
 

@@ -15,7 +15,8 @@ from interp.errors import RunFolderError
 
 KINDS = {"patch": "patching", "circuit_a": "circuit", "circuit_b": "circuit", "feature_circuit": "circuit", "overlap": "overlap", "faithfulness": "faithfulness",
          "subspace": "subspace", "heads": "heads", "retrieval": "retrieval", "neurons": "neurons", "voids": "voids",
-         "steer_build": "vectors", "steer_eval": "sweep", "east": "east", "attack": "attack"}
+         "steer_build": "vectors", "steer_eval": "sweep", "east": "east", "attack": "attack",
+         "latents": "latents"}
 
 
 def test_every_run_folder_is_listed_with_its_kind_command_model_and_date(app_runs):

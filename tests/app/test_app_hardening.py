@@ -40,9 +40,10 @@ PAGE_FAILED = "This page cannot show this run"
 REPORT_FIELDS = ("tensors", "notes", "histograms", "lines", "comparisons", "metric", "command")
 KIND_PAGES = {"patching": "Patching", "heads": "Heads", "retrieval": "Heads", "neurons": "Neurons", "voids": "Voids",
               "sweep": "Steering", "east": "Steering", "attack": "Steering", "vectors": "Steering", "subspace": "Subspace",
-              "circuit": "Circuits", "overlap": "Report", "faithfulness": "Circuits"}
+              "circuit": "Circuits", "overlap": "Report", "faithfulness": "Circuits", "latents": "Latents"}
 PICKERS = {"Patching": "patching-run", "Heads": "heads-run", "Neurons": "neurons-run", "Voids": "voids-run",
-           "Steering": "steering-run", "Subspace": "subspace-run", "Circuits": "circuit-run", "Report": "report-run"}
+           "Steering": "steering-run", "Subspace": "subspace-run", "Circuits": "circuit-run", "Report": "report-run",
+           "Latents": "latents-run"}
 
 
 @contextmanager

@@ -26,9 +26,10 @@ from interp.results import load_run
 MAIN = str(Path(__file__).resolve().parents[2] / "app" / "main.py")
 PAGES_BY_KIND = {"patching": "Patching", "heads": "Heads", "retrieval": "Heads", "neurons": "Neurons", "voids": "Voids",
                  "sweep": "Steering", "east": "Steering", "attack": "Steering", "vectors": "Steering", "subspace": "Subspace",
-                 "circuit": "Circuits", "overlap": "Report", "faithfulness": "Report"}
+                 "circuit": "Circuits", "overlap": "Report", "faithfulness": "Report", "latents": "Latents"}
 RUN_PICKERS = {"Patching": "patching-run", "Heads": "heads-run", "Neurons": "neurons-run", "Voids": "voids-run",
-               "Steering": "steering-run", "Subspace": "subspace-run", "Circuits": "circuit-run", "Report": "report-run"}
+               "Steering": "steering-run", "Subspace": "subspace-run", "Circuits": "circuit-run", "Report": "report-run",
+               "Latents": "latents-run"}
 
 
 def _array(value) -> np.ndarray:
@@ -97,7 +98,7 @@ def test_open_button_takes_a_run_to_its_page(app_runs, monkeypatch):
 
 
 @pytest.mark.parametrize("folder", ["patch", "circuit_a", "circuit_b", "overlap", "faithfulness", "subspace", "heads", "retrieval",
-                                    "neurons", "voids", "steer_build", "steer_eval", "east", "attack"])
+                                    "neurons", "voids", "steer_build", "steer_eval", "east", "attack", "latents"])
 def test_every_run_opens_on_its_page_and_in_the_report(app_runs, monkeypatch, folder):
     kind = next(e.kind for e in scan_runs(app_runs) if e.name == folder)
     for page in {PAGES_BY_KIND[kind], "Report"}:

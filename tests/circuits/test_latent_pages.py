@@ -45,7 +45,7 @@ def test_density_activations_and_histogram_match_brute_force(tiny_llama, context
     d = toy(64, 64, "resid_post.1", d_sae=48)
     d.b_enc[0] = -1e4  # latent 0 never fires
     tensors, notes = latent_pages(tiny_llama, d, contexts, top=TOP, window=WINDOW, batch=3, backend="torch")
-    assert notes == [] and not tiny_llama.dictionaries  # attached for the run only
+    assert notes == []
     z = _brute(tiny_llama, d, contexts)[:, 1:].reshape(-1, 48)  # the first position of every context is skipped
     on = z > 0
     assert torch.allclose(tensors["latents/density"], on.float().mean(0))
@@ -120,16 +120,15 @@ def test_a_site_that_writes_no_residual_gives_a_note_and_no_logit_effects(tiny_l
     assert "latents/promoted" not in tensors and len(notes) == 1 and "mlp_in.1" in notes[0]
 
 
-def test_a_dictionary_already_attached_stays_attached(tiny_llama, contexts):
+@pytest.mark.parametrize("backend", ["lens", "nnsight"])
+def test_the_latents_are_the_splices_on_every_backend(tiny_llama, contexts, backend):
     d = toy(64, 64, "resid_post.1", d_sae=8)
-    tiny_llama.attach(d)
+    name = tiny_llama.attach(d) + ".latents"
     try:
-        latent_pages(tiny_llama, d, contexts[:2], top=2, window=1, backend="torch")
-        assert tiny_llama.dictionaries == {"resid_post.1": d}
-        with pytest.raises(InterpError, match="another dictionary is attached"):
-            latent_pages(tiny_llama, toy(64, 64, "resid_post.1", d_sae=8, seed=5), contexts[:2], backend="torch")
+        spliced = tiny_llama.run(contexts[:3], read=[name], backend=backend).acts[name]
     finally:
-        tiny_llama.dictionaries.clear()
+        tiny_llama.detach_dictionary("resid_post.1")
+    assert torch.allclose(latent_pages_module.read_latents(tiny_llama, d, contexts[:3], backend), spliced, atol=1e-5)
 
 
 def test_run_uses_the_corpus_once_and_names_every_token_it_shows(tiny_llama):
