@@ -233,9 +233,9 @@ def feature_circuit_run(model: Model, prompts: PromptSet, dictionaries: list, me
         for d in dictionaries:
             attached.append(model.attach(d)[len("sae."):])
         order = sorted(sites, key=lambda s: model.adapter.order_key(model.site(s)))
+        source_of = {e["site"]: e["source"] for e in effects_run.manifest["dictionaries"]}
         provenance = {"method": method, "exact": exact, "metric": metric, "nodes": nodes, "top_k": top_k,
-                      "min_abs": min_abs, "dictionary_sites": order,
-                      "dictionaries": [e["source"] for e in effects_run.manifest["dictionaries"]]}
+                      "min_abs": min_abs, "dictionary_sites": order, "dictionaries": [source_of[s] for s in order]}
         circuit = Circuit(select_nodes(candidates, nodes, min_abs), provenance=provenance)
         tokens = prompts.tokenize(model.tokenizer)
         measure = _Measure(model, tokens, get_metric(metric), reference)

@@ -9,6 +9,7 @@ import math
 import streamlit as st
 
 from interp.app.catalog import RunEntry
+from interp.app.loading import read_run
 from interp.app.widgets import entry_label, md, number, open_run, pick_run, scalar, show_figure, show_notes
 from interp.circuits.figures import circuit_figure, edges_of
 from interp.circuits.graph import Circuit, overlap, parse_node
@@ -44,6 +45,24 @@ def node_table(circuit: Circuit) -> list[dict]:
     return rows
 
 
+def _open_latent(path: str, latent: int) -> None:
+    st.session_state.update(run=path, page="Latents", latent=latent)
+
+
+def _latent_link(entries: list[RunEntry], circuit: Circuit, node) -> None:
+    """A button to the Latents page for a feature node, when a latents run of its dictionary is in the folder."""
+    provenance = circuit.provenance if isinstance(circuit.provenance, dict) else {}
+    sources = dict(zip(provenance.get("dictionary_sites") or [], provenance.get("dictionaries") or []))
+    folder = sources.get(node.dictionary_site)
+    for i, entry in enumerate(e for e in entries if e.ok and e.kind == "latents"):
+        described = read_run(entry.path).manifest.get("dictionary")
+        if isinstance(folder, str) and isinstance(described, dict) and described.get("source") == folder:
+            st.button(f"Latent {node.unit} on the Latents page ({entry.name})", key=f"latent-link-{i}",
+                      on_click=_open_latent, args=(str(entry.path), node.unit))
+            return
+    st.caption("No latent pages of this dictionary in this folder: `interp sae latents --dictionary ...` makes them.")
+
+
 def _graph(entries: list[RunEntry]) -> None:
     picked = open_run(entries, ("circuit",), key="circuit-run")
     if picked is None:
@@ -65,6 +84,8 @@ def _graph(entries: list[RunEntry]) -> None:
                 f"{node.kind}, layer {node.layer}" + ("" if node.unit is None else f", unit {node.unit}"))
         st.markdown(f"**{md(highlight)}**: {md(what)}" + ("" if node.pos is None else f", position {node.pos}")
                     + f"; score {circuit.nodes[highlight]:+.4f} (change in {md(metric or 'the metric')} when patched)")
+        if node.kind == "feature":
+            _latent_link(entries, circuit, node)
         cols = st.columns(2)
         cols[0].markdown("Edges in")
         cols[0].dataframe([{"from": e.sender, "score": round(e.score, 5)} for e in incoming], hide_index=True)

@@ -9,7 +9,7 @@ COMMANDS = {  # folder -> arguments of `interp`
               "--method", "activation,atp,relp,ig", "--ig-steps", "2"],
     "circuit_a": ["circuit", "build", "--run", "{runs}/patch", "--top-k", "4", "--components", "head_out", "--edges", *TINY],
     "circuit_b": ["circuit", "build", "--run", "{runs}/patch", "--top-k", "3"],
-    "feature_circuit": ["features", "circuit", *TINY, "--dictionary", f"{SAELENS / 'jumprelu'},{SAELENS / 'standard'}",
+    "feature_circuit": ["features", "circuit", *TINY, "--dictionary", f"{SAELENS / 'jumprelu'},{SAELENS / 'topk'}",
                         "--n-prompts", "3", "--nodes", "3", "--top-k", "4"],
     "overlap": ["circuit", "overlap", "{runs}/circuit_a", "{runs}/circuit_b"],
     "faithfulness": ["circuit", "faithfulness", "{runs}/circuit_a", *TINY, "--n-prompts", "2"],

@@ -233,12 +233,16 @@ def test_feature_circuit_graph_curve_and_node_details(app_runs, monkeypatch):
     assert all(label == "err" or label.startswith("#") for label in nodes["text"])
     assert len([t for t in graph["data"] if t.get("mode") == "lines"]) == len(circuit.edges) > 0
     assert np.allclose(_array(curve["data"][0]["y"]), run.scores["circuit/curve"].numpy())
-    feature = next(n for n in circuit.nodes if n.startswith("feature."))
+    feature = next(n for n in circuit.nodes if n.startswith("feature.resid_mid.1."))  # the topk fixture's latents
     at.selectbox(key="circuit-node").set_value(feature).run()
     assert_clean(at)
     node = parse_node(feature)
     assert any(f"latent {node.unit} of the dictionary at {node.dictionary_site}" in unescape(m.value) for m in at.markdown)
     assert len(at.dataframe[0].value) == sum(e.receiver == feature for e in circuit.edges)
+    at.button(key="latent-link-0").click().run()  # the latents run of the same dictionary: its page, on this latent
+    assert_clean(at)
+    assert at.sidebar.radio(key="page").value == "Latents"
+    assert at.number_input[0].value == node.unit and any(h.value == f"Top contexts of latent {node.unit}" for h in at.subheader)
 
 
 def test_attention_pattern_matches_the_other_backend(app_runs, monkeypatch, tiny_llama):
