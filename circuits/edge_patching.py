@@ -1,0 +1,157 @@
+"""Exact edge patching: a forward pass in which chosen edges of the computational graph carry the source run's value.
+
+Patching the edge from sender s to receiver r changes only what r reads: r's input residual becomes
+
+    x_r = x - sum over patched senders s of (a_s - a_s^source)
+
+with ``a_s`` what s writes in *this* run (so earlier patches propagate) and ``a_s^source`` what it wrote in the
+source run. The other receivers of the same layer read the unpatched residual. Receivers are rebuilt from ``x_r``
+through their own read (`interp.residual_io`): a query, key or value head adds ``(norm(x_r) - norm(x)) @ W`` to its
+projection's output (``q.L``, ``k.L``, ``v.L``), an MLP reads ``norm(x_r)`` (``mlp_in.L``), and the logits read
+``x_r`` at the last layer's ``resid_post``. With no edge patched the forward is the model's own, bit for bit; with
+every edge patched it is the source run's (tested).
+
+`edge_patched_logits` runs several edge sets at once, one copy of the prompts per set, in one forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from interp.circuits.edge_graph import EdgeGraph, sender_sites
+from interp.errors import InterpError
+from interp.interventions import Intervention
+from interp.model import Model
+from interp.residual_io import sublayer_input
+
+
+@dataclass(frozen=True, eq=False)
+class _Step(Intervention):
+    """An edit of one site by a function of this run's state (built by `edge_patched_logits`, not by users)."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor] = None
+
+    def apply(self, act: torch.Tensor) -> torch.Tensor:
+        return self.fn(act)
+
+
+class _EdgePatch:
+    """The state of one edge-patched forward: what each sender wrote so far, minus the source's."""
+
+    def __init__(self, model: Model, graph: EdgeGraph, masks: torch.Tensor, source: dict[str, torch.Tensor], n: int,
+                 fraction: float):
+        self.model, self.graph, self.k, self.n = model, graph, masks.shape[0], n
+        self.masks = (masks & graph.valid).to(torch.get_default_dtype()) * fraction  # [k, S, R]
+        self.used = self.masks.abs().sum((0, 2)) > 0  # senders some patched edge starts from
+        self.source, self.diffs = source, {}  # sender row -> [k*n, p, d] (this run - source), for used senders only
+        self.w_o = {layer: model.W_O(layer) for layer in range(model.n_layers)}
+        self.x: dict[str, torch.Tensor] = {}
+
+    def _record(self, rows: range, now: torch.Tensor, src: torch.Tensor) -> None:
+        for i, row in enumerate(rows):
+            if self.used[row]:
+                self.diffs[row] = now[i] - src[i].repeat(self.k, 1, 1)
+
+    def _heads(self, layer: int, z: torch.Tensor) -> None:
+        rows = self.graph.sender_rows(layer)
+        heads = range(rows.start, rows.stop - 1)
+        if any(self.used[row] for row in heads):
+            W_O = self.w_o[layer].to(z.dtype)
+            src = self.source[f"head_out.{layer}"]
+            self._record(heads, torch.einsum("bphe,hed->hbpd", z, W_O), torch.einsum("bphe,hed->hbpd", src, W_O))
+
+    def _mlp_out(self, layer: int, out: torch.Tensor) -> None:
+        row = self.graph.sender_rows(layer).stop - 1
+        self._record(range(row, row + 1), out[None], self.source[f"mlp_out.{layer}"][None])
+
+    def delta(self, columns: slice) -> torch.Tensor | None:
+        """``sum_s mask * (a_s - a_s^source)`` for the receivers in ``columns``: [n_r, k*n, p, d] (None: none patched)."""
+        mask = self.masks[:, :, columns]  # [k, S, n_r]
+        rows = [row for row in self.diffs if bool(mask[:, row].any())]
+        if not rows:
+            return None
+        diffs = torch.stack([self.diffs[row] for row in rows])  # [s, k*n, p, d]
+        diffs = diffs.unflatten(1, (self.k, self.n))
+        out = torch.einsum("gsr,sgnpd->rgnpd", mask[:, rows].to(diffs.dtype), diffs)
+        return out.flatten(1, 2)
+
+    def interventions(self) -> list[Intervention]:
+        model, graph, steps = self.model, self.graph, []
+        rec = lambda site, layer=None, kind=None: _Step(site, fn=self._recorder(site, layer, kind))
+        steps.append(rec("resid_pre.0", -1, "input"))
+        for layer in range(model.n_layers):
+            attn, mlp = sublayer_input(model, "attn", layer), sublayer_input(model, "mlp", layer)
+            if layer > 0:
+                steps.append(rec(attn.site))
+            columns = graph.receiver_columns(layer)
+            for part, offset, count in (("q", 0, graph.n_heads), ("k", graph.n_heads, graph.n_kv_heads),
+                                        ("v", graph.n_heads + graph.n_kv_heads, graph.n_kv_heads)):
+                cols = slice(columns.start + offset, columns.start + offset + count)
+                steps.append(_Step(f"{part}.{layer}", fn=self._qkv(attn, layer, part, cols)))
+            steps.append(rec(f"head_out.{layer}", layer, "heads"))
+            if mlp.site != attn.site:
+                steps.append(rec(mlp.site))
+            steps.append(_Step(f"mlp_in.{layer}", fn=self._mlp(mlp, slice(columns.stop - 1, columns.stop))))
+            steps.append(rec(f"mlp_out.{layer}", layer, "mlp"))
+        logits = sublayer_input(model, "logits")
+        steps.append(_Step(logits.site, fn=self._logits(graph.receiver_columns(model.n_layers))))
+        return steps
+
+    def _recorder(self, site: str, layer: int | None, kind: str | None):
+        def fn(act: torch.Tensor) -> torch.Tensor:
+            self.x[site] = act
+            if kind == "input":
+                self._record(range(0, 1), act[None], self.source["resid_pre.0"][None])
+            elif kind == "heads":
+                self._heads(layer, act)
+            elif kind == "mlp":
+                self._mlp_out(layer, act)
+            return act
+        return fn
+
+    def _qkv(self, read, layer: int, part: str, cols: slice):
+        def fn(act: torch.Tensor) -> torch.Tensor:
+            delta = self.delta(cols)
+            if delta is None:
+                return act
+            x = self.x[read.site]
+            W = {"q": self.model.W_Q, "k": self.model.W_K, "v": self.model.W_V}[part](layer).to(act.dtype)
+            moved = read(x[None] - delta) - read(x)[None]  # [heads, rows, p, d_in]
+            return act + torch.einsum("hbpd,hde->bphe", moved, W)
+        return fn
+
+    def _mlp(self, read, cols: slice):
+        def fn(act: torch.Tensor) -> torch.Tensor:
+            delta = self.delta(cols)
+            return act if delta is None else read(self.x[read.site] - delta[0])
+        return fn
+
+    def _logits(self, cols: slice):
+        def fn(act: torch.Tensor) -> torch.Tensor:
+            delta = self.delta(cols)
+            return act if delta is None else act - delta[0]
+        return fn
+
+
+def source_writes(model: Model, source: torch.Tensor, backend: str | None = None) -> dict[str, torch.Tensor]:
+    """The source run's `sender_sites`, as `edge_patched_logits` takes them."""
+    with torch.no_grad():
+        return model.run(source, read=sender_sites(model), backend=backend).acts
+
+
+def edge_patched_logits(model: Model, graph: EdgeGraph, base: torch.Tensor, source: dict[str, torch.Tensor],
+                        masks: torch.Tensor, fraction: float = 1.0, backend: str | None = None) -> torch.Tensor:
+    """Last-position logits ``[k * n, vocab]`` of the ``base`` prompts [n, pos] with the edges of each of ``masks``
+    [k, n_senders, n_receivers] patched from ``source`` (`source_writes`; row r uses mask r // n). ``fraction``
+    moves each patched edge that part of the way (1: the source's value), for derivative checks."""
+    if masks.ndim == 2:
+        masks = masks[None]
+    if masks.shape[1:] != graph.valid.shape:
+        raise InterpError(f"edge masks must be [k, {len(graph.senders)}, {len(graph.receivers)}] for this graph, "
+                          f"got {tuple(masks.shape)}")
+    state = _EdgePatch(model, graph, masks.bool(), source, base.shape[0], fraction)
+    with torch.no_grad():
+        return model.run(base.repeat(masks.shape[0], 1), state.interventions(), backend=backend).logits[:, -1]

@@ -1,0 +1,176 @@
+"""Edge-level graphs (`interp.circuits.edge_graph`), exact edge patching (`interp.circuits.edge_patching`) and edge
+attribution (`interp.circuits.eap`):
+
+- patching no edge is the base run bit for bit, every edge the source run; every edge into one receiver equals
+  replacing that receiver's input by the source's (a plain Replace of ``mlp_in``, one head of ``q``/``k``, the
+  last ``resid_post``);
+- an EAP score is the derivative of exact patching of its edge (finite differences, edges of every kind);
+- one sender's edges sum to its node attribution (AtP, and RelP for relp scores, from `interp.patching.attribution`);
+- EAP-IG: the edges out of the input sum to the effect of patching the whole input;
+- the backends agree; parallel blocks and fused q/k/v projections work; sandwich norms are refused in one line.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from family_models import build, tokens as family_tokens
+from interp import InterpError, Replace
+from interp.circuits.eap import edge_scores
+from interp.circuits.edge_graph import EdgeGraph, edge_graph
+from interp.circuits.edge_patching import edge_patched_logits, source_writes
+from interp.metrics import MetricContext, logit_diff
+from interp.patching.attribution import attribution_patching
+from interp.rules import RELP_RULES
+from ioi_runs import ioi_runs
+
+
+@pytest.fixture(scope="module")
+def ioi(tiny_llama):
+    tokens, clean, corrupt, ctx = ioi_runs(tiny_llama, 3, 1)
+    return tiny_llama, tokens.clean, tokens.corrupt, ctx
+
+
+def _family(row_id: str):
+    model = build(row_id)
+    clean, corrupt = family_tokens(model)
+    with torch.no_grad():
+        c, k = model.run(clean).logits[:, -1], model.run(corrupt).logits[:, -1]
+    ctx = MetricContext(torch.full((3,), 11), torch.full((3,), 12), c, k)
+    return model, clean, corrupt, ctx
+
+
+def test_the_graph_lists_senders_receivers_and_forward_edges():
+    g = EdgeGraph(n_layers=2, n_heads=4, n_kv_heads=2)
+    assert g.senders[:3] == ["input", "head.0.0", "head.0.1"] and g.senders[-1] == "mlp.1"
+    assert g.receivers[:6] == ["head.0.0.q", "head.0.1.q", "head.0.2.q", "head.0.3.q", "kv.0.0.k", "kv.0.1.k"]
+    assert g.receivers[-2:] == ["mlp.1", "logits"]
+    mask = g.mask([("head.0.1", "mlp.0"), ("input", "logits"), ("mlp.0", "kv.1.1.v")])
+    assert g.edges(mask) == [("input", "logits"), ("head.0.1", "mlp.0"), ("mlp.0", "kv.1.1.v")]
+    for bad in (("head.1.0", "head.1.2.q"), ("mlp.0", "mlp.0"), ("mlp.1", "head.0.0.q"), ("head.0.0", "nope")):
+        with pytest.raises(InterpError, match="no edge"):
+            g.mask([bad])
+    # the input reaches all 19 receivers; a layer-0 head mlp.0, layer 1's 9 and the logits; mlp.0 layer 1's 9 and
+    # the logits; a layer-1 head mlp.1 and the logits; mlp.1 the logits
+    assert g.n_edges == 19 + 4 * 11 + 10 + 4 * 2 + 1
+    parallel = EdgeGraph(n_layers=1, n_heads=2, n_kv_heads=2, mlp_sees_attention=False)
+    with pytest.raises(InterpError, match="no edge"):
+        parallel.mask([("head.0.0", "mlp.0")])
+
+
+@pytest.mark.parametrize("backend", ["torch", "nnsight", "lens"])
+def test_no_edge_is_the_base_run_and_every_edge_the_source_run(ioi, backend):
+    model, clean, corrupt, _ = ioi
+    g = edge_graph(model)
+    src = source_writes(model, corrupt, backend=backend)
+    out = edge_patched_logits(model, g, clean, src, torch.stack([torch.zeros_like(g.valid), g.valid]), backend=backend)
+    with torch.no_grad():
+        base, source = model.run(clean, backend=backend).logits[:, -1], model.run(corrupt, backend=backend).logits[:, -1]
+    assert torch.equal(out[:3], base)
+    assert torch.allclose(out[3:], source, atol=1e-5)
+
+
+def test_every_edge_into_one_receiver_is_replacing_its_input(ioi):
+    model, clean, corrupt, _ = ioi
+    g = edge_graph(model)
+    src = source_writes(model, corrupt)
+    with torch.no_grad():
+        theirs = model.run(corrupt, read=["mlp_in.1", "q.1", "k.1", "resid_post.1"]).acts
+        cases = {"mlp.1": Replace("mlp_in.1", theirs["mlp_in.1"]),
+                 "head.1.2.q": Replace("q.1", theirs["q.1"][:, :, 2], index=(slice(None), slice(None), 2)),
+                 "kv.1.1.k": Replace("k.1", theirs["k.1"][:, :, 1], index=(slice(None), slice(None), 1)),
+                 "logits": Replace("resid_post.1", theirs["resid_post.1"])}
+        for receiver, edit in cases.items():
+            mask = g.valid & torch.tensor([r == receiver for r in g.receivers])[None, :]
+            patched = edge_patched_logits(model, g, clean, src, mask)
+            assert torch.allclose(patched, model.run(clean, [edit]).logits[:, -1], atol=1e-5), receiver
+
+
+def test_eap_is_the_derivative_of_exact_edge_patching(ioi):
+    model, clean, corrupt, ctx = ioi
+    scores = edge_scores(model, clean, corrupt, logit_diff, ctx)
+    g = scores.graph
+    src = source_writes(model, corrupt)
+    with torch.no_grad():
+        base = logit_diff(model.run(clean).logits[:, -1], ctx).mean()
+    wanted = [("input", "kv.0.0.k"), ("head.0.2", "head.1.0.q"), ("head.0.1", "kv.1.0.v"), ("mlp.0", "head.1.0.q"),
+              ("head.0.0", "logits"), ("head.1.3", "mlp.1"), ("mlp.1", "logits"), ("input", "mlp.0")]
+    eps = 1e-3
+    masks = torch.stack([g.mask([edge]) for edge in wanted])
+    moved = logit_diff(edge_patched_logits(model, g, clean, src, masks, fraction=eps), ctx.rows(3 * len(wanted)))
+    finite = (moved.view(len(wanted), 3).mean(1) - base) / eps
+    estimate = torch.stack([scores.scores[m].sum() for m in masks])
+    assert estimate.abs().max() > 1e-2
+    assert torch.allclose(finite, estimate, rtol=5e-2, atol=2e-3), (finite, estimate)
+
+
+@pytest.mark.parametrize("method", ["eap", "relp"])
+def test_a_senders_edges_sum_to_its_node_attribution(ioi, method):
+    model, clean, corrupt, ctx = ioi
+    scores = edge_scores(model, clean, corrupt, logit_diff, ctx, method=method)
+    g = scores.graph
+    source = model.run(corrupt, read=[f"{k}.{layer}" for k in ("head_out", "mlp_out") for layer in range(2)]).acts
+    nodes = attribution_patching(model, ["head_out", "mlp_out"], clean, source, logit_diff, ctx,
+                                 rules=RELP_RULES if method == "relp" else ())
+    base = logit_diff(model.run(clean).logits[:, -1], ctx)
+    for layer in range(model.n_layers):
+        rows = g.sender_rows(layer)
+        heads = (nodes["head_out"][:, layer] - base[:, None]).mean(0)
+        mlp = (nodes["mlp_out"][:, layer] - base[:, None]).sum(1).mean(0)
+        assert torch.allclose(scores.scores[rows.start:rows.stop - 1].sum(1), heads, atol=1e-5)
+        assert abs(float(scores.scores[rows.stop - 1].sum()) - float(mlp)) < 1e-5
+
+
+def test_eap_ig_edges_out_of_the_input_sum_to_patching_the_input(ioi):
+    model, clean, corrupt, ctx = ioi
+    scores = edge_scores(model, clean, corrupt, logit_diff, ctx, method="eap-ig", ig_steps=32)
+    with torch.no_grad():
+        source_emb = model.run(corrupt, read=["resid_pre.0"]).acts["resid_pre.0"]
+        patched = logit_diff(model.run(clean, [Replace("resid_pre.0", source_emb)]).logits[:, -1], ctx)
+        base = logit_diff(model.run(clean).logits[:, -1], ctx)
+    total = float(scores.scores[0].sum())
+    effect = float((patched - base).mean())
+    assert abs(effect) > 0.05 and abs(total - effect) < 0.01 * abs(effect), (total, effect)
+    one_step = edge_scores(model, clean, corrupt, logit_diff, ctx, method="eap-ig", ig_steps=1)
+    assert abs(float(one_step.scores[0].sum()) - effect) > abs(total - effect)  # more steps, closer
+
+
+def test_backends_agree(ioi):
+    model, clean, corrupt, ctx = ioi
+    ours = edge_scores(model, clean, corrupt, logit_diff, ctx, method="eap-ig", ig_steps=2, backend="torch").scores
+    for backend in ("nnsight", "lens"):
+        theirs = edge_scores(model, clean, corrupt, logit_diff, ctx, method="eap-ig", ig_steps=2, backend=backend).scores
+        assert torch.allclose(ours, theirs, atol=1e-5), backend
+
+
+@pytest.mark.parametrize("row", ["neox-parallel", "phi3", "falcon-newarch-kv2", "gpt2"])
+def test_other_block_shapes_and_projection_layouts(row):
+    model, clean, corrupt, ctx = _family(row)
+    g = edge_graph(model)
+    src = source_writes(model, corrupt)
+    out = edge_patched_logits(model, g, clean, src, torch.stack([torch.zeros_like(g.valid), g.valid]))
+    with torch.no_grad():
+        assert torch.equal(out[:3], model.run(clean).logits[:, -1])
+        assert torch.allclose(out[3:], model.run(corrupt).logits[:, -1], atol=1e-4)
+    scores = edge_scores(model, clean, corrupt, logit_diff, ctx)
+    sites = [f"{k}.{layer}" for k in ("head_out", "mlp_out") for layer in range(model.n_layers)]
+    nodes = attribution_patching(model, ["head_out"], clean, model.run(corrupt, read=sites).acts, logit_diff, ctx)
+    base = logit_diff(model.run(clean).logits[:, -1], ctx)
+    for layer in range(model.n_layers):
+        rows = g.sender_rows(layer)
+        heads = (nodes["head_out"][:, layer] - base[:, None]).mean(0)
+        assert torch.allclose(scores.scores[rows.start:rows.stop - 1].sum(1), heads, atol=1e-4), layer
+    mask = g.mask([("input", g.receivers[0])])  # one edge moved a little: the score is the slope
+    eps = 1e-3
+    moved = logit_diff(edge_patched_logits(model, g, clean, src, mask, fraction=eps), ctx)
+    finite = float((moved - base).mean()) / eps
+    assert abs(finite - float(scores.scores[mask].sum())) < 5e-2 * abs(finite) + 2e-3
+
+
+def test_sandwich_norms_are_refused_in_one_line(tiny_gemma3):
+    with pytest.raises(InterpError, match="normalises the attention output after summing the heads"):
+        edge_graph(tiny_gemma3)
+    with pytest.raises(InterpError, match="unknown method 'acdc'"):
+        edge_scores(tiny_gemma3, torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long), logit_diff,
+                    None, method="acdc")
