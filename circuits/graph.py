@@ -12,6 +12,8 @@ mlp.L@p         the MLP of layer L at position p             ``<method>/mlp_out`
 neuron.L.N      neuron N of layer L's MLP                    ``<method>/mlp_act``
 attn.L@p        attention output of layer L at position p    ``<method>/attn_out``
 resid_pre.L@p   residual stream (also resid_mid, resid_post)  ``<method>/resid_pre``...
+kv.L.G          key/value head G of layer L (edge circuits)  ``interp circuit discover``
+input           the embeddings (edge circuits)               ``interp circuit discover``
 feature.S.L.N   latent N of the dictionary at site S.L       ``interp features circuit``
 error.S.L       that dictionary's error term                 ``interp features circuit``
 ==============  ============================================  ========================
@@ -47,7 +49,7 @@ from interp.results import RunResult, load_run, write_json_atomic
 
 CIRCUIT_FILE = "circuit.json"
 CIRCUIT_SCHEMA = 1
-_NODE = re.compile(r"^(head|neuron)\.(\d+)\.(\d+)(?:@(\d+))?$|^(mlp|attn|resid_pre|resid_mid|resid_post)\.(\d+)(?:@(\d+))?$")
+_NODE = re.compile(r"^(head|neuron|kv)\.(\d+)\.(\d+)(?:@(\d+))?$|^(mlp|attn|resid_pre|resid_mid|resid_post)\.(\d+)(?:@(\d+))?$")
 DICTIONARY_SITE_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_in", "mlp_act", "head_out")
 _FEATURE = re.compile(rf"^(feature|error)\.({'|'.join(DICTIONARY_SITE_KINDS)})\.(\d+)(?:\.(\d+))?(?:@(\d+))?$")
 FEATURE_KINDS = ("feature", "error")
@@ -67,6 +69,8 @@ class Node:
     site: str | None = None
 
     def __str__(self) -> str:
+        if self.kind == "input":
+            return "input"
         middle = f"{self.site}.{self.layer}" if self.kind in FEATURE_KINDS else f"{self.layer}"
         name = f"{self.kind}.{middle}" + ("" if self.unit is None else f".{self.unit}")
         return name if self.pos is None else f"{name}@{self.pos}"
@@ -79,14 +83,16 @@ class Node:
 
 def parse_node(name: str) -> Node:
     """``"head.3.1@5"`` -> Node("head", 3, 1, 5); an `InterpError` for anything else."""
+    if str(name) == "input":
+        return Node("input", -1)
     f = _FEATURE.match(str(name))
     if f and (f.group(1) == "feature") == (f.group(4) is not None):
         pos = None if f.group(5) is None else int(f.group(5))
         return Node(f.group(1), int(f.group(3)), None if f.group(4) is None else int(f.group(4)), pos, f.group(2))
     m = _NODE.match(str(name))
     if not m:
-        raise InterpError(f"bad node name '{name}': use head.L.H, mlp.L, neuron.L.N, attn.L, resid_pre.L, "
-                          "feature.SITE.L.N or error.SITE.L (optionally @pos)")
+        raise InterpError(f"bad node name '{name}': use head.L.H, mlp.L, neuron.L.N, attn.L, resid_pre.L, kv.L.G, "
+                          "input, feature.SITE.L.N or error.SITE.L (optionally @pos)")
     if m.group(1):
         return Node(m.group(1), int(m.group(2)), int(m.group(3)), None if m.group(4) is None else int(m.group(4)))
     return Node(m.group(5), int(m.group(6)), None, None if m.group(7) is None else int(m.group(7)))
@@ -174,7 +180,7 @@ class Circuit:
 def check_nodes(model: Model, circuit: Circuit, n_pos: int | None = None) -> None:
     """Refuse, in one line, a node that ``model`` does not have (layer, head, neuron) or a position at or beyond
     ``n_pos`` (the prompts' length), rather than leave it out of the computation silently."""
-    limits = {"head": ("heads", model.n_heads), "neuron": ("neurons", model.d_mlp)}
+    limits = {"head": ("heads", model.n_heads), "neuron": ("neurons", model.d_mlp), "kv": ("KV heads", model.adapter.n_kv_heads)}
     for name in circuit.nodes:
         node = parse_node(name)
         if node.layer >= model.n_layers:

@@ -174,3 +174,66 @@ def test_sandwich_norms_are_refused_in_one_line(tiny_gemma3):
     with pytest.raises(InterpError, match="unknown method 'acdc'"):
         edge_scores(tiny_gemma3, torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long), logit_diff,
                     None, method="acdc")
+
+
+def test_pruning_keeps_only_paths_from_the_input_to_the_logits():
+    from interp.circuits.edge_circuit import prune
+
+    g = EdgeGraph(n_layers=2, n_heads=4, n_kv_heads=2)
+    chain = [("input", "head.0.1.q"), ("head.0.1", "kv.1.0.v"), ("head.1.1", "logits")]  # head.1.1 reads kv.1.0
+    dangling = [("head.0.3", "mlp.0"),  # head.0.3 gets nothing in
+                ("input", "head.1.3.q"),  # head.1.3 sends nothing on
+                ("mlp.0", "kv.1.1.k")]  # kv.1.1 feeds heads 1.2 and 1.3, which send nothing on
+    assert g.edges(prune(g, g.mask(chain + dangling))) == g.edges(g.mask(chain))
+    assert not prune(g, g.mask([("head.0.0", "logits")])).any()
+
+
+def test_greedy_grows_from_the_logits_and_top_takes_the_largest(ioi):
+    from interp.circuits.edge_circuit import _feeds, receiver_node, select_edges
+
+    model, clean, corrupt, ctx = ioi
+    scores = edge_scores(model, clean, corrupt, logit_diff, ctx)
+    g = scores.graph
+    top = select_edges(scores, 10, "top")
+    assert int(top.sum()) == 10 and scores.scores[top].abs().min() >= scores.scores[g.valid & ~top].abs().max()
+    greedy = select_edges(scores, 12, "greedy")
+    assert int(greedy.sum()) == 12
+    into_logits = scores.scores[:, -1].abs()
+    assert greedy[int(into_logits.argmax()), -1]  # the first pick: the largest edge into the logits
+    sent = {g.senders[i] for i, _ in greedy.nonzero().tolist()}
+    for i, j in greedy.nonzero().tolist():  # every edge ends at the logits or at a node feeding a chosen sender
+        node = receiver_node(g, g.receivers[j])
+        assert node == "logits" or any(node in _feeds(g, s) for s in sent)
+
+
+def test_faithfulness_is_exact_patching_outside_the_circuit(ioi):
+    from interp import Ablate
+    from interp.circuits.edge_circuit import edge_faithfulness, faithfulness_curve, to_circuit
+
+    model, clean, corrupt, ctx = ioi
+    g = edge_graph(model)
+    out_of_head = g.valid & torch.tensor([s == "head.0.1" for s in g.senders])[:, None]
+    circuits = torch.stack([g.valid, g.valid & ~out_of_head, torch.zeros_like(g.valid)])
+    with torch.no_grad():
+        z = {name: model.run(tokens, read=["head_out.0"]).acts["head_out.0"] for name, tokens in (("clean", clean), ("corrupt", corrupt))}
+        index = (slice(None), slice(None), 1)
+        corrupted = logit_diff(model.run(clean, [Replace("head_out.0", z["corrupt"][:, :, 1], index=index)]).logits[:, -1], ctx)
+        ablated = logit_diff(model.run(clean, [Ablate("head_out.0", "mean", index, torch.cat([z["clean"], z["corrupt"]]))])
+                             .logits[:, -1], ctx)
+        full = logit_diff(model.run(clean).logits[:, -1], ctx)
+        empty = logit_diff(model.run(corrupt).logits[:, -1], ctx)
+    result = edge_faithfulness(model, g, clean, corrupt, circuits, logit_diff, ctx, max_memory=10**6 * 3)
+    assert torch.equal(result.full, full) and torch.allclose(result.empty, empty, atol=1e-5)
+    assert torch.equal(result.values[0], full) and torch.allclose(result.values[2], empty, atol=1e-5)
+    assert torch.allclose(result.values[1], corrupted, atol=1e-5) and result.normalized[0] == 1.0
+    mean = edge_faithfulness(model, g, clean, corrupt, circuits[1:2], logit_diff, ctx, ablation="mean")
+    assert torch.allclose(mean.values[0], ablated, atol=1e-5)
+    scores = edge_scores(model, clean, corrupt, logit_diff, ctx)
+    curve = faithfulness_curve(model, scores, clean, corrupt, logit_diff, ctx, fractions=(0.1, 0.5, 1.0))
+    assert curve["requested"] == [8, 41, 82] and curve["kept"][-1] == 82 and abs(curve["normalized"][-1] - 1) < 1e-6
+    ys = [0.0, *curve["normalized"]]
+    assert abs(curve["area"] - (0.1 * ys[1] / 2 + 0.4 * (ys[1] + ys[2]) / 2 + 0.5 * (ys[2] + ys[3]) / 2)) < 1e-9
+    with pytest.raises(InterpError, match="increasing fractions"):
+        faithfulness_curve(model, scores, clean, corrupt, logit_diff, ctx, fractions=(0.5, 0.1))
+    circuit = to_circuit(scores, g.mask([("input", "kv.0.1.k"), ("head.0.2", "logits")]), {"method": "eap"})
+    assert set(circuit.nodes) == {"input", "kv.0.1", "head.0.2"} and len(circuit.edges) == 2
