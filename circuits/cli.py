@@ -328,6 +328,65 @@ def circuit_build(
         finish(console, result, out, t0, as_json)
 
 
+@circuit.command("discover")
+def circuit_discover(
+    method: str = typer.Option("eap-ig", help="Edge scores: eap, eap-ig (integrated along the input path) or relp."),
+    task: str = typer.Option("ioi", help="ioi, colored_objects or a JSONL file with clean/corrupt/answer/wrong."),
+    n_prompts: int = typer.Option(None, help="Prompts (generated tasks: 16; a JSONL file: every row, capped by this)."),
+    edges: int = typer.Option(100, help="Edges of the circuit written to circuit.json (pruned to paths from the input "
+                                        "to the logits)."),
+    curve: bool = typer.Option(False, help="Also measure the faithfulness curve over --fractions of the edges."),
+    fractions: str = typer.Option(",".join(f"{f:g}" for f in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)),
+                                  help="Circuit sizes of the curve, as increasing fractions of the graph's edges."),
+    selection: str = typer.Option("top", help="top (the largest |score|) or greedy (grown from the logits)."),
+    ablation: str = typer.Option("corrupt", help="Edges outside the circuit: patched from the corrupt run, or mean "
+                                                 "(the senders' mean writes over both prompt sets)."),
+    ig_steps: int = typer.Option(5, help="eap-ig: points on the path between the corrupt and clean inputs."),
+    direction: str = typer.Option("noising", help="noising (gradients at the clean run) or denoising."),
+    metric: str = typer.Option("logit_diff", help="logit_diff, norm_logit_diff, answer_prob or kl."),
+    model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
+    out: str = typer.Option(None, help="Folder for circuit.json and its report (default runs/discover-<time>)."),
+    as_json: bool = AS_JSON, seed: int = SEED, force: bool = FORCE, max_memory: str = MAX_MEMORY,
+) -> None:
+    """Discover an edge-level circuit over the full graph (input, heads with their q/k/v inputs, MLPs, logits) with
+    EAP, EAP-IG or RelP edge scores; measure it exactly, and with --curve the faithfulness curve; writes circuit.json."""
+    from interp.circuits.discover_run import discover_run
+    from interp.circuits.eap import DIRECTIONS, METHODS
+    from interp.circuits.edge_circuit import ABLATIONS, SELECTIONS
+    from interp.metrics import get_metric
+    from interp.tasks import check_task
+
+    for value, allowed, option in ((method, METHODS, "--method"), (selection, SELECTIONS, "--selection"),
+                                   (ablation, ABLATIONS, "--ablation"), (direction, DIRECTIONS, "--direction")):
+        if value not in allowed:
+            raise InterpError(f"unknown {option} '{value}': use one of {', '.join(allowed)}")
+    if edges < 1:
+        raise InterpError(f"--edges must be at least 1, got {edges}")
+    if ig_steps < 1:
+        raise InterpError(f"--ig-steps must be at least 1, got {ig_steps}")
+    if n_prompts is not None and n_prompts < 1:
+        raise InterpError("--n-prompts must be at least 1")
+    sizes = numbers(fractions, "--fractions", float)
+    if not sizes or any(not 0 < f <= 1 for f in sizes) or sizes != sorted(set(sizes)):
+        raise InterpError("--fractions must be increasing fractions of the edges in (0, 1], e.g. 0.01,0.1,1")
+    get_metric(metric)
+    check_task(task)
+    budget = None if max_memory is None else parse_size(max_memory, "--max-memory")
+    out = _out(out, "discover", force, task=task)
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    with _guard(console, out):
+        m = load_model(console, model, backend, device, dtype)
+        prompts = _prompts(m, task, n_prompts, seed, default=16)
+        with progress_bar(console) as bar:
+            result, built = discover_run(m, prompts, method, edges, curve, sizes, selection, ablation, ig_steps,
+                                         direction, metric, seed, budget, command_line(), phase_callback(bar))
+        built.save(out)
+        f = result.manifest["faithfulness"]
+        norm = "undefined" if f["normalized"] is None else f"{f['normalized']:.3f}"
+        finish(console, result, out, t0, as_json, f"{f['edges']} edges, {len(built)} nodes; faithfulness (normalized) {norm}")
+
+
 @circuit.command("overlap")
 def circuit_overlap(
     a: Path = typer.Argument(..., help="circuit.json (or its folder) of the first circuit."),

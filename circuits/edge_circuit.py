@@ -25,7 +25,7 @@ import torch
 from interp.circuits.eap import EdgeScores
 from interp.circuits.edge_graph import EdgeGraph
 from interp.circuits.edge_patching import edge_patched_logits, source_writes
-from interp.circuits.graph import Circuit, Edge
+from interp.circuits.graph import Circuit, Edge, receiver_node
 from interp.errors import InterpError
 from interp.limits import memory_budget, row_bytes, rows_that_fit
 from interp.metrics import MetricContext, check_finite
@@ -34,11 +34,6 @@ from interp.model import Model
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 SELECTIONS = ("top", "greedy")
 ABLATIONS = ("corrupt", "mean")
-
-
-def receiver_node(graph: EdgeGraph, receiver: str) -> str:
-    """The node a receiver belongs to: ``head.L.H.q`` -> ``head.L.H``, ``kv.L.G.k`` -> ``kv.L.G``."""
-    return receiver.rsplit(".", 1)[0] if receiver.startswith(("head.", "kv.")) else receiver
 
 
 def _feeds(graph: EdgeGraph, sender: str) -> list[str]:
@@ -52,7 +47,7 @@ def _feeds(graph: EdgeGraph, sender: str) -> list[str]:
 def prune(graph: EdgeGraph, mask: torch.Tensor) -> torch.Tensor:
     """``mask`` without the edges on no path from the input to the logits."""
     mask = mask & graph.valid
-    nodes = [receiver_node(graph, r) for r in graph.receivers]
+    nodes = [receiver_node(r) for r in graph.receivers]
     feeds = [_feeds(graph, s) for s in graph.senders]
     while True:
         fed = {nodes[j] for j in mask.any(0).nonzero().flatten().tolist()}  # receiver nodes with a kept edge in
@@ -74,7 +69,7 @@ def select_edges(scores: EdgeScores, n: int, how: str = "top") -> torch.Tensor:
         raise InterpError(f"a circuit needs 0 or more edges, got {n}")
     if how == "top":
         return scores.top(n) if n else torch.zeros_like(graph.valid)
-    receivers = [receiver_node(graph, r) for r in graph.receivers]
+    receivers = [receiver_node(r) for r in graph.receivers]
     by_node: dict[str, list[int]] = {}
     for j, node in enumerate(receivers):
         by_node.setdefault(node, []).append(j)
@@ -184,7 +179,7 @@ def to_circuit(scores: EdgeScores, mask: torch.Tensor, provenance: dict | None =
     nodes: dict[str, float] = {}
     for e in edges:
         nodes[e.sender] = nodes.get(e.sender, 0.0) + e.score
-        receiver = receiver_node(graph, e.receiver)
+        receiver = receiver_node(e.receiver)
         if receiver != "logits":
             nodes.setdefault(receiver, 0.0)
     return Circuit(nodes, edges, dict(provenance or {}))

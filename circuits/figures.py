@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from interp.circuits.graph import Circuit, Edge, parse_node
+from interp.circuits.graph import Circuit, Edge, parse_node, receiver_node
 
 _LATE = {"mlp", "neuron", "resid_post"}  # read after the layer's attention: drawn half a layer later
 # feature and error nodes sit by their dictionary's site, in the order a layer's forward reaches it
 _SITE_OFFSET = {"resid_pre": -0.25, "head_out": 0.0, "attn_out": 0.0, "resid_mid": 0.25, "mlp_in": 0.25, "mlp_act": 0.5,
                 "mlp_out": 0.5, "resid_post": 0.75}
 _POSITIVE, _NEGATIVE = "#c0392b", "#2c6fbb"
+_DASH = {"q": "solid", "k": "dot", "v": "dash"}  # an edge into a query, key or value input
+MAX_EDGES_DRAWN = 400  # edge circuits can hold thousands: the largest are drawn, all are listed
 
 
 def node_positions(circuit: Circuit) -> dict[str, tuple[float, float]]:
@@ -54,7 +56,7 @@ def node_label(name: str) -> str:
 
 def edges_of(circuit: Circuit, name: str) -> tuple[list[Edge], list[Edge]]:
     """(incoming, outgoing) edges of node ``name``, each sorted by |score|, largest first."""
-    incoming = sorted((e for e in circuit.edges if e.receiver == name), key=lambda e: -abs(e.score))
+    incoming = sorted((e for e in circuit.edges if receiver_node(e.receiver) == name), key=lambda e: -abs(e.score))
     outgoing = sorted((e for e in circuit.edges if e.sender == name), key=lambda e: -abs(e.score))
     return incoming, outgoing
 
@@ -66,12 +68,15 @@ def circuit_figure(circuit: Circuit, title: str = "Circuit", highlight: str | No
     top_edge = max((abs(e.score) for e in circuit.edges), default=1.0) or 1.0
     fig = go.Figure()
     mid_x, mid_y, mid_text = [], [], []
-    for edge in sorted(circuit.edges, key=lambda e: abs(e.score)):
-        if edge.sender not in positions or edge.receiver not in positions:
+    drawn = sorted(circuit.edges, key=lambda e: -abs(e.score))[:MAX_EDGES_DRAWN]
+    for edge in reversed(drawn):
+        receiver = receiver_node(edge.receiver)
+        if edge.sender not in positions or receiver not in positions:
             continue
-        (x0, y0), (x1, y1) = positions[edge.sender], positions[edge.receiver]
+        (x0, y0), (x1, y1) = positions[edge.sender], positions[receiver]
+        part = edge.receiver.rpartition(".")[2] if receiver != edge.receiver else "q"
         fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="skip", showlegend=False,
-                                 line={"width": 0.5 + 6 * abs(edge.score) / top_edge,
+                                 line={"width": 0.5 + 6 * abs(edge.score) / top_edge, "dash": _DASH[part],
                                        "color": _POSITIVE if edge.score >= 0 else _NEGATIVE},
                                  opacity=0.35 + 0.5 * abs(edge.score) / top_edge))
         mid_x.append((x0 + x1) / 2)
@@ -96,7 +101,8 @@ def circuit_figure(circuit: Circuit, title: str = "Circuit", highlight: str | No
                                  marker={"size": 16, "symbol": "square", "color": "#555"}, hoverinfo="text",
                                  hovertext=["logits"], showlegend=False, name="logits"))
     ys = [y for _, y in positions.values()] or [0.0]
-    fig.update_layout(title=f"{title}: {len(circuit.nodes)} nodes, {len(circuit.edges)} edges",
+    shown = "" if len(circuit.edges) <= MAX_EDGES_DRAWN else f" (the {MAX_EDGES_DRAWN} largest drawn)"
+    fig.update_layout(title=f"{title}: {len(circuit.nodes)} nodes, {len(circuit.edges)} edges{shown}",
                       xaxis={"title": "layer", "zeroline": False, "dtick": 1},
                       yaxis={"visible": False, "range": [min(ys) - 0.8, max(ys) + 0.8]},  # room for the labels
                       plot_bgcolor="white", height=max(360, 60 * max((len(c) for c in _columns(positions)), default=1)))

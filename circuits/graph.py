@@ -81,6 +81,13 @@ class Node:
         return f"{self.site}.{self.layer}" if self.kind in FEATURE_KINDS else None
 
 
+def receiver_node(receiver: str) -> str:
+    """The node an edge's receiver belongs to: ``head.L.H.q`` -> ``head.L.H``, ``kv.L.G.k`` -> ``kv.L.G``; other
+    receivers (``mlp.L``, ``logits``, node names) are their own node."""
+    base, _, part = receiver.rpartition(".")
+    return base if part in ("q", "k", "v") and base.startswith(("head.", "kv.")) else receiver
+
+
 def parse_node(name: str) -> Node:
     """``"head.3.1@5"`` -> Node("head", 3, 1, 5); an `InterpError` for anything else."""
     if str(name) == "input":

@@ -11,6 +11,7 @@ COMMANDS = {  # folder -> arguments of `interp`
     "circuit_b": ["circuit", "build", "--run", "{runs}/patch", "--top-k", "3"],
     "feature_circuit": ["features", "circuit", *TINY, "--dictionary", f"{SAELENS / 'jumprelu'},{SAELENS / 'topk'}",
                         "--n-prompts", "3", "--nodes", "3", "--top-k", "4"],
+    "discover": ["circuit", "discover", *TINY, "--n-prompts", "3", "--edges", "20", "--curve", "--fractions", "0.1,0.5,1"],
     "overlap": ["circuit", "overlap", "{runs}/circuit_a", "{runs}/circuit_b"],
     "faithfulness": ["circuit", "faithfulness", "{runs}/circuit_a", *TINY, "--n-prompts", "2"],
     "subspace": ["subspace", *TINY, "--site", "mlp_act.1", "--method", "das", "--n-prompts", "8", "--epochs", "2"],

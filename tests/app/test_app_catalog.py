@@ -13,7 +13,7 @@ from interp.app.catalog import read_entry, scan_runs
 from interp.app.widgets import folder_zip
 from interp.errors import RunFolderError
 
-KINDS = {"patch": "patching", "circuit_a": "circuit", "circuit_b": "circuit", "feature_circuit": "circuit", "overlap": "overlap", "faithfulness": "faithfulness",
+KINDS = {"patch": "patching", "circuit_a": "circuit", "circuit_b": "circuit", "feature_circuit": "circuit", "discover": "circuit", "overlap": "overlap", "faithfulness": "faithfulness",
          "subspace": "subspace", "heads": "heads", "retrieval": "retrieval", "neurons": "neurons", "voids": "voids",
          "steer_build": "vectors", "steer_eval": "sweep", "east": "east", "attack": "attack",
          "latents": "latents"}

@@ -245,6 +245,28 @@ def test_feature_circuit_graph_curve_and_node_details(app_runs, monkeypatch):
     assert at.number_input[0].value == node.unit and any(h.value == f"Top contexts of latent {node.unit}" for h in at.subheader)
 
 
+def test_edge_circuit_graph_curve_and_node_edges(app_runs, monkeypatch):
+    from interp.circuits.graph import receiver_node
+
+    circuit = Circuit.load(app_runs / "discover")
+    run = load_run(app_runs / "discover")
+    at = open_page(app_runs, "Circuits", monkeypatch, "discover")
+    assert_clean(at)
+    graph, curve = charts(at)[:2]
+    nodes = next(t for t in graph["data"] if t.get("name") == "nodes")
+    assert sorted(nodes["customdata"]) == sorted(circuit.nodes) and "input" in circuit.nodes
+    lines = [t for t in graph["data"] if t.get("mode") == "lines"]
+    assert len(lines) == len(circuit.edges) == run.manifest["faithfulness"]["edges"]
+    dashes = {t["line"].get("dash") for t in lines}
+    assert dashes <= {"solid", "dot", "dash"}
+    assert np.allclose(_array(curve["data"][0]["y"]), run.scores["circuit/curve"].numpy())
+    head = next(n for n in circuit.nodes if n.startswith("head."))
+    at.selectbox(key="circuit-node").set_value(head).run()
+    assert_clean(at)
+    assert len(at.dataframe[0].value) == sum(receiver_node(e.receiver) == head for e in circuit.edges)
+    assert len(at.dataframe[1].value) == sum(e.sender == head for e in circuit.edges)
+
+
 def test_attention_pattern_matches_the_other_backend(app_runs, monkeypatch, tiny_llama):
     at = open_page(app_runs, "Attention", monkeypatch)
     at.text_input(key="attention-model").set_value("tiny-llama").run()

@@ -189,7 +189,8 @@ def test_pruning_keeps_only_paths_from_the_input_to_the_logits():
 
 
 def test_greedy_grows_from_the_logits_and_top_takes_the_largest(ioi):
-    from interp.circuits.edge_circuit import _feeds, receiver_node, select_edges
+    from interp.circuits.edge_circuit import _feeds, select_edges
+    from interp.circuits.graph import receiver_node
 
     model, clean, corrupt, ctx = ioi
     scores = edge_scores(model, clean, corrupt, logit_diff, ctx)
@@ -202,7 +203,7 @@ def test_greedy_grows_from_the_logits_and_top_takes_the_largest(ioi):
     assert greedy[int(into_logits.argmax()), -1]  # the first pick: the largest edge into the logits
     sent = {g.senders[i] for i, _ in greedy.nonzero().tolist()}
     for i, j in greedy.nonzero().tolist():  # every edge ends at the logits or at a node feeding a chosen sender
-        node = receiver_node(g, g.receivers[j])
+        node = receiver_node(g.receivers[j])
         assert node == "logits" or any(node in _feeds(g, s) for s in sent)
 
 
