@@ -238,3 +238,35 @@ def test_faithfulness_is_exact_patching_outside_the_circuit(ioi):
         faithfulness_curve(model, scores, clean, corrupt, logit_diff, ctx, fractions=(0.5, 0.1))
     circuit = to_circuit(scores, g.mask([("input", "kv.0.1.k"), ("head.0.2", "logits")]), {"method": "eap"})
     assert set(circuit.nodes) == {"input", "kv.0.1", "head.0.2"} and len(circuit.edges) == 2
+
+
+def test_on_a_model_made_linear_eap_equals_exact_edge_patching(tiny_llama):
+    """Queries and keys zeroed (uniform attention), the MLP's activation a constant 1 (down(up(x))), norms only their
+    gains: every edge acts linearly, so each edge's score is exactly the effect of patching it alone."""
+    import copy
+
+    import interp
+
+    hf = copy.deepcopy(tiny_llama.hf)
+    for layer in hf.model.layers:
+        layer.self_attn.q_proj.weight.data.zero_()
+        layer.self_attn.k_proj.weight.data.zero_()
+        layer.mlp.act_fn = torch.nn.Module()
+        layer.mlp.act_fn.forward = torch.ones_like
+    for norm in [hf.model.norm] + [n for layer in hf.model.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]:
+        norm.forward = (lambda module: lambda x: x * module.weight)(norm)
+    model = interp.Model("tiny-llama-linear", hf, tiny_llama.tokenizer, backend="torch")
+    tokens, clean_run, corrupt_run, ctx = ioi_runs(model, 3, 1)
+    scores = edge_scores(model, tokens.clean, tokens.corrupt, logit_diff, ctx)
+    g = scores.graph
+    edges = g.valid.nonzero().tolist()
+    masks = torch.zeros(len(edges), *g.valid.shape, dtype=torch.bool)
+    for k, (i, j) in enumerate(edges):
+        masks[k, i, j] = True
+    src = source_writes(model, tokens.corrupt)
+    patched = logit_diff(edge_patched_logits(model, g, tokens.clean, src, masks), ctx.rows(3 * len(edges)))
+    exact = (patched.view(len(edges), 3) - logit_diff(clean_run.logits[:, -1], ctx)).mean(1)
+    estimate = torch.tensor([float(scores.scores[i, j]) for i, j in edges])
+    assert exact.abs().max() > 0.01 and torch.allclose(exact, estimate, atol=1e-6), (exact - estimate).abs().max()
+    ig = edge_scores(model, tokens.clean, tokens.corrupt, logit_diff, ctx, method="eap-ig", ig_steps=3)
+    assert torch.allclose(ig.scores, scores.scores, atol=1e-5)  # constant gradients: the path changes nothing
