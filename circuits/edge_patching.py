@@ -43,12 +43,19 @@ class _EdgePatch:
 
     def __init__(self, model: Model, graph: EdgeGraph, masks: torch.Tensor, source: dict[str, torch.Tensor], n: int,
                  fraction: float):
-        self.model, self.graph, self.k, self.n = model, graph, masks.shape[0], n
-        self.masks = (masks & graph.valid).to(torch.get_default_dtype()) * fraction  # [k, S, R]
-        self.used = self.masks.abs().sum((0, 2)) > 0  # senders some patched edge starts from
-        self.source, self.diffs = source, {}  # sender row -> [k*n, p, d] (this run - source), for used senders only
+        self.model, self.graph, self.k, self.n, self.fraction = model, graph, masks.shape[0], n, fraction
+        masks = masks & graph.valid
+        # A set patching most edges is summed as its complement: the senders upstream of a receiver write, together,
+        # its input residual, so sum over patched s = (x - x^source) - sum over unpatched s (tested against direct sums).
+        self.complement = masks.flatten(1).sum(1) * 2 > graph.n_edges  # [k]
+        valid = graph.valid.to(torch.get_default_dtype())
+        patched = masks.to(valid.dtype)
+        self.weights = torch.where(self.complement[:, None, None], patched - valid, patched) * fraction  # [k, S, R]
+        self.used = self.weights.abs().sum((0, 2)) > 0  # senders whose (this run - source) is needed
+        self.source, self.diffs = source, {}  # sender row -> [k*n, p, d], for used senders only
         self.w_o = {layer: model.W_O(layer) for layer in range(model.n_layers)}
         self.x: dict[str, torch.Tensor] = {}
+        self.touched = masks.any(1)  # [k, R]: receivers with a patched edge in, per set
 
     def _record(self, rows: range, now: torch.Tensor, src: torch.Tensor) -> None:
         for i, row in enumerate(rows):
@@ -67,15 +74,21 @@ class _EdgePatch:
         row = self.graph.sender_rows(layer).stop - 1
         self._record(range(row, row + 1), out[None], self.source[f"mlp_out.{layer}"][None])
 
-    def delta(self, columns: slice) -> torch.Tensor | None:
-        """``sum_s mask * (a_s - a_s^source)`` for the receivers in ``columns``: [n_r, k*n, p, d] (None: none patched)."""
-        mask = self.masks[:, :, columns]  # [k, S, n_r]
-        rows = [row for row in self.diffs if bool(mask[:, row].any())]
-        if not rows:
+    def delta(self, columns: slice, site: str) -> torch.Tensor | None:
+        """``sum over patched s of fraction * (a_s - a_s^source)`` for the receivers in ``columns`` (reading residual
+        ``site``): [n_r, k*n, p, d]; None when no set patches an edge into them."""
+        if not bool(self.touched[:, columns].any()):
             return None
-        diffs = torch.stack([self.diffs[row] for row in rows])  # [s, k*n, p, d]
-        diffs = diffs.unflatten(1, (self.k, self.n))
-        out = torch.einsum("gsr,sgnpd->rgnpd", mask[:, rows].to(diffs.dtype), diffs)
+        weights = self.weights[:, :, columns]  # [k, S, n_r]
+        rows = [row for row in self.diffs if bool(weights[:, row].any())]
+        x = self.x[site]
+        out = x.new_zeros(weights.shape[2], self.k, self.n, *x.shape[1:])
+        if rows:
+            diffs = torch.stack([self.diffs[row] for row in rows]).unflatten(1, (self.k, self.n))  # [s, k, n, p, d]
+            out = torch.einsum("gsr,sgnpd->rgnpd", weights[:, rows].to(diffs.dtype), diffs)
+        if bool(self.complement.any()):
+            total = (x - self.source[site].repeat(self.k, 1, 1)).unflatten(0, (self.k, self.n))  # [k, n, p, d]
+            out = out + (self.fraction * self.complement.to(x.dtype))[None, :, None, None, None] * total[None]
         return out.flatten(1, 2)
 
     def interventions(self) -> list[Intervention]:
@@ -114,7 +127,7 @@ class _EdgePatch:
 
     def _qkv(self, read, layer: int, part: str, cols: slice):
         def fn(act: torch.Tensor) -> torch.Tensor:
-            delta = self.delta(cols)
+            delta = self.delta(cols, read.site)
             if delta is None:
                 return act
             x = self.x[read.site]
@@ -125,21 +138,29 @@ class _EdgePatch:
 
     def _mlp(self, read, cols: slice):
         def fn(act: torch.Tensor) -> torch.Tensor:
-            delta = self.delta(cols)
+            delta = self.delta(cols, read.site)
             return act if delta is None else read(self.x[read.site] - delta[0])
         return fn
 
     def _logits(self, cols: slice):
         def fn(act: torch.Tensor) -> torch.Tensor:
-            delta = self.delta(cols)
+            self.x[sublayer_input(self.model, "logits").site] = act
+            delta = self.delta(cols, sublayer_input(self.model, "logits").site)
             return act if delta is None else act - delta[0]
         return fn
 
 
+def source_sites(model: Model) -> list[str]:
+    """What `edge_patched_logits` needs of the source run: the senders' sites and the receivers' residual reads."""
+    sites = sender_sites(model)
+    reads = [sublayer_input(model, part, layer).site for layer in range(model.n_layers) for part in ("attn", "mlp")]
+    return sites + [s for s in dict.fromkeys(reads + [sublayer_input(model, "logits").site]) if s not in sites]
+
+
 def source_writes(model: Model, source: torch.Tensor, backend: str | None = None) -> dict[str, torch.Tensor]:
-    """The source run's `sender_sites`, as `edge_patched_logits` takes them."""
+    """The source run's `source_sites`, as `edge_patched_logits` takes them."""
     with torch.no_grad():
-        return model.run(source, read=sender_sites(model), backend=backend).acts
+        return model.run(source, read=source_sites(model), backend=backend).acts
 
 
 def edge_patched_logits(model: Model, graph: EdgeGraph, base: torch.Tensor, source: dict[str, torch.Tensor],
