@@ -42,7 +42,8 @@ def discover_run(model: Model, prompts: PromptSet, method: str = "eap", n_edges:
         ctx = MetricContext(tokens.answer, tokens.wrong, model.run(tokens.clean).logits[:, -1],
                             model.run(tokens.corrupt).logits[:, -1])
     t0 = time.perf_counter()
-    scores = edge_scores(model, tokens.clean, tokens.corrupt, metric_fn, ctx, method, ig_steps, direction)
+    scores = edge_scores(model, tokens.clean, tokens.corrupt, metric_fn, ctx, method, ig_steps, direction,
+                         max_memory=max_memory)
     t_scores = time.perf_counter() - t0
     graph = scores.graph
     mask = prune(graph, select_edges(scores, min(n_edges, graph.n_edges), how))

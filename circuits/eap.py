@@ -35,6 +35,7 @@ from interp.errors import InterpError
 from interp.interventions import Replace
 from interp.metrics import MetricContext
 from interp.model import Model
+from interp.patching.attribution import batch_metric, prompts_per_pass
 from interp.residual_io import input_grads, sublayer_input
 from interp.rules import RELP_RULES
 
@@ -82,9 +83,12 @@ def _receiver_grads(model: Model, acts: dict, grads: dict, layer: int, frozen: b
 
 
 def edge_scores(model: Model, clean: torch.Tensor, corrupt: torch.Tensor, metric: Callable, ctx: MetricContext,
-                method: str = "eap", ig_steps: int = 5, direction: str = "noising",
-                backend: str | None = None) -> EdgeScores:
-    """Scores of every edge of ``model``'s graph for the ``clean``/``corrupt`` prompts (token ids, same shape)."""
+                method: str = "eap", ig_steps: int = 5, direction: str = "noising", backend: str | None = None,
+                max_memory: int | None = None) -> EdgeScores:
+    """Scores of every edge of ``model``'s graph for the ``clean``/``corrupt`` prompts (token ids, same shape).
+
+    ``max_memory`` (bytes; None: a share of the device's free memory) bounds each forward and backward: the prompts
+    run in as many batches as it takes, with the same scores (each prompt's gradient is its own)."""
     if method not in METHODS:
         raise InterpError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
     if direction not in DIRECTIONS:
@@ -96,16 +100,32 @@ def edge_scores(model: Model, clean: torch.Tensor, corrupt: torch.Tensor, metric
                           f"and {tuple(corrupt.shape)}")
     graph = edge_graph(model)
     base, source = (clean, corrupt) if direction == "noising" else (corrupt, clean)
+    weights = {(part, layer): getattr(model, f"W_{part.upper()}")(layer).detach()
+               for part in ("q", "k", "v") for layer in range(model.n_layers)}
+    w_o = {layer: model.W_O(layer) for layer in range(model.n_layers)}
+    reads = _receiver_reads(model)
+    n = base.shape[0]
+    per_pass = prompts_per_pass(model, base, len(reads) + len(graph.senders), max_memory)
+    scores = torch.zeros(len(graph.senders), len(graph.receivers))
+    for lo in range(0, n, per_pass):
+        hi = min(n, lo + per_pass)
+        scores += _batch_scores(model, graph, base[lo:hi], source[lo:hi], metric, ctx, lo, n, method, ig_steps,
+                                reads, weights, w_o, backend)
+    scores = scores / n
+    return EdgeScores(graph, scores.masked_fill(~graph.valid, 0.0), method, direction)
+
+
+def _batch_scores(model: Model, graph: EdgeGraph, base: torch.Tensor, source: torch.Tensor, metric: Callable,
+                  ctx: MetricContext, lo: int, n: int, method: str, ig_steps: int, reads: list[str], weights: dict,
+                  w_o: dict, backend: str | None) -> torch.Tensor:
+    """The scores of prompts ``lo..`` (summed over them, not yet averaged) for every edge."""
     with torch.no_grad():
         base_acts = model.run(base, read=sender_sites(model), backend=backend).acts
         src_acts = model.run(source, read=sender_sites(model), backend=backend).acts
-        w_o = {layer: model.W_O(layer) for layer in range(model.n_layers)}
         delta = (sender_writes(model, src_acts, w_o=w_o) - sender_writes(model, base_acts, w_o=w_o)).flatten(1)
-    weights = {(part, layer): getattr(model, f"W_{part.upper()}")(layer).detach()
-               for part in ("q", "k", "v") for layer in range(model.n_layers)}
     rules = RELP_RULES if method == "relp" else ()
-    reads = _receiver_reads(model)
     logits_site = sublayer_input(model, "logits").site
+    wanted = [s for s in reads if s.split(".")[0] in ("q", "k", "v", "mlp_in") or s == logits_site]
     alphas = [(k + 0.5) / ig_steps for k in range(ig_steps)] if method == "eap-ig" else [None]
     scores = torch.zeros(len(graph.senders), len(graph.receivers))
     for alpha in alphas:
@@ -114,8 +134,8 @@ def edge_scores(model: Model, clean: torch.Tensor, corrupt: torch.Tensor, metric
             emb = base_acts["resid_pre.0"] + alpha * (src_acts["resid_pre.0"] - base_acts["resid_pre.0"])
             edits = [Replace("resid_pre.0", emb)]
         run = model.run(base, edits, read=reads, grad=True, backend=backend, rules=rules)
-        wanted = [s for s in reads if s.split(".")[0] in ("q", "k", "v", "mlp_in") or s == logits_site]
-        grads = dict(zip(wanted, torch.autograd.grad(metric(run.logits[:, -1], ctx).sum(), [run.acts[s] for s in wanted])))
+        value = batch_metric(metric, run.logits[:, -1], ctx, lo, n)
+        grads = dict(zip(wanted, torch.autograd.grad(value.sum(), [run.acts[s] for s in wanted])))
         acts = {name: value.detach() for name, value in run.acts.items()}
         del run
         for layer in range(model.n_layers + 1):
@@ -125,5 +145,4 @@ def edge_scores(model: Model, clean: torch.Tensor, corrupt: torch.Tensor, metric
                 g = grads[logits_site][None]
             cols = graph.receiver_columns(layer)
             scores[:, cols] += (delta @ g.flatten(1).T.to(delta.dtype)).float().cpu()
-    scores = scores / (len(alphas) * base.shape[0])
-    return EdgeScores(graph, scores.masked_fill(~graph.valid, 0.0), method, direction)
+    return scores / len(alphas)

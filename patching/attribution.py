@@ -86,7 +86,7 @@ def attribution_patching(
     for lo in range(0, n, k):
         hi = min(n, lo + k)
         out = model.run(base[lo:hi], read=read, grad=True, backend=backend, rules=rules)
-        per_prompt = _prompt_metric(metric, out.logits[:, -1], ctx, lo, n)
+        per_prompt = batch_metric(metric, out.logits[:, -1], ctx, lo, n)
         grads = dict(zip(grad_sites, torch.autograd.grad(per_prompt.sum(), [out.acts[s] for s in grad_sites])))
         base_metric = per_prompt.detach()
         for comp in components:
@@ -122,7 +122,7 @@ def prompts_per_pass(model: Model, base: torch.Tensor, n_reads: int, max_memory:
     return min(n, (budget - padded) // per_prompt)
 
 
-def _prompt_metric(metric: Callable, logits: torch.Tensor, ctx: MetricContext, lo: int, n: int) -> torch.Tensor:
+def batch_metric(metric: Callable, logits: torch.Tensor, ctx: MetricContext, lo: int, n: int) -> torch.Tensor:
     """``metric`` of prompts ``lo..`` from their last-position ``logits``, with ``ctx`` for all ``n`` prompts.
 
     Metrics are per prompt but may use every prompt's clean/corrupt logits (norm_logit_diff's means), so

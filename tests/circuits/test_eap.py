@@ -270,3 +270,22 @@ def test_on_a_model_made_linear_eap_equals_exact_edge_patching(tiny_llama):
     assert exact.abs().max() > 0.01 and torch.allclose(exact, estimate, atol=1e-6), (exact - estimate).abs().max()
     ig = edge_scores(model, tokens.clean, tokens.corrupt, logit_diff, ctx, method="eap-ig", ig_steps=3)
     assert torch.allclose(ig.scores, scores.scores, atol=1e-5)  # constant gradients: the path changes nothing
+
+
+def test_scores_are_the_same_for_any_memory_budget(ioi):
+    from interp.circuits.eap import prompts_per_pass, _receiver_reads
+
+    model, clean, corrupt, ctx = ioi
+    whole = edge_scores(model, clean, corrupt, logit_diff, ctx, method="eap-ig", ig_steps=2)
+    n_reads = len(_receiver_reads(model)) + len(whole.graph.senders)
+    budget = 10 ** 4
+    while True:  # the smallest budget that holds a pass: one prompt at a time
+        try:
+            assert prompts_per_pass(model, clean, n_reads, budget) == 1
+            break
+        except InterpError:
+            budget = int(budget * 1.1)
+    one = edge_scores(model, clean, corrupt, logit_diff, ctx, method="eap-ig", ig_steps=2, max_memory=budget)
+    assert torch.allclose(one.scores, whole.scores, atol=1e-6)
+    with pytest.raises(InterpError, match="memory budget"):
+        edge_scores(model, clean, corrupt, logit_diff, ctx, max_memory=1000)
