@@ -32,11 +32,12 @@ import torch
 
 from interp.circuits.edge_graph import EdgeGraph, edge_graph, sender_sites, sender_writes
 from interp.errors import InterpError
-from interp.interventions import Replace
+from interp.interventions import Intervention, Replace
 from interp.metrics import MetricContext
 from interp.model import Model
 from interp.patching.attribution import batch_metric, prompts_per_pass
-from interp.residual_io import input_grads, sublayer_input
+from interp.residual_io import (attention_bias, attention_writer, heads_write_additively, input_grads,
+                                sublayer_input)
 from interp.rules import RELP_RULES
 
 METHODS = ("eap", "eap-ig", "relp")
@@ -60,6 +61,14 @@ class EdgeScores:
         return mask.view_as(self.scores)
 
 
+@dataclass(frozen=True)
+class _Fresh(Intervention):
+    """The same values in a new tensor: what flows on from the site is then read there alone."""
+
+    def apply(self, act: torch.Tensor) -> torch.Tensor:
+        return act.clone()
+
+
 def _receiver_reads(model: Model) -> list[str]:
     reads = []
     for layer in range(model.n_layers):
@@ -80,6 +89,18 @@ def _receiver_grads(model: Model, acts: dict, grads: dict, layer: int, frozen: b
     g_attn = input_grads(model, attn, acts[attn.site], cot, frozen)
     g_mlp = input_grads(model, mlp, acts[mlp.site], grads[f"mlp_in.{layer}"][None], frozen)
     return torch.cat([g_attn, g_mlp])
+
+
+def _through_attention_norms(model: Model, graph: EdgeGraph, delta: torch.Tensor, base_acts: dict, w_o: dict) -> None:
+    """Behind a norm after attention, a head's write is linearized at the base run: its change of the heads' summed
+    output taken through the norm's Jacobian there (``delta``'s head rows, in place)."""
+    for layer in range(model.n_layers):
+        rows = graph.sender_rows(layer)
+        heads = slice(rows.start, rows.stop - 1)
+        bias = attention_bias(model, layer)
+        u = torch.einsum("bphe,hed->bpd", base_acts[f"head_out.{layer}"], w_o[layer]) + (0 if bias is None else bias)
+        write = attention_writer(model, layer)
+        delta[heads] = torch.func.vmap(lambda t: torch.func.jvp(write, (u,), (t,))[1])(delta[heads])
 
 
 def edge_scores(model: Model, clean: torch.Tensor, corrupt: torch.Tensor, metric: Callable, ctx: MetricContext,
@@ -122,17 +143,23 @@ def _batch_scores(model: Model, graph: EdgeGraph, base: torch.Tensor, source: to
     with torch.no_grad():
         base_acts = model.run(base, read=sender_sites(model), backend=backend).acts
         src_acts = model.run(source, read=sender_sites(model), backend=backend).acts
-        delta = (sender_writes(model, src_acts, w_o=w_o) - sender_writes(model, base_acts, w_o=w_o)).flatten(1)
+        delta = sender_writes(model, src_acts, w_o=w_o) - sender_writes(model, base_acts, w_o=w_o)
+        if not heads_write_additively(model):
+            _through_attention_norms(model, graph, delta, base_acts, w_o)
+        delta = delta.flatten(1)
     rules = RELP_RULES if method == "relp" else ()
     logits_site = sublayer_input(model, "logits").site
     wanted = [s for s in reads if s.split(".")[0] in ("q", "k", "v", "mlp_in") or s == logits_site]
     alphas = [(k + 0.5) / ig_steps for k in range(ig_steps)] if method == "eap-ig" else [None]
     scores = torch.zeros(len(graph.senders), len(graph.receivers))
+    # each MLP reads a tensor of its own, so the gradient there is its branch's alone (where an MLP reads the residual
+    # directly, post-norm blocks, its input is otherwise the residual itself)
+    own_inputs = [_Fresh(f"mlp_in.{layer}") for layer in range(model.n_layers)]
     for alpha in alphas:
-        edits = []
+        edits = list(own_inputs)
         if alpha is not None:
             emb = base_acts["resid_pre.0"] + alpha * (src_acts["resid_pre.0"] - base_acts["resid_pre.0"])
-            edits = [Replace("resid_pre.0", emb)]
+            edits.append(Replace("resid_pre.0", emb))
         run = model.run(base, edits, read=reads, grad=True, backend=backend, rules=rules)
         value = batch_metric(metric, run.logits[:, -1], ctx, lo, n)
         grads = dict(zip(wanted, torch.autograd.grad(value.sum(), [run.acts[s] for s in wanted])))

@@ -8,7 +8,9 @@ attention have one key and one value receiver per KV head, shared by the query h
 same layer's MLP unless attention and MLP run in parallel.
 
 `EdgeGraph` lists them in forward order with their sites; `sender_writes` computes what each sender writes on
-given runs (what edge patching swaps and edge attribution multiplies).
+given runs (what edge patching swaps and edge attribution multiplies). Where a norm follows attention (sandwich and
+post-norm blocks), a head's write is not one term of a sum: edge patching recomputes that norm for what each
+receiver reads, and edge attribution linearizes it (`interp.circuits.eap`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 from interp.errors import InterpError
 from interp.model import Model
-from interp.residual_io import heads_write_additively, mlp_sees_attention
+from interp.residual_io import mlp_sees_attention
 
 
 @dataclass(frozen=True)
@@ -101,11 +103,7 @@ class EdgeGraph:
 
 
 def edge_graph(model: Model) -> EdgeGraph:
-    """The graph of ``model``; a one-line refusal where heads do not write into the residual additively."""
-    if not heads_write_additively(model):
-        raise InterpError(f"edge circuits need heads that add their writes into the residual stream; {model.adapter.family} "
-                          f"normalises the attention output after summing the heads ({model.adapter.block} block), so one "
-                          "head's write depends on the others: use node circuits (interp patch, interp circuit build)")
+    """The graph of ``model``."""
     return EdgeGraph(model.n_layers, model.n_heads, model.adapter.n_kv_heads, mlp_sees_attention(model))
 
 

@@ -25,7 +25,7 @@ from interp.circuits.edge_graph import EdgeGraph, sender_sites
 from interp.errors import InterpError
 from interp.interventions import Intervention
 from interp.model import Model
-from interp.residual_io import sublayer_input
+from interp.residual_io import attention_bias, attention_writer, heads_write_additively, sublayer_input
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,7 +47,10 @@ class _EdgePatch:
         masks = masks & graph.valid
         # A set patching most edges is summed as its complement: the senders upstream of a receiver write, together,
         # its input residual, so sum over patched s = (x - x^source) - sum over unpatched s (tested against direct sums).
-        self.complement = masks.flatten(1).sum(1) * 2 > graph.n_edges  # [k]
+        self.writers = {layer: attention_writer(model, layer) for layer in range(model.n_layers)}
+        self.additive = heads_write_additively(model)
+        # (only where heads write additively; behind a norm after attention each layer's heads are recomputed)
+        self.complement = (masks.flatten(1).sum(1) * 2 > graph.n_edges) & self.additive  # [k]
         valid = graph.valid.to(torch.get_default_dtype())
         patched = masks.to(valid.dtype)
         self.weights = torch.where(self.complement[:, None, None], patched - valid, patched) * fraction  # [k, S, R]
@@ -56,6 +59,7 @@ class _EdgePatch:
         self.w_o = {layer: model.W_O(layer) for layer in range(model.n_layers)}
         self.x: dict[str, torch.Tensor] = {}
         self.touched = masks.any(1)  # [k, R]: receivers with a patched edge in, per set
+        self.heads: dict[int, tuple[range, torch.Tensor, torch.Tensor]] = {}  # layer -> (rows, u, per-head dW)
 
     def _record(self, rows: range, now: torch.Tensor, src: torch.Tensor) -> None:
         for i, row in enumerate(rows):
@@ -65,10 +69,32 @@ class _EdgePatch:
     def _heads(self, layer: int, z: torch.Tensor) -> None:
         rows = self.graph.sender_rows(layer)
         heads = range(rows.start, rows.stop - 1)
-        if any(self.used[row] for row in heads):
-            W_O = self.w_o[layer].to(z.dtype)
-            src = self.source[f"head_out.{layer}"]
+        if not any(self.used[row] for row in heads):
+            return
+        W_O = self.w_o[layer].to(z.dtype)
+        src = self.source[f"head_out.{layer}"]
+        if self.additive:
             self._record(heads, torch.einsum("bphe,hed->hbpd", z, W_O), torch.einsum("bphe,hed->hbpd", src, W_O))
+            return
+        # behind a norm: keep the heads' summed output u and each head's change of it, for `_head_delta`
+        bias = attention_bias(self.model, layer)
+        u = torch.einsum("bphe,hed->bpd", z, W_O) + (0 if bias is None else bias.to(z.dtype))
+        self.heads[layer] = (heads, u, torch.einsum("bphe,hed->hbpd", z - src.repeat(self.k, 1, 1, 1), W_O))
+
+    def _head_delta(self, weights: torch.Tensor) -> torch.Tensor | None:
+        """Behind a norm after attention: per receiver, ``write(u) - write(u - sum over patched heads of dW)`` of
+        every earlier attention layer, [n_r, k, n, p, d] (None: no patched head)."""
+        out = None
+        for layer, (rows, u, dw) in self.heads.items():
+            w = weights[:, rows.start:rows.stop]  # [k, H, n_r]
+            if not bool(w.any()):
+                continue
+            moved = torch.einsum("ghr,hgnpd->rgnpd", w.to(dw.dtype), dw.unflatten(1, (self.k, self.n)))
+            u = u.unflatten(0, (self.k, self.n))[None]
+            write = self.writers[layer]
+            part = (write(u.expand_as(moved)) - write(u - moved))
+            out = part if out is None else out + part
+        return out
 
     def _mlp_out(self, layer: int, out: torch.Tensor) -> None:
         row = self.graph.sender_rows(layer).stop - 1
@@ -86,6 +112,10 @@ class _EdgePatch:
         if rows:
             diffs = torch.stack([self.diffs[row] for row in rows]).unflatten(1, (self.k, self.n))  # [s, k, n, p, d]
             out = torch.einsum("gsr,sgnpd->rgnpd", weights[:, rows].to(diffs.dtype), diffs)
+        if not self.additive:
+            heads = self._head_delta(weights)
+            if heads is not None:
+                out = out + heads
         if bool(self.complement.any()):
             total = (x - self.source[site].repeat(self.k, 1, 1)).unflatten(0, (self.k, self.n))  # [k, n, p, d]
             out = out + (self.fraction * self.complement.to(x.dtype))[None, :, None, None, None] * total[None]

@@ -14,15 +14,17 @@ post_norm       resid_pre.L                                resid_mid.L
 ==============  =========================================  ==========================================
 
 and the logits read the final norm of ``resid_post`` of the last layer. `sublayer_input` names them; the norm is
-the model's own HF module, called as a plain function (so its gradient is the module's own).
+the model's own HF module, its ``forward`` called as a plain function (so its gradient is the module's own, and no
+hook on the module fires again inside a running forward).
 
 Heads write additively (the attention output is the sum over heads of ``z_h @ W_O[h]`` plus a bias) unless a norm
 follows the attention (`heads_write_additively`): sandwich and post-norm blocks (Gemma 2/3, OLMo-2) normalise the
-sum, so one head's write depends on the others.
+sum, so one head's write depends on the others; `attention_writer` is that norm.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +46,7 @@ class SublayerInput:
         """What the sublayer reads from residual value ``x`` (a plain call of the norm module, no hooks of ours)."""
         if self.norm is None:
             return x
-        out = self.norm(x)
+        out = self.norm.forward(x)  # forward, not __call__: no hook of a running forward fires again
         return out[0] if isinstance(out, tuple) else out
 
 
@@ -72,6 +74,26 @@ def sublayer_input(model: Model, part: str, layer: int | None = None) -> Sublaye
 def heads_write_additively(model: Model) -> bool:
     """Whether the attention output is the plain sum of the heads' writes (no norm after attention)."""
     return model.adapter.block not in ("sandwich", "post_norm")
+
+
+def attention_writer(model: Model, layer: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Where heads do not write additively: the function from the heads' summed output (``sum_h z_h @ W_O[h]``
+    plus the output bias, `attention_bias`) to what attention adds to the residual (the norm after attention,
+    called as the model's own module); None where heads write additively."""
+    if heads_write_additively(model):
+        return None
+    norm = model.hf.get_submodule(model.adapter.points["attn_out"].module_path(layer))
+
+    def write(u: torch.Tensor) -> torch.Tensor:
+        out = norm.forward(u)  # forward, not __call__: the hooks reading this module's output do not fire again
+        return out[0] if isinstance(out, tuple) else out
+
+    return write
+
+
+def attention_bias(model: Model, layer: int) -> torch.Tensor | None:
+    """The attention output projection's bias [d_model] (times any residual multiplier), None where it has none."""
+    return model.adapter.attn_out_bias(model.hf, layer)
 
 
 def mlp_sees_attention(model: Model) -> bool:

@@ -144,7 +144,7 @@ def test_backends_agree(ioi):
         assert torch.allclose(ours, theirs, atol=1e-5), backend
 
 
-@pytest.mark.parametrize("row", ["neox-parallel", "phi3", "falcon-newarch-kv2", "gpt2"])
+@pytest.mark.parametrize("row", ["neox-parallel", "phi3", "falcon-newarch-kv2", "gpt2", "gemma3-softcap", "olmo2"])
 def test_other_block_shapes_and_projection_layouts(row):
     model, clean, corrupt, ctx = _family(row)
     g = edge_graph(model)
@@ -168,12 +168,26 @@ def test_other_block_shapes_and_projection_layouts(row):
     assert abs(finite - float(scores.scores[mask].sum())) < 5e-2 * abs(finite) + 2e-3
 
 
-def test_sandwich_norms_are_refused_in_one_line(tiny_gemma3):
-    with pytest.raises(InterpError, match="normalises the attention output after summing the heads"):
-        edge_graph(tiny_gemma3)
+def test_behind_a_norm_after_attention_head_edges_are_recomputed_exactly(tiny_gemma3):
+    """Gemma 3 normalises the heads' summed output: an edge from a head moves what its receiver reads by
+    norm(u) - norm(u - that head's change), which a plain hook on the post-attention norm reproduces."""
+    model = tiny_gemma3
+    tokens, clean_run, corrupt_run, ctx = ioi_runs(model, 3, 1)
+    g = edge_graph(model)
+    src = source_writes(model, tokens.corrupt)
+    with torch.no_grad():  # layer 1 attends fully (layer 0's window of 4 does not reach the corrupted name)
+        z = model.run(tokens.corrupt, read=["head_out.1"]).acts["head_out.1"]
+        # the edge head.1.1 -> logits: the final residual as if that head alone were corrupted in layer 1's
+        # attention (its post-attention norm recomputed), everything else clean
+        edited = model.run(tokens.clean, [Replace("head_out.1", z[:, :, 1], index=(slice(None), slice(None), 1))],
+                           read=["attn_out.1"]).acts["attn_out.1"]
+        acts = model.run(tokens.clean, read=["attn_out.1", "resid_post.1"]).acts
+        final = acts["resid_post.1"] - acts["attn_out.1"] + edited
+        expected = model.run(tokens.clean, [Replace("resid_post.1", final)]).logits[:, -1]
+    patched = edge_patched_logits(model, g, tokens.clean, src, g.mask([("head.1.1", "logits")]))
+    assert torch.allclose(patched, expected, atol=1e-5) and (patched - clean_run.logits[:, -1]).abs().max() > 1e-4
     with pytest.raises(InterpError, match="unknown method 'acdc'"):
-        edge_scores(tiny_gemma3, torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long), logit_diff,
-                    None, method="acdc")
+        edge_scores(model, tokens.clean, tokens.corrupt, logit_diff, ctx, method="acdc")
 
 
 def test_pruning_keeps_only_paths_from_the_input_to_the_logits():
