@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from family_models import build, tokens as family_tokens
+from family_models import ROW_IDS, build, tokens as family_tokens
 from interp import InterpError, Replace
 from interp.circuits.eap import edge_scores
 from interp.circuits.edge_graph import EdgeGraph, edge_graph
@@ -144,14 +144,16 @@ def test_backends_agree(ioi):
         assert torch.allclose(ours, theirs, atol=1e-5), backend
 
 
-@pytest.mark.parametrize("row", ["neox-parallel", "phi3", "falcon-newarch-kv2", "gpt2", "gemma3-softcap", "olmo2"])
-def test_other_block_shapes_and_projection_layouts(row):
+@pytest.mark.parametrize("row", ROW_IDS)
+def test_every_family(row):
+    """Every block shape, q/k/v layout, norm placement, MoE and multiplier of the parity matrix: the base and source
+    runs, node sums = AtP, and an edge's score = the slope of its exact patching."""
     model, clean, corrupt, ctx = _family(row)
     g = edge_graph(model)
     src = source_writes(model, corrupt)
     out = edge_patched_logits(model, g, clean, src, torch.stack([torch.zeros_like(g.valid), g.valid]))
-    with torch.no_grad():
-        assert torch.equal(out[:3], model.run(clean).logits[:, -1])
+    with torch.no_grad():  # MoE layers route a doubled batch with other float rounding: 1e-5, not bit for bit
+        assert torch.allclose(out[:3], model.run(clean).logits[:, -1], atol=1e-5, rtol=0)
         assert torch.allclose(out[3:], model.run(corrupt).logits[:, -1], atol=1e-4)
     scores = edge_scores(model, clean, corrupt, logit_diff, ctx)
     sites = [f"{k}.{layer}" for k in ("head_out", "mlp_out") for layer in range(model.n_layers)]
@@ -161,11 +163,15 @@ def test_other_block_shapes_and_projection_layouts(row):
         rows = g.sender_rows(layer)
         heads = (nodes["head_out"][:, layer] - base[:, None]).mean(0)
         assert torch.allclose(scores.scores[rows.start:rows.stop - 1].sum(1), heads, atol=1e-4), layer
-    mask = g.mask([("input", g.receivers[0])])  # one edge moved a little: the score is the slope
-    eps = 1e-3
-    moved = logit_diff(edge_patched_logits(model, g, clean, src, mask, fraction=eps), ctx)
-    finite = float((moved - base).mean()) / eps
-    assert abs(finite - float(scores.scores[mask].sum())) < 5e-2 * abs(finite) + 2e-3
+    edges = g.valid.nonzero()[torch.randperm(g.n_edges, generator=torch.Generator().manual_seed(0))[:8]].tolist()
+    masks = torch.zeros(len(edges), *g.valid.shape, dtype=torch.bool)
+    for k, (i, j) in enumerate(edges):
+        masks[k, i, j] = True
+    eps = 1e-3  # each edge moved a little: its score is the slope
+    moved = logit_diff(edge_patched_logits(model, g, clean, src, masks, fraction=eps), ctx.rows(3 * len(edges)))
+    finite = (moved.view(len(edges), 3).mean(1) - base.mean()) / eps
+    estimate = torch.stack([scores.scores[m].sum() for m in masks])
+    assert torch.allclose(finite, estimate, rtol=0.1, atol=2e-3), (finite, estimate)
 
 
 def test_behind_a_norm_after_attention_head_edges_are_recomputed_exactly(tiny_gemma3):
