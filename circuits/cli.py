@@ -347,9 +347,11 @@ def circuit_discover(
     model: str = MODEL, backend: str = BACKEND, device: str = DEVICE, dtype: str = DTYPE,
     out: str = typer.Option(None, help="Folder for circuit.json and its report (default runs/discover-<time>)."),
     as_json: bool = AS_JSON, seed: int = SEED, force: bool = FORCE, max_memory: str = MAX_MEMORY,
+    ray: str = RAY, workers: int = WORKERS,
 ) -> None:
     """Discover an edge-level circuit over the full graph (input, heads with their q/k/v inputs, MLPs, logits) with
-    EAP, EAP-IG or RelP edge scores; measure it exactly, and with --curve the faithfulness curve; writes circuit.json."""
+    EAP, EAP-IG or RelP edge scores; measure it exactly, and with --curve the faithfulness curve; writes circuit.json.
+    With --curve, --ray measures the curve's circuits on Ray workers."""
     from interp.circuits.discover_run import discover_run
     from interp.circuits.eap import DIRECTIONS, METHODS
     from interp.circuits.edge_circuit import ABLATIONS, SELECTIONS
@@ -371,6 +373,9 @@ def circuit_discover(
         raise InterpError("--fractions must be increasing fractions of the edges in (0, 1], e.g. 0.01,0.1,1")
     get_metric(metric)
     check_task(task)
+    if ray is not None and not curve:
+        raise InterpError("--ray shards the circuits of --curve: add --curve or drop --ray")
+    check_ray(ray, workers)
     budget = None if max_memory is None else parse_size(max_memory, "--max-memory")
     out = _out(out, "discover", force, task=task)
     console = Console(stderr=True)
@@ -378,9 +383,9 @@ def circuit_discover(
     with _guard(console, out):
         m = load_model(console, model, backend, device, dtype)
         prompts = _prompts(m, task, n_prompts, seed, default=16)
-        with progress_bar(console) as bar:
+        with ray_workers(console, m, ray, workers) as pool, progress_bar(console) as bar:
             result, built = discover_run(m, prompts, method, edges, curve, sizes, selection, ablation, ig_steps,
-                                         direction, metric, seed, budget, command_line(), phase_callback(bar))
+                                         direction, metric, seed, budget, command_line(), phase_callback(bar), pool)
         built.save(out)
         f = result.manifest["faithfulness"]
         norm = "undefined" if f["normalized"] is None else f"{f['normalized']:.3f}"

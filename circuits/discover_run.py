@@ -30,10 +30,10 @@ def discover_run(model: Model, prompts: PromptSet, method: str = "eap", n_edges:
                  fractions: Sequence[float] = FRACTIONS, how: str = "top", ablation: str = "corrupt",
                  ig_steps: int = 5, direction: str = "noising", metric: str = "logit_diff", seed: int = 0,
                  max_memory: int | None = None, command: str = "circuit discover",
-                 progress: Callable | None = None) -> tuple[RunResult, Circuit]:
+                 progress: Callable | None = None, workers=None) -> tuple[RunResult, Circuit]:
     """Score every edge of ``model``'s graph on ``prompts`` by ``method``, keep the ``n_edges`` chosen by ``how``
     (pruned to paths from the input to the logits), and measure it exactly; with ``curve``, every size of
-    ``fractions`` too."""
+    ``fractions`` too. ``workers`` (a `interp.ray_workers.RayWorkers`) measures the curve's circuits on Ray."""
     if n_edges < 1:
         raise InterpError(f"--edges must be at least 1, got {n_edges}")
     metric_fn = get_metric(metric)
@@ -48,15 +48,15 @@ def discover_run(model: Model, prompts: PromptSet, method: str = "eap", n_edges:
     graph = scores.graph
     mask = prune(graph, select_edges(scores, min(n_edges, graph.n_edges), how))
     t0 = time.perf_counter()
-    measured = edge_faithfulness(model, graph, tokens.clean, tokens.corrupt, mask[None], metric_fn, ctx, ablation,
+    measured = edge_faithfulness(model, graph, tokens.clean, tokens.corrupt, mask[None], metric, ctx, ablation,
                                  max_memory, progress=progress)
     faithful = {"full": float(measured.full.mean()), "circuit": float(measured.values[0].mean()),
                 "empty": float(measured.empty.mean()), "normalized": measured.normalized[0],
                 "edges": int(mask.sum()), "requested": n_edges}
     result_curve = None
     if curve:
-        result_curve = faithfulness_curve(model, scores, tokens.clean, tokens.corrupt, metric_fn, ctx, fractions, how,
-                                          ablation, max_memory, progress=progress)
+        result_curve = faithfulness_curve(model, scores, tokens.clean, tokens.corrupt, metric, ctx, fractions, how,
+                                          ablation, max_memory, progress=progress, workers=workers)
     t_faithful = time.perf_counter() - t0
     provenance = {"method": method, "selection": how, "ablation": ablation, "direction": direction, "metric": metric,
                   "ig_steps": ig_steps if method == "eap-ig" else None, "model": model.name,
@@ -71,6 +71,8 @@ def discover_run(model: Model, prompts: PromptSet, method: str = "eap", n_edges:
         "faithfulness": faithful,
         "timings": {"scores_s": round(t_scores, 3), "faithfulness_s": round(t_faithful, 3)},
     }
+    if workers is not None:
+        manifest["ray"] = workers.info()
     lines = [f"{e.sender} -> {e.receiver}: {e.score:+.4f}" for e in sorted(circuit.edges, key=lambda e: -abs(e.score))[:30]]
     notes = [{"title": "Circuit", "text": f"{faithful['edges']} of {graph.n_edges} edges ({n_edges} chosen by {how}, "
               f"pruned), {len(circuit.nodes)} nodes; largest edges:\n" + "\n".join(lines)},

@@ -28,7 +28,7 @@ from interp.circuits.edge_patching import edge_patched_logits, source_writes
 from interp.circuits.graph import Circuit, Edge, receiver_node
 from interp.errors import InterpError
 from interp.limits import memory_budget, row_bytes, rows_that_fit
-from interp.metrics import MetricContext, check_finite
+from interp.metrics import MetricContext, check_finite, get_metric
 from interp.model import Model
 
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -114,23 +114,20 @@ def _mean_writes(model: Model, reference: torch.Tensor, n: int, backend: str | N
     return {name: value.mean(0, keepdim=True).expand(n, *value.shape[1:]) for name, value in acts.items()}
 
 
-def edge_faithfulness(model: Model, graph: EdgeGraph, clean: torch.Tensor, corrupt: torch.Tensor,
-                      circuits: torch.Tensor, metric: Callable, ctx: MetricContext, ablation: str = "corrupt",
-                      max_memory: int | None = None, backend: str | None = None,
-                      progress: Callable | None = None) -> EdgeFaithfulness:
-    """The metric on ``clean`` with every edge outside each circuit (``circuits`` [k, S, R] kept-edge masks)
-    patched from the corrupt run (``ablation="corrupt"``) or mean-ablated (``"mean"``: the senders' mean writes over
-    the clean and corrupt prompts, per position), in as many circuits per forward as fit ``max_memory``."""
+def patched_metric(model: Model, graph: EdgeGraph, clean: torch.Tensor, corrupt: torch.Tensor, masks: torch.Tensor,
+                   metric: str | Callable, ctx: MetricContext, ablation: str = "corrupt", max_memory: int | None = None,
+                   backend: str | None = None, progress: Callable | None = None) -> torch.Tensor:
+    """The metric ``[k, n_prompts]`` on ``clean`` with the edges of each of ``masks`` [k, S, R] patched from the
+    corrupt run (``ablation="corrupt"``) or mean-ablated (``"mean"``: the senders' mean writes over the clean and
+    corrupt prompts, per position), in as many sets per forward as fit ``max_memory``."""
     if ablation not in ABLATIONS:
         raise InterpError(f"unknown ablation '{ablation}': use corrupt or mean")
+    metric = get_metric(metric) if isinstance(metric, str) else metric
     n, n_pos = clean.shape
     source = (source_writes(model, corrupt, backend) if ablation == "corrupt"
               else _mean_writes(model, torch.cat([clean, corrupt]), n, backend))
-    outside = graph.valid & ~circuits.bool()
-    every = torch.stack([torch.zeros_like(graph.valid), graph.valid])  # the full model, the empty circuit
     per_row = row_bytes(model, 0, 0, n_pos) + len(graph.senders) * n_pos * model.d_model * 4
     k = max(1, rows_that_fit(memory_budget(model, max_memory), n * per_row, f"one edge-patched run of {n} prompts"))
-    masks = torch.cat([every, outside])
     values = []
     for start in range(0, len(masks), k):
         chunk = masks[start:start + k]
@@ -139,8 +136,29 @@ def edge_faithfulness(model: Model, graph: EdgeGraph, clean: torch.Tensor, corru
                                    "the edge-patched metric"))
         if progress is not None:
             progress("faithfulness", min(start + k, len(masks)), len(masks))
-    values = torch.cat(values)
-    return EdgeFaithfulness(values[2:], values[0], values[1])
+    return torch.cat(values)
+
+
+def edge_faithfulness(model: Model, graph: EdgeGraph, clean: torch.Tensor, corrupt: torch.Tensor,
+                      circuits: torch.Tensor, metric: str | Callable, ctx: MetricContext, ablation: str = "corrupt",
+                      max_memory: int | None = None, backend: str | None = None, progress: Callable | None = None,
+                      workers=None) -> EdgeFaithfulness:
+    """The metric on ``clean`` with every edge outside each circuit (``circuits`` [k, S, R] kept-edge masks) patched
+    (see `patched_metric`), beside the full model and the empty circuit. ``workers`` (a
+    `interp.ray_workers.RayWorkers`; ``metric`` then by name) measures the circuits on Ray workers."""
+    outside = graph.valid & ~circuits.bool()
+    every = torch.stack([torch.zeros_like(graph.valid), graph.valid])  # the full model, the empty circuit
+    ends = patched_metric(model, graph, clean, corrupt, every, metric, ctx, ablation, max_memory, backend)
+    if workers is None:
+        values = patched_metric(model, graph, clean, corrupt, outside, metric, ctx, ablation, max_memory, backend,
+                                progress)
+    else:
+        from interp.circuits.ray_circuits import ray_faithfulness
+
+        if not isinstance(metric, str):
+            raise InterpError("on Ray workers the metric is passed by name (logit_diff, norm_logit_diff, answer_prob, kl)")
+        values = ray_faithfulness(workers, clean, corrupt, outside, metric, ctx, ablation, max_memory, backend, progress)
+    return EdgeFaithfulness(values, ends[0], ends[1])
 
 
 def _area(xs: Sequence[float], ys: Sequence[float | None]) -> float | None:
@@ -152,7 +170,7 @@ def _area(xs: Sequence[float], ys: Sequence[float | None]) -> float | None:
 def faithfulness_curve(model: Model, scores: EdgeScores, clean: torch.Tensor, corrupt: torch.Tensor, metric: Callable,
                        ctx: MetricContext, fractions: Sequence[float] = FRACTIONS, how: str = "top",
                        ablation: str = "corrupt", max_memory: int | None = None, backend: str | None = None,
-                       progress: Callable | None = None) -> dict:
+                       progress: Callable | None = None, workers=None) -> dict:
     """Faithfulness of the circuits of ``fractions`` of the graph's edges chosen from ``scores``: sizes (requested
     and kept after pruning), normalized faithfulness per size, and the areas under the curve."""
     graph = scores.graph
@@ -160,7 +178,8 @@ def faithfulness_curve(model: Model, scores: EdgeScores, clean: torch.Tensor, co
         raise InterpError("circuit sizes are increasing fractions of the edges in (0, 1], e.g. 0.01,0.1,1")
     sizes = [max(1, round(f * graph.n_edges)) for f in fractions]
     masks = torch.stack([prune(graph, select_edges(scores, size, how)) for size in sizes])
-    result = edge_faithfulness(model, graph, clean, corrupt, masks, metric, ctx, ablation, max_memory, backend, progress)
+    result = edge_faithfulness(model, graph, clean, corrupt, masks, metric, ctx, ablation, max_memory, backend, progress,
+                               workers)
     normalized = result.normalized
     xs = [0.0, *fractions]
     ys = [0.0, *normalized]

@@ -1,4 +1,4 @@
-"""Retrieval heads, relation neurons and path-patching edges sharded over Ray workers (`interp.ray_workers`).
+"""Retrieval heads, relation neurons, path-patching edges and edge-circuit faithfulness sharded over Ray workers (`interp.ray_workers`).
 
 Each command hands its remaining units to `RayWorkers.run` and keeps doing with every finished shard what its
 local run does with a finished unit: `interp.circuits.units.Units` records it (and checkpoints it in ``--out``),
@@ -15,6 +15,8 @@ completes the run. The shard functions below run exactly the local code on their
   baseline and every relation's (and sweep k's) deactivation row (`interp.circuits.neurons.deactivation_row`);
   the local functions then find every unit done and assemble the same result.
 - path-patching edges (`ray_edges`): receivers in shards, each a `interp.circuits.path_patching.receiver_edges`.
+- edge-circuit faithfulness (`ray_faithfulness`): the circuits of a curve in shards, each measured by
+  `interp.circuits.edge_circuit.patched_metric` (the full model and the empty circuit stay with the driver).
 
 Every unit is computed by the same code on the same inputs as locally, so the results equal the local run's
 (``torch.equal``) for any number of workers.
@@ -137,3 +139,33 @@ def ray_edges(workers: RayWorkers, heads: list, prompts, receivers: list, metric
 
     workers.run(edges_shard, {"heads": heads, "prompts": prompts, "metric": metric, "backend": backend},
                 [[receivers[r] for r in shard] for shard in shards], on_result)
+
+
+# ------------------------------------------------------------------ edge-circuit faithfulness
+def faithfulness_shard(model: Model, shared: dict, indices: list[int], cache: dict):
+    """A worker's edge sets: the metric with each patched (`interp.circuits.edge_circuit.patched_metric`)."""
+    from interp.circuits.edge_circuit import patched_metric
+    from interp.circuits.edge_graph import edge_graph
+
+    return patched_metric(model, edge_graph(model), shared["clean"], shared["corrupt"], shared["masks"][indices],
+                          shared["metric"], shared["ctx"], shared["ablation"], shared["max_memory"], shared["backend"])
+
+
+def ray_faithfulness(workers: RayWorkers, clean, corrupt, masks, metric: str, ctx, ablation: str,
+                     max_memory: int | None, backend: str | None, progress=None):
+    """`patched_metric` of every set of ``masks`` [k, S, R] on ``workers``: ``[k, n_prompts]``."""
+    import torch
+
+    shards = workers.shards(list(range(len(masks))))
+    values: dict[int, torch.Tensor] = {}
+
+    def on_result(index: int, result) -> None:
+        for i, row in zip(shards[index], result):
+            values[i] = row
+        if progress is not None:
+            progress("faithfulness", len(values), len(masks))
+
+    shared = {"clean": clean, "corrupt": corrupt, "masks": masks, "metric": metric, "ctx": ctx, "ablation": ablation,
+              "max_memory": max_memory, "backend": backend}
+    workers.run(faithfulness_shard, shared, shards, on_result)
+    return torch.stack([values[i] for i in range(len(masks))])

@@ -185,3 +185,36 @@ def test_the_cli_runs_on_the_pool_and_refuses_workers_without_ray(model, pool, t
     assert result.exit_code != 0 and "add --ray" in str(result.exception) and not (tmp_path / "r").exists()
     result = CliRunner().invoke(cli.circuit, ["build", "--run", str(tmp_path), "--ray", "local"])
     assert result.exit_code != 0 and "add --edges or drop --ray" in str(result.exception)
+
+
+def test_an_edge_faithfulness_curve_on_two_workers_equals_the_local_run(model, pool, tmp_path, monkeypatch):
+    from contextlib import contextmanager
+
+    import interp.circuits.cli as cli
+    from interp.circuits.eap import edge_scores
+    from interp.circuits.edge_circuit import faithfulness_curve
+    from interp.metrics import MetricContext, logit_diff
+
+    tokens = load_prompt_set("ioi", model.tokenizer, n=3, seed=0).tokenize(model.tokenizer)
+    with torch.no_grad():
+        ctx = MetricContext(tokens.answer, tokens.wrong, model.run(tokens.clean).logits[:, -1],
+                            model.run(tokens.corrupt).logits[:, -1])
+    scores = edge_scores(model, tokens.clean, tokens.corrupt, logit_diff, ctx)
+    fractions = (0.05, 0.1, 0.2, 0.5, 1.0)
+    local = faithfulness_curve(model, scores, tokens.clean, tokens.corrupt, "logit_diff", ctx, fractions)
+    on_ray = faithfulness_curve(model, scores, tokens.clean, tokens.corrupt, "logit_diff", ctx, fractions, workers=pool)
+    assert on_ray["kept"] == local["kept"]
+    assert all(abs(a - b) < 1e-5 for a, b in zip(on_ray["metric"], local["metric"]))
+
+    @contextmanager
+    def given_pool(console, m, ray, workers):
+        yield pool
+
+    monkeypatch.setattr(cli, "ray_workers", given_pool)
+    result = CliRunner().invoke(cli.circuit, ["discover", "--model", "tiny-llama", "--n-prompts", "3", "--edges", "10",
+                                              "--curve", "--fractions", "0.1,1", "--ray", "local", "--out",
+                                              str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert load_run(tmp_path / "d").manifest["ray"]["workers"] == 2
+    result = CliRunner().invoke(cli.circuit, ["discover", "--model", "tiny-llama", "--ray", "local"])
+    assert result.exit_code != 0 and "add --curve or drop --ray" in str(result.exception)
