@@ -190,6 +190,26 @@ def faithfulness_curve(model: Model, scores: EdgeScores, clean: torch.Tensor, co
             "area_abs_error": _area(xs, [None if y is None else abs(1 - y) for y in ys])}
 
 
+def is_edge_circuit(circuit: Circuit) -> bool:
+    """Whether ``circuit`` is an edge circuit of the full graph (`to_circuit`, ``interp circuit discover``)."""
+    provenance = circuit.provenance if isinstance(circuit.provenance, dict) else {}
+    return provenance.get("selection") in SELECTIONS or any(
+        e.sender == "input" or receiver_node(e.receiver) != e.receiver for e in circuit.edges)
+
+
+def measure_edge_circuit(model: Model, circuit: Circuit, clean: torch.Tensor, corrupt: torch.Tensor,
+                         metric: str | Callable, ctx: MetricContext, ablation: str | None = None,
+                         backend: str | None = None) -> EdgeFaithfulness:
+    """An edge circuit read back from ``circuit.json``, measured exactly again (its own ablation unless given)."""
+    from interp.circuits.edge_graph import edge_graph
+
+    graph = edge_graph(model)
+    mask = graph.mask([(e.sender, e.receiver) for e in circuit.edges])
+    provenance = circuit.provenance if isinstance(circuit.provenance, dict) else {}
+    return edge_faithfulness(model, graph, clean, corrupt, mask[None], metric, ctx,
+                             ablation or provenance.get("ablation", "corrupt"), backend=backend)
+
+
 def to_circuit(scores: EdgeScores, mask: torch.Tensor, provenance: dict | None = None) -> Circuit:
     """An edge mask as a `Circuit`: its edges (sender, receiver, score) and the nodes they join, each node scored by
     the sum of its outgoing edges' scores (the logits' edges end outside the node list)."""

@@ -16,12 +16,13 @@ from typing import Sequence
 
 import torch
 
-from interp.circuits.graph import Circuit, check_nodes, faithfulness, node_scores, overlap, parse_node, threshold
+from interp.circuits.graph import (Circuit, Faithfulness, check_nodes, faithfulness, node_scores, overlap, parse_node,
+                                   threshold)
 from interp.circuits.heads import DETECTORS, detect_heads, direct_logit_attribution
 from interp.circuits.units import Units, run_units
 from interp.errors import InterpError
 from interp.limits import check_context, check_memory, memory_budget
-from interp.metrics import check_finite
+from interp.metrics import MetricContext, check_finite
 from interp.model import Model
 from interp.prompts import PromptSet
 from interp.results import RunResult, describe_tensor, load_run, run_header
@@ -153,6 +154,8 @@ def circuit_faithfulness_run(model: Model, circuit_path: str, prompts: PromptSet
 
     ``keep_mlps`` adds every MLP to the circuit (a head circuit with the MLPs left intact, as in the IOI paper).
     """
+    from interp.circuits.edge_circuit import is_edge_circuit, measure_edge_circuit
+    from interp.circuits.edge_graph import edge_graph
     from interp.circuits.feature_circuit import dictionaries_attached, feature_faithfulness, is_feature_circuit
 
     circuit = Circuit.load(circuit_path)
@@ -162,9 +165,20 @@ def circuit_faithfulness_run(model: Model, circuit_path: str, prompts: PromptSet
     if keep_mlps:
         circuit = Circuit(circuit.nodes | {f"mlp.{layer}": 0.0 for layer in range(model.n_layers)}, circuit.edges, circuit.provenance)
     t0 = time.perf_counter()
+    edges = is_edge_circuit(circuit)
     if features:
         with dictionaries_attached(model, circuit):
             result = feature_faithfulness(model, circuit, prompts, metric, reference, backend)
+    elif edges:
+        if keep_mlps:
+            raise InterpError("--keep-mlps is for circuits of heads: an edge circuit keeps the edges it lists")
+        tokens = prompts.tokenize(model.tokenizer)
+        with torch.no_grad():
+            ctx = MetricContext(tokens.answer, tokens.wrong, model.run(tokens.clean, backend=backend).logits[:, -1],
+                                model.run(tokens.corrupt, backend=backend).logits[:, -1])
+        measured = measure_edge_circuit(model, circuit, tokens.clean, tokens.corrupt, metric, ctx, backend=backend)
+        result = Faithfulness(measured.full, measured.values[0], measured.empty,
+                              n_ablated=int(edge_graph(model).n_edges - len(circuit.edges)))
     else:
         result = faithfulness(model, circuit, prompts, metric, reference, backend)
     per_prompt = torch.stack([result.full, result.circuit, result.empty], dim=1).float()
@@ -172,7 +186,9 @@ def circuit_faithfulness_run(model: Model, circuit_path: str, prompts: PromptSet
     labels = {"model": ["full", "circuit", "empty"]}
     text = (f"{metric}: full {float(means[0]):.4f}, circuit {float(means[1]):.4f}, empty {float(means[2]):.4f}; "
             f"fraction {_fmt(result.fraction)}, normalized {_fmt(result.normalized)} ({result.n_ablated} "
-            + ("mean-ablations of latents and error terms)" if features else "components mean-ablated)"))
+            + ("mean-ablations of latents and error terms)" if features else
+               f"edges outside the circuit {'mean-ablated' if circuit.provenance.get('ablation') == 'mean' else 'patched from the corrupt run'})"
+               if edges else "components mean-ablated)"))
     if result.fraction is None or result.normalized is None:
         text += "; a ratio is undefined (null) where its denominator, the full model's metric or full - empty, is 0"
     if result.ignored:

@@ -19,6 +19,7 @@ from family_models import ROW_IDS, build, tokens as family_tokens
 from interp import InterpError, Replace
 from interp.circuits.eap import edge_scores
 from interp.circuits.edge_graph import EdgeGraph, edge_graph
+from interp.circuits.graph import Circuit, parse_node
 from interp.circuits.edge_patching import edge_patched_logits, source_writes
 from interp.metrics import MetricContext, logit_diff
 from interp.patching.attribution import attribution_patching
@@ -309,3 +310,26 @@ def test_scores_are_the_same_for_any_memory_budget(ioi):
     assert torch.allclose(one.scores, whole.scores, atol=1e-6)
     with pytest.raises(InterpError, match="memory budget"):
         edge_scores(model, clean, corrupt, logit_diff, ctx, max_memory=1000)
+
+
+def test_cli_discover_writes_a_circuit_that_circuit_faithfulness_measures_again(interp_cli, tmp_path):
+    from interp.results import load_run
+
+    run = interp_cli("circuit", "discover", "--model", "tiny-llama", "--backend", "torch", "--method", "eap-ig",
+                     "--n-prompts", "4", "--edges", "15", "--ablation", "mean", "--out", tmp_path / "d")
+    assert run.returncode == 0, run.stderr
+    circuit = Circuit.load(tmp_path / "d")
+    built = load_run(tmp_path / "d").manifest["faithfulness"]
+    assert len(circuit.edges) == built["edges"] <= 15 and circuit.provenance["ablation"] == "mean"
+    assert {parse_node(n).kind for n in circuit.nodes} <= {"input", "head", "kv", "mlp"}
+    again = interp_cli("circuit", "faithfulness", tmp_path / "d", "--model", "tiny-llama", "--backend", "torch",
+                       "--n-prompts", "4", "--out", tmp_path / "f")
+    assert again.returncode == 0, again.stderr
+    measured = load_run(tmp_path / "f").manifest["faithfulness"]
+    for key in ("full", "circuit", "empty"):
+        assert abs(measured[key] - built[key]) < 1e-5, (key, measured, built)
+    for args, words in ((["--method", "acdc"], "unknown --method 'acdc'"), (["--edges", "0"], "--edges must be at least 1"),
+                        (["--fractions", "0.5,0.1"], "increasing fractions"), (["--ablation", "zero"], "unknown --ablation"),
+                        (["--ig-steps", "0"], "--ig-steps must be at least 1")):
+        bad = interp_cli("circuit", "discover", "--model", "tiny-llama", *args, "--out", tmp_path / "bad")
+        assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
