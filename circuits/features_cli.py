@@ -1,4 +1,5 @@
-"""``interp features``: which latents of sparse dictionaries carry a behaviour, as run folders (``effects``).
+"""``interp features``: which latents of sparse dictionaries carry a behaviour (``effects``) and the sparse feature
+circuit they form (``circuit``), as run folders.
 
 A latent's decoder row as a steering vector is ``interp steer latent``."""
 
@@ -17,7 +18,7 @@ from interp.errors import InterpError
 from interp.outdir import prepare_out
 from interp.patching.cli import N_PROMPTS_HELP, load_model_and_prompts
 
-app = typer.Typer(help="Sparse dictionary features (SAEs, transcoders in SAELens's layout): effects and vectors.",
+app = typer.Typer(help="Sparse dictionary features (SAEs, transcoders in SAELens's layout): effects and feature circuits.",
                   no_args_is_help=True)
 
 DICTIONARY = typer.Option(..., "--dictionary", help="Folder of a dictionary in SAELens's layout (cfg.json + "
