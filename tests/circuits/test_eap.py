@@ -333,3 +333,37 @@ def test_cli_discover_writes_a_circuit_that_circuit_faithfulness_measures_again(
                         (["--ig-steps", "0"], "--ig-steps must be at least 1")):
         bad = interp_cli("circuit", "discover", "--model", "tiny-llama", *args, "--out", tmp_path / "bad")
         assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize("row", [None, "gpt2"])
+def test_exact_edges_equal_path_patching_with_frozen_mlps(tiny_llama, row):
+    """Path patching (`interp.circuits.path_patching`, MLPs frozen) of a sender head into the logits is exact patching
+    of the single edge head -> logits; into a later head (multi-head attention: its own key and value heads) it is
+    exact patching of the edges into that head's query, key and value together. EAP estimates both."""
+    from interp.circuits.path_patching import path_patching
+    from interp.prompts import TokenizedPrompts
+
+    if row is None:
+        model = tiny_llama
+        tokens, _, _, ctx = ioi_runs(model, 3, 1)
+    else:
+        model, clean, corrupt, ctx = _family(row)
+        tokens = TokenizedPrompts(clean, corrupt, ctx.answer, ctx.wrong, [])
+    g = edge_graph(model)
+    src = source_writes(model, tokens.corrupt)
+    scores = edge_scores(model, tokens.clean, tokens.corrupt, logit_diff, ctx)
+    base = logit_diff(model.run(tokens.clean).logits[:, -1], ctx)
+    to_logits = path_patching(model, tokens, "logits", metric=logit_diff, freeze_mlps=True)
+    senders = [(0, h) for h in range(model.n_heads)]
+    masks = torch.stack([g.mask([(f"head.{a}.{b}", "logits")]) for a, b in senders])
+    exact = logit_diff(edge_patched_logits(model, g, tokens.clean, src, masks), ctx.rows(3 * len(senders))).view(-1, 3)
+    assert torch.allclose(exact.T, to_logits.values[:, 0], atol=1e-5)
+    assert torch.allclose((exact - base).mean(1), torch.stack([scores.scores[m].sum() for m in masks]), atol=0.05)
+    if row is None:
+        return
+    receiver = (model.n_layers - 1, 1)
+    into_head = path_patching(model, tokens, [receiver], senders=senders, metric=logit_diff, freeze_mlps=True)
+    inputs = [f"head.{receiver[0]}.1.q", f"kv.{receiver[0]}.1.k", f"kv.{receiver[0]}.1.v"]
+    masks = torch.stack([g.mask([(f"head.{a}.{b}", r) for r in inputs]) for a, b in senders])
+    exact = logit_diff(edge_patched_logits(model, g, tokens.clean, src, masks), ctx.rows(3 * len(senders))).view(-1, 3)
+    assert torch.allclose(exact.T, into_head.values[:, 0], atol=1e-5)
