@@ -6,6 +6,8 @@ A latent's decoder row as a steering vector is ``interp steer latent``."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -17,6 +19,7 @@ from interp.cli_support import (AS_JSON, BACKEND, DEVICE, DEVICE_MAP, DTYPE, FOR
 from interp.errors import InterpError
 from interp.outdir import prepare_out
 from interp.patching.cli import N_PROMPTS_HELP, load_model_and_prompts
+from interp.tasks import check_task
 
 app = typer.Typer(help="Sparse dictionary features (SAEs, transcoders in SAELens's layout): effects and feature circuits.",
                   no_args_is_help=True)
@@ -32,6 +35,42 @@ def _load_dictionaries(text: str, model) -> tuple[list, list[str]]:
     if not folders:
         raise InterpError("--dictionary is empty: give the folder of a dictionary in SAELens's layout")
     return [load_dictionary(folder, model=model) for folder in folders], folders
+
+
+@dataclass
+class _Started:
+    """What both commands start from: the model, prompts and dictionaries loaded, the run folder ready."""
+
+    model: object
+    prompts: object
+    dictionaries: list
+    sources: list[str]  # the dictionary folders, resolved, for the manifest
+    budget: int | None
+    out: Path
+    console: Console
+    t0: float
+
+
+@contextmanager
+def _started(dictionary: str, out: Path | None, name: str, force: bool, task: str, corruption: str | None,
+             n_prompts: int | None, max_memory: str | None, model: str, backend: str, device: str, dtype: str,
+             device_map: str | None, seed: int):
+    """Check the shared options, prepare ``--out`` (removed again if the run fails while empty), load the model, the
+    prompts and the dictionaries."""
+    if n_prompts is not None and n_prompts < 1:
+        raise InterpError("--n-prompts must be at least 1")
+    budget = None if max_memory is None else parse_size(max_memory, "--max-memory")
+    check_task(task, corruption)
+    check_outside_out(out, force, task=task, dictionary=dictionary if "," not in dictionary else None)
+    created = out is None or not Path(out).exists()
+    out = prepare_out(out, name, force=force)
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    with removed_if_failed_empty(out, created):
+        m, prompts = load_model_and_prompts(console, model, backend, device, dtype, task, n_prompts or 8, seed,
+                                            corruption, device_map=device_map)
+        dictionaries, folders = _load_dictionaries(dictionary, m)
+        yield _Started(m, prompts, dictionaries, [str(Path(f).resolve()) for f in folders], budget, out, console, t0)
 
 
 @app.command()
@@ -54,7 +93,6 @@ def effects(
     from interp.metrics import get_metric
     from interp.patching.features import METHODS
     from interp.patching.features_run import feature_run
-    from interp.tasks import check_task
 
     methods = tuple(_split(method))
     unknown = [m for m in methods if m not in METHODS]
@@ -63,25 +101,14 @@ def effects(
     get_metric(metric)
     if top_k < 0:
         raise InterpError(f"--top-k must be 0 (every latent) or more, got {top_k}")
-    if n_prompts is not None and n_prompts < 1:
-        raise InterpError("--n-prompts must be at least 1")
-    budget = None if max_memory is None else parse_size(max_memory, "--max-memory")
-    check_task(task, corruption)
-    check_outside_out(out, force, task=task, dictionary=dictionary if "," not in dictionary else None)
-    created = out is None or not Path(out).exists()
-    out = prepare_out(out, "features", force=force)
-    console = Console(stderr=True)
-    t0 = time.perf_counter()
-    with removed_if_failed_empty(out, created):
-        m, prompts = load_model_and_prompts(console, model, backend, device, dtype, task, n_prompts or 8, seed,
-                                            corruption, device_map=device_map)
-        dictionaries, folders = _load_dictionaries(dictionary, m)
-        with console.status("scoring latents"):
-            result = feature_run(m, prompts, dictionaries, methods, metric, top_k, command_line(), seed, budget,
-                                 [str(Path(f).resolve()) for f in folders])
+    with _started(dictionary, out, "features", force, task, corruption, n_prompts, max_memory, model, backend, device,
+                  dtype, device_map, seed) as run:
+        with run.console.status("scoring latents"):
+            result = feature_run(run.model, run.prompts, run.dictionaries, methods, metric, top_k, command_line(), seed,
+                                 run.budget, run.sources)
         lines = [f"{site}: top latents " + ", ".join(f"{t['latent']}" for t in tops[:5])
                  for site, tops in result.manifest["top_latents"].items()]
-        finish(console, result, out, t0, as_json, "\n".join(lines))
+        finish(run.console, result, run.out, run.t0, as_json, "\n".join(lines))
 
 
 @app.command()
@@ -108,7 +135,6 @@ def circuit(
     from interp.circuits.feature_circuit import feature_circuit_run
     from interp.cli_support import finite, phase_callback, progress_bar
     from interp.metrics import get_metric
-    from interp.tasks import check_task
 
     if method not in ("atp", "relp"):
         raise InterpError(f"unknown --method '{method}': use atp or relp")
@@ -120,25 +146,14 @@ def circuit(
                           f"--top-k {top_k}")
     if min_abs is not None:
         finite(min_abs, "--min-abs")
-    if n_prompts is not None and n_prompts < 1:
-        raise InterpError("--n-prompts must be at least 1")
-    budget = None if max_memory is None else parse_size(max_memory, "--max-memory")
-    check_task(task, corruption)
-    check_outside_out(out, force, task=task, dictionary=dictionary if "," not in dictionary else None)
-    created = out is None or not Path(out).exists()
-    out = prepare_out(out, "features-circuit", force=force)
-    console = Console(stderr=True)
-    t0 = time.perf_counter()
-    with removed_if_failed_empty(out, created):
-        m, prompts = load_model_and_prompts(console, model, backend, device, dtype, task, n_prompts or 8, seed,
-                                            corruption, device_map=device_map)
-        dictionaries, folders = _load_dictionaries(dictionary, m)
-        with progress_bar(console) as bar:
-            result, built = feature_circuit_run(m, prompts, dictionaries, metric, nodes, top_k, method, exact, edges,
-                                                min_abs, reference, command_line(), seed, budget,
-                                                [str(Path(f).resolve()) for f in folders], progress=phase_callback(bar))
-        built.save(out)
+    with _started(dictionary, out, "features-circuit", force, task, corruption, n_prompts, max_memory, model, backend,
+                  device, dtype, device_map, seed) as run:
+        with progress_bar(run.console) as bar:
+            result, built = feature_circuit_run(run.model, run.prompts, run.dictionaries, metric, nodes, top_k, method,
+                                                exact, edges, min_abs, reference, command_line(), seed, run.budget,
+                                                run.sources, progress=phase_callback(bar))
+        built.save(run.out)
         f = result.manifest["faithfulness"]
         norm = "undefined" if f["normalized"] is None else f"{f['normalized']:.3f}"
-        finish(console, result, out, t0, as_json,
+        finish(run.console, result, run.out, run.t0, as_json,
                f"{len(built)} nodes, {len(built.edges)} edges; faithfulness (normalized) {norm}")

@@ -52,3 +52,17 @@ def interp_cli():
         return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
 
     return run
+
+
+@pytest.fixture
+def toy_spliced(tiny_llama):
+    """``(tiny_llama, tokens, ctx)``: 3 IOI prompts, with a toy dictionary attached at each of
+    `toy_dictionary.TOY_SITES` (detached again after the test)."""
+    from ioi_runs import ioi_runs
+    from toy_dictionary import TOY_SITES, toy
+
+    tokens, _, _, ctx = ioi_runs(tiny_llama, 3, 1)
+    for i, site in enumerate(TOY_SITES):
+        tiny_llama.attach(toy(tiny_llama.d_model, tiny_llama.d_model, site, d_sae=48, seed=i))
+    yield tiny_llama, tokens, ctx
+    tiny_llama.dictionaries.clear()

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+TOY_SITES = ["resid_post.0", "mlp_out.1"]  # where `toy_spliced` (tests/conftest.py) attaches one each
+
 
 @dataclass
 class ToyDictionary:

@@ -16,30 +16,13 @@ from interp.circuits.feature_edges import feature_edges
 from interp.circuits.graph import Circuit, parse_node
 from interp.metrics import logit_diff
 from interp.patching.features import feature_effects
-from ioi_runs import ioi_runs
-from toy_dictionary import toy
+from toy_dictionary import TOY_SITES as SITES, toy
 
-SITES = ["resid_post.0", "mlp_out.1"]
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "saelens"
 
 
-@pytest.fixture(scope="module")
-def prompts_and_ctx(tiny_llama):
-    tokens, _, _, ctx = ioi_runs(tiny_llama, 3, 1)
-    return tokens, ctx
-
-
-@pytest.fixture
-def setup(tiny_llama, prompts_and_ctx):
-    """The shared model with a toy dictionary attached at each of SITES (detached again after the test)."""
-    for i, site in enumerate(SITES):
-        tiny_llama.attach(toy(tiny_llama.d_model, tiny_llama.d_model, site, d_sae=48, seed=i))
-    yield tiny_llama, *prompts_and_ctx
-    tiny_llama.dictionaries.clear()
-
-
-def test_edges_equal_finite_differences_through_downstream_latents_and_error(setup):
-    model, tokens, ctx = setup
+def test_edges_equal_finite_differences_through_downstream_latents_and_error(toy_spliced):
+    model, tokens, ctx = toy_spliced
     up, down = SITES
     run = model.run(tokens.corrupt, read=[f"sae.{down}.latents", f"sae.{down}.error"], grad=True)
     g_lat, g_err = (x.detach() for x in torch.autograd.grad(logit_diff(run.logits[:, -1], ctx).sum(),
@@ -112,8 +95,8 @@ def _hooked_metric(model, tokens, ctx, keep: dict, means: dict | None):
     return seen if means is None else logit_diff(logits, ctx)
 
 
-def test_faithfulness_equals_a_hand_written_ablation(setup):
-    model, tokens, ctx = setup
+def test_faithfulness_equals_a_hand_written_ablation(toy_spliced):
+    model, tokens, ctx = toy_spliced
     circuit = Circuit({"feature.resid_post.0.3": 1.0, "feature.resid_post.0.7": 1.0, "error.mlp_out.1": 1.0,
                        "feature.mlp_out.1.5@2": 1.0})
     result = feature_faithfulness(model, circuit, tokens, logit_diff)

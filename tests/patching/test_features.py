@@ -10,29 +10,12 @@ import torch
 from interp import InterpError, Replace
 from interp.metrics import MetricContext, logit_diff
 from interp.patching.features import feature_effects
-from ioi_runs import ioi_runs
-from toy_dictionary import toy
-
-SITES = ["resid_post.0", "mlp_out.1"]
+from toy_dictionary import TOY_SITES as SITES, toy
 
 
-@pytest.fixture(scope="module")
-def prompts_and_ctx(tiny_llama):
-    tokens, _, _, ctx = ioi_runs(tiny_llama, 3, 1)
-    return tokens, ctx
 
-
-@pytest.fixture
-def setup(tiny_llama, prompts_and_ctx):
-    """The shared model with a toy dictionary attached at each of SITES (detached again after the test)."""
-    for i, site in enumerate(SITES):
-        tiny_llama.attach(toy(tiny_llama.d_model, tiny_llama.d_model, site, d_sae=48, seed=i))
-    yield tiny_llama, *prompts_and_ctx
-    tiny_llama.dictionaries.clear()
-
-
-def test_feature_atp_equals_finite_differences(setup):
-    model, tokens, ctx = setup
+def test_feature_atp_equals_finite_differences(toy_spliced):
+    model, tokens, ctx = toy_spliced
     effects = feature_effects(model, tokens.corrupt, SITES, tokens.clean, logit_diff, ctx, methods=("atp",))["atp"]
     base_metric = logit_diff(model.run(tokens.corrupt).logits[:, -1], ctx)
     names = [f"sae.{s}.latents" for s in SITES]
@@ -54,8 +37,8 @@ def test_feature_atp_equals_finite_differences(setup):
     assert checked == 6
 
 
-def test_batched_exact_patching_equals_one_patch_per_forward(setup):
-    model, tokens, ctx = setup
+def test_batched_exact_patching_equals_one_patch_per_forward(toy_spliced):
+    model, tokens, ctx = toy_spliced
     units = {"resid_post.0": [0, 5, 11, 47], "mlp_out.1": [2, 3]}
     exact = feature_effects(model, tokens.corrupt, SITES, tokens.clean, logit_diff, ctx, methods=("activation",),
                             latents=units)["activation"]
@@ -76,8 +59,8 @@ def test_batched_exact_patching_equals_one_patch_per_forward(setup):
                         latents=units, max_memory=1)
 
 
-def test_backends_agree_and_relp_runs(setup):
-    model, tokens, ctx = setup
+def test_backends_agree_and_relp_runs(toy_spliced):
+    model, tokens, ctx = toy_spliced
     ours = {b: feature_effects(model, tokens.corrupt, SITES, tokens.clean, logit_diff, ctx, methods=("atp",))
             for b in ("torch",)}
     for backend in ("nnsight", "lens"):
@@ -92,8 +75,8 @@ def test_backends_agree_and_relp_runs(setup):
     assert all(torch.isfinite(v).all() for v in relp.values())
 
 
-def test_bad_requests_are_one_line_errors(setup):
-    model, tokens, ctx = setup
+def test_bad_requests_are_one_line_errors(toy_spliced):
+    model, tokens, ctx = toy_spliced
     with pytest.raises(InterpError, match="no dictionary is attached at resid_pre.1"):
         feature_effects(model, tokens.corrupt, ["resid_pre.1"], tokens.clean, logit_diff, ctx)
     with pytest.raises(InterpError, match="unknown method 'ig'"):
@@ -103,11 +86,11 @@ def test_bad_requests_are_one_line_errors(setup):
                         latents={"resid_post.0": [48]})
 
 
-def test_a_latent_decoder_row_steers_like_adding_to_the_latent(setup, tmp_path):
+def test_a_latent_decoder_row_steers_like_adding_to_the_latent(toy_spliced, tmp_path):
     from interp import Add
     from interp.steering.vectors import VectorSet
 
-    model, tokens, _ = setup
+    model, tokens, _ = toy_spliced
     for site in SITES:
         d = model.dictionaries[site]
         vectors = VectorSet.from_latent(d, 7, model.name)
@@ -183,10 +166,10 @@ def test_cli_features_effects_and_steer_latent(interp_cli, tmp_path):
         assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
-def test_feature_edges_equal_finite_differences_through_the_downstream_latent(setup):
+def test_feature_edges_equal_finite_differences_through_the_downstream_latent(toy_spliced):
     from interp.circuits.feature_edges import feature_edges
 
-    model, tokens, ctx = setup
+    model, tokens, ctx = toy_spliced
     up, down = SITES  # resid_post.0 -> mlp_out.1
     run = model.run(tokens.corrupt, read=[f"sae.{down}.latents"], grad=True)
     g = torch.autograd.grad(logit_diff(run.logits[:, -1], ctx).sum(), [run.acts[f"sae.{down}.latents"]])[0]
